@@ -1,0 +1,101 @@
+package sriov
+
+import (
+	"fmt"
+	"sort"
+)
+
+// Fake is an in-memory embedded switch for unit tests of code that takes a
+// Resolver. It keeps the same state a node has (PFs, their mode, VFs and
+// representors) and fails the same way SysfsResolver does, wrapping the same
+// errors; the namespace test runs one table against both.
+type Fake struct {
+	pfs     map[string]fakePF
+	vfs     map[string]fakeVF
+	devices map[string]bool // every PCI function, PFs and VFs included
+}
+
+type fakePF struct {
+	uplink    string
+	switchdev bool
+}
+
+type fakeVF struct {
+	pf          string
+	index       int
+	representor string
+}
+
+// NewFake returns an empty switch: every address is an unknown device.
+func NewFake() *Fake {
+	return &Fake{pfs: map[string]fakePF{}, vfs: map[string]fakeVF{}, devices: map[string]bool{}}
+}
+
+// AddPF adds a physical function with its uplink netdev. A PF in legacy
+// mode (switchdev false) has no uplink representor, so its VFs don't resolve.
+func (f *Fake) AddPF(pciAddr, uplink string, switchdev bool) *Fake {
+	f.devices[pciAddr] = true
+	f.pfs[pciAddr] = fakePF{uplink: uplink, switchdev: switchdev}
+	return f
+}
+
+// AddVF adds VF number index of pfPCI. An empty representor models a VF
+// whose representor netdev is missing. It panics on a PF that was not added,
+// since that is a broken test, not a state a node can be in.
+func (f *Fake) AddVF(pfPCI string, index int, vfPCI, representor string) *Fake {
+	if _, ok := f.pfs[pfPCI]; !ok {
+		panic(fmt.Sprintf("sriov.Fake: AddVF %s: PF %s was not added", vfPCI, pfPCI))
+	}
+	f.devices[vfPCI] = true
+	f.vfs[vfPCI] = fakeVF{pf: pfPCI, index: index, representor: representor}
+	return f
+}
+
+// AddDevice adds a PCI function that is not a VF (a NIC without SR-IOV, a GPU…).
+func (f *Fake) AddDevice(pciAddr string) *Fake {
+	f.devices[pciAddr] = true
+	return f
+}
+
+// RemoveRepresentor models the representor netdev of a VF disappearing.
+func (f *Fake) RemoveRepresentor(vfPCI string) {
+	if vf, ok := f.vfs[vfPCI]; ok {
+		vf.representor = ""
+		f.vfs[vfPCI] = vf
+	}
+}
+
+// VFs lists the PCI addresses of every VF, sorted.
+func (f *Fake) VFs() []string {
+	out := make([]string, 0, len(f.vfs))
+	for a := range f.vfs {
+		out = append(out, a)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Resolve implements Resolver with SysfsResolver's checks, in the same order.
+func (f *Fake) Resolve(vfPCI string) (VF, error) {
+	if !pciAddress.MatchString(vfPCI) {
+		return VF{}, fmt.Errorf("device %q: %w (want domain:bus:device.function, e.g. 0000:3b:00.2)", vfPCI, ErrInvalidAddress)
+	}
+	if !f.devices[vfPCI] {
+		return VF{}, fmt.Errorf("VF %s: %w", vfPCI, ErrUnknownDevice)
+	}
+	vf, ok := f.vfs[vfPCI]
+	if !ok {
+		return VF{}, fmt.Errorf("VF %s: %w: it has no physfn link", vfPCI, ErrNotVF)
+	}
+	pf := f.pfs[vf.pf]
+	if !pf.switchdev {
+		return VF{}, fmt.Errorf("VF %s: %w: no netdev of PF %s has a phys_switch_id and phys_port_name pN", vfPCI, ErrNotSwitchdev, vf.pf)
+	}
+	if vf.representor == "" {
+		return VF{}, fmt.Errorf("VF %s: %w for VF %d on uplink %s", vfPCI, ErrNoRepresentor, vf.index, pf.uplink)
+	}
+	return VF{PCIAddress: vfPCI, PFPCIAddress: vf.pf, Uplink: pf.uplink, Index: vf.index, Representor: vf.representor}, nil
+}
+
+var _ Resolver = (*Fake)(nil)
+var _ Resolver = SysfsResolver{}

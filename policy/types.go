@@ -81,6 +81,10 @@ const (
 	TCP  Protocol = "TCP"
 	UDP  Protocol = "UDP"
 	SCTP Protocol = "SCTP"
+	// ICMP and ICMPv6 never appear in a PortMatch; packets of these
+	// protocols match only rules without ports, or the echo switches.
+	ICMP   Protocol = "ICMP"
+	ICMPv6 Protocol = "ICMPv6"
 )
 
 // IPProto returns the IANA protocol number.
@@ -229,5 +233,6 @@ func (rs *RuleSet) Allows(p Packet) bool {
 			return true
 		}
 	}
-	return false
+	// Echo: the pipeline accepts all ICMP echo when the switch is on.
+	return (p.Protocol == ICMP && d.AcceptICMP) || (p.Protocol == ICMPv6 && d.AcceptICMPv6)
 }

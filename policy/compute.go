@@ -1,0 +1,308 @@
+package policy
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+)
+
+// ErrUnknownPod is returned by Compute for an attachment whose pod the
+// engine has not seen: its rules cannot be computed, and the caller must
+// keep whatever it enforces now.
+var ErrUnknownPod = errors.New("pod not known to the policy engine")
+
+// computation evaluates rule sets over one snapshot of the state. It
+// memoizes peer resolution, which many attachments of a node share.
+type computation struct {
+	s    *state
+	opts Options
+	// peerPods caches the pods a pod peer selects, per peer.
+	peerPods map[*peerInfo][]*podInfo
+}
+
+func newComputation(s *state, opts Options) *computation {
+	return &computation{s: s, opts: opts, peerPods: map[*peerInfo][]*podInfo{}}
+}
+
+func (c *computation) ruleSets(atts []Attachment) ([]*RuleSet, error) {
+	out := make([]*RuleSet, 0, len(atts))
+	var errs []error
+	for _, a := range atts {
+		rs, err := c.ruleSet(a)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", a, err))
+		}
+		if rs != nil {
+			out = append(out, rs)
+		}
+	}
+	return out, errors.Join(errs...)
+}
+
+func (c *computation) ruleSet(att Attachment) (*RuleSet, error) {
+	pod := c.s.pods[podKey(att.PodNamespace, att.PodName)]
+	if pod == nil {
+		return nil, ErrUnknownPod
+	}
+	if nad := c.s.nads[att.Network]; nad != nil && nad.err != nil {
+		// Keep the rules in place: the network's type is unknowable.
+		return nil, nad.err
+	}
+	rs := &RuleSet{Attachment: att}
+	rs.Ingress.Stateful, rs.Egress.Stateful = true, true
+	if !c.s.enforced(att.Network, c.opts.NetworkPlugins) {
+		return rs, nil
+	}
+	errs := slices.Clone(pod.errs)
+	policies := c.applicable(pod, att.Network)
+	for _, p := range policies {
+		errs = append(errs, p.errs...)
+	}
+	for _, d := range []Direction{Ingress, Egress} {
+		dr := rs.Direction(d)
+		b := newRuleBuilder()
+		for _, p := range policies {
+			if !p.isolates[d] {
+				continue
+			}
+			dr.Isolated = true
+			dr.Policies = append(dr.Policies, p.key())
+			for i := range p.rules[d] {
+				c.addRule(b, d, pod, att.Network, &p.rules[d][i])
+			}
+		}
+		if dr.Isolated {
+			dr.AcceptICMP, dr.AcceptICMPv6 = c.opts.AcceptICMP, c.opts.AcceptICMPv6
+			dr.Rules = b.rules()
+		}
+	}
+	return rs, errors.Join(errs...)
+}
+
+// applicable returns the policies that apply to the pod on network, sorted
+// by key so that rendering is stable (their order has no meaning).
+func (c *computation) applicable(pod *podInfo, network NetworkRef) []*policyInfo {
+	var out []*policyInfo
+	for _, p := range c.s.policiesNS[pod.namespace] {
+		if p.networks[network] && p.selects(pod) {
+			out = append(out, p)
+		}
+	}
+	slices.SortFunc(out, func(a, b *policyInfo) int { return cmp.Compare(a.key(), b.key()) })
+	return out
+}
+
+// addRule adds what one policy rule allows for the attachment of pod on
+// network: the product of its peers and ports.
+func (c *computation) addRule(b *ruleBuilder, d Direction, pod *podInfo, network NetworkRef, r *ruleInfo) {
+	var peers prefixSet
+	if !r.anyPeer {
+		for i := range r.peers {
+			c.addPeerAddrs(&peers, &r.peers[i], network)
+		}
+		peers.normalize()
+		if peers.empty() {
+			return // no peer: the rule allows nothing
+		}
+	}
+	if r.allPorts {
+		b.add(r.anyPeer, &peers, nil, r.origin)
+		return
+	}
+	ports := slices.Clone(r.ports)
+	if d == Ingress {
+		// Named ports resolve against the pod receiving the traffic.
+		for _, np := range r.namedPorts {
+			ports = append(ports, pod.resolve(np)...)
+		}
+	} else {
+		c.addEgressNamedPorts(b, r, &peers, network)
+	}
+	if len(ports) > 0 {
+		b.add(r.anyPeer, &peers, ports, r.origin)
+	}
+}
+
+// addEgressNamedPorts resolves egress named ports against each destination
+// pod: the known pods of the network that are peers of the rule (selected,
+// or with an address inside one of its ipBlocks, or any pod when the rule
+// has no peers) and expose the port. Destinations that are not known pods
+// never match a named port.
+func (c *computation) addEgressNamedPorts(b *ruleBuilder, r *ruleInfo, peers *prefixSet, network NetworkRef) {
+	if len(r.namedPorts) == 0 {
+		return
+	}
+	// Per resolved port, the destination addresses.
+	byPort := map[PortMatch]*prefixSet{}
+	add := func(pod *podInfo, addr netip.Addr) {
+		for _, np := range r.namedPorts {
+			for _, pm := range pod.resolve(np) {
+				if byPort[pm] == nil {
+					byPort[pm] = &prefixSet{}
+				}
+				byPort[pm].addAddr(addr)
+			}
+		}
+	}
+	for _, pod := range c.s.pods {
+		if !pod.peerable {
+			continue
+		}
+		for _, addr := range pod.ips[network] {
+			if r.anyPeer || peers.contains(addr) {
+				add(pod, addr)
+			}
+		}
+	}
+	for pm, set := range byPort {
+		set.normalize()
+		b.add(false, set, []PortMatch{pm}, r.origin)
+	}
+}
+
+// addPeerAddrs adds the addresses one peer stands for on network.
+func (c *computation) addPeerAddrs(set *prefixSet, peer *peerInfo, network NetworkRef) {
+	switch peer.kind {
+	case peerIPBlock:
+		set.addSet(peer.block)
+	case peerPods:
+		for _, pod := range c.selectedPods(peer) {
+			for _, a := range pod.ips[network] {
+				set.addAddr(a)
+			}
+		}
+	case peerInvalid:
+	}
+}
+
+// selectedPods returns the peerable pods a pod peer selects. The policy's
+// namespace is bound into the peer at parse time through nsSelector == nil,
+// so the cache is per peer.
+func (c *computation) selectedPods(peer *peerInfo) []*podInfo {
+	if pods, ok := c.peerPods[peer]; ok {
+		return pods
+	}
+	var pods []*podInfo
+	match := func(ns string) {
+		for _, pod := range c.s.podsNS[ns] {
+			if pod.peerable && (peer.podSelector == nil || peer.podSelector.Matches(pod.labels)) {
+				pods = append(pods, pod)
+			}
+		}
+	}
+	if peer.nsSelector == nil {
+		match(peer.policyNamespace)
+	} else {
+		for ns, l := range c.s.namespaces {
+			if peer.nsSelector.Matches(l) {
+				match(ns)
+			}
+		}
+	}
+	c.peerPods[peer] = pods
+	return pods
+}
+
+// resolve returns the numeric port(s) a named port has on this pod.
+func (p *podInfo) resolve(np namedPort) []PortMatch {
+	var out []PortMatch
+	for _, cp := range p.ports {
+		if cp.name == np.name && cp.protocol == np.protocol {
+			out = append(out, PortMatch{Protocol: np.protocol, Port: cp.port, EndPort: cp.port})
+		}
+	}
+	return out
+}
+
+// ruleBuilder merges rules that allow the same ports, so the rule list is
+// canonical: one rule per distinct port list, peers unioned.
+type ruleBuilder struct {
+	byPorts map[string]*pendingRule
+}
+
+type pendingRule struct {
+	anyPeer bool
+	peers   prefixSet
+	ports   []PortMatch
+	origins []string
+}
+
+func newRuleBuilder() *ruleBuilder { return &ruleBuilder{byPorts: map[string]*pendingRule{}} }
+
+func (b *ruleBuilder) add(anyPeer bool, peers *prefixSet, ports []PortMatch, origin string) {
+	ports = canonicalPorts(ports)
+	k := portsKey(ports)
+	pr := b.byPorts[k]
+	if pr == nil {
+		pr = &pendingRule{ports: ports}
+		b.byPorts[k] = pr
+	}
+	pr.anyPeer = pr.anyPeer || anyPeer
+	if !anyPeer {
+		pr.peers.addSet(peers)
+	}
+	if !slices.Contains(pr.origins, origin) {
+		pr.origins = append(pr.origins, origin)
+	}
+}
+
+func (b *ruleBuilder) rules() []Rule {
+	out := make([]Rule, 0, len(b.byPorts))
+	for _, pr := range b.byPorts {
+		r := Rule{AnyPeer: pr.anyPeer, Ports: pr.ports, Origins: pr.origins}
+		if !pr.anyPeer {
+			pr.peers.normalize()
+			r.Peers = pr.peers.prefixes()
+		}
+		slices.Sort(r.Origins)
+		out = append(out, r)
+	}
+	// Stable order: all-ports rules first, then by port list.
+	slices.SortFunc(out, func(a, b Rule) int { return cmp.Compare(portsKey(a.Ports), portsKey(b.Ports)) })
+	return out
+}
+
+// canonicalPorts sorts and merges port matches: per protocol, overlapping
+// or adjacent ranges are merged and an all-ports match absorbs the rest.
+func canonicalPorts(ports []PortMatch) []PortMatch {
+	if len(ports) == 0 {
+		return nil
+	}
+	ps := slices.Clone(ports)
+	slices.SortFunc(ps, func(a, b PortMatch) int {
+		if c := cmp.Compare(a.Protocol, b.Protocol); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.Port, b.Port)
+	})
+	out := ps[:0]
+	for _, p := range ps {
+		if n := len(out); n > 0 && out[n-1].Protocol == p.Protocol {
+			last := &out[n-1]
+			if last.AllPorts() {
+				continue
+			}
+			if p.AllPorts() {
+				*last = p
+				continue
+			}
+			if uint32(p.Port) <= uint32(last.EndPort)+1 {
+				last.EndPort = max(last.EndPort, p.EndPort)
+				continue
+			}
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+func portsKey(ports []PortMatch) string {
+	parts := make([]string, len(ports))
+	for i, p := range ports {
+		parts[i] = p.String()
+	}
+	return strings.Join(parts, ",")
+}

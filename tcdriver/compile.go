@@ -1,0 +1,478 @@
+package tcdriver
+
+import (
+	"fmt"
+	"net/netip"
+
+	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/policy"
+)
+
+// Offload selects the hardware offload flags of every filter.
+type Offload string
+
+const (
+	// OffloadAuto installs filters without skip flags: the kernel offloads
+	// what the driver of the port accepts and runs everything in software.
+	OffloadAuto Offload = "auto"
+	// OffloadSkipSW requires hardware offload (skip_sw): a filter the
+	// hardware refuses is an error.
+	OffloadSkipSW Offload = "skip-sw"
+	// OffloadSkipHW keeps every filter in software (skip_hw).
+	OffloadSkipHW Offload = "skip-hw"
+)
+
+// ParseOffload parses the --tc-offload flag value.
+func ParseOffload(s string) (Offload, error) {
+	switch Offload(s) {
+	case OffloadAuto, "":
+		return OffloadAuto, nil
+	case OffloadSkipSW, OffloadSkipHW:
+		return Offload(s), nil
+	}
+	return "", fmt.Errorf("--tc-offload=%q: want auto, skip-sw or skip-hw", s)
+}
+
+func (o Offload) flags() uint32 {
+	switch o {
+	case OffloadSkipSW:
+		return flagSkipSW
+	case OffloadSkipHW:
+		return flagSkipHW
+	}
+	return 0
+}
+
+// Defaults of Options.
+const (
+	// DefaultZone is the conntrack zone of every representor. One zone for
+	// all representors of the node: a packet between two local pods crosses
+	// the sender's ingress hook and the receiver's egress hook with the
+	// same conntrack entry attached, so the receiver sees "+trk+new" until
+	// a reply was seen and decides with its own policy (see
+	// docs/tc-rule-pipeline.md, "Conntrack zone").
+	DefaultZone uint16 = 0x4D50
+	// DefaultEntryPrio is the priority of the entry filter in chain 0.
+	DefaultEntryPrio uint16 = 0xC000
+	// DefaultChainBase is the first chain of the range the driver owns.
+	DefaultChainBase uint32 = 0x4D500000
+	// slotSize is the number of chains of one generation; the driver owns
+	// two generations (2*slotSize chains from ChainBase).
+	slotSize uint32 = 0x00100000
+	// entryHandle is the handle of the entry filter.
+	entryHandle uint32 = 1
+)
+
+// Options configures compilation and the driver.
+type Options struct {
+	Offload Offload
+	// Zone is the conntrack zone (0 means DefaultZone).
+	Zone uint16
+	// EntryPrio is the priority of the entry filter in chain 0 (0 means
+	// DefaultEntryPrio). Foreign filters at a lower priority run first.
+	EntryPrio uint16
+	// ChainBase is the first chain the driver owns (0 means
+	// DefaultChainBase); it owns [ChainBase, ChainBase+0x200000).
+	ChainBase uint32
+	// NoVLAN drops every 802.1Q-tagged frame in isolated directions instead
+	// of matching the inner ethertype (halves the filter count on ports
+	// that never carry tagged traffic).
+	NoVLAN bool
+}
+
+func (o Options) withDefaults() Options {
+	if o.Offload == "" {
+		o.Offload = OffloadAuto
+	}
+	if o.Zone == 0 {
+		o.Zone = DefaultZone
+	}
+	if o.EntryPrio == 0 {
+		o.EntryPrio = DefaultEntryPrio
+	}
+	if o.ChainBase == 0 {
+		o.ChainBase = DefaultChainBase
+	}
+	return o
+}
+
+func (o Options) owns(chain uint32) bool {
+	return chain >= o.ChainBase && chain-o.ChainBase < 2*slotSize
+}
+
+// slotOf returns the generation slot (0 or 1) of an owned chain.
+func (o Options) slotOf(chain uint32) int { return int((chain - o.ChainBase) / slotSize) }
+
+func (o Options) slotBase(slot int) uint32 { return o.ChainBase + uint32(slot)*slotSize }
+
+// Chains of a generation, relative to its base.
+const (
+	chainClassify uint32 = 0
+	chainState    uint32 = 1
+	chainNew      uint32 = 2
+	chainRules    uint32 = 3 // rule i: peers 3+3i, IPv4 ports 4+3i, IPv6 ports 5+3i
+)
+
+func rulePeerChain(i int) uint32 { return chainRules + 3*uint32(i) }
+func rulePortChain(i int, v6 bool) uint32 {
+	if v6 {
+		return chainRules + 3*uint32(i) + 2
+	}
+	return chainRules + 3*uint32(i) + 1
+}
+
+// maxRules keeps a generation inside its slot.
+const maxRules = int((slotSize - chainRules) / 3)
+
+// Priorities inside chains. Filters at one priority never overlap in what
+// they match (or share their action), so the order flower picks between
+// them never matters; the catch-all of a chain always has the highest
+// priority value (runs last).
+const (
+	prioARP         uint16 = 1
+	prioARPTagged   uint16 = 2
+	prioND          uint16 = 3
+	prioNDTagged    uint16 = 4
+	prioIPv4        uint16 = 5
+	prioIPv6        uint16 = 6
+	prioIPv4Tagged  uint16 = 7
+	prioIPv6Tagged  uint16 = 8
+	prioCatchAll    uint16 = 100
+	prioEstablished uint16 = 1
+	prioRelated     uint16 = 2
+	prioNewConn     uint16 = 3
+	prioEcho        uint16 = 1
+	prioEchoTagged  uint16 = 2
+	prioEcho6       uint16 = 3
+	prioEcho6Tagged uint16 = 4
+	prioCommitAll   uint16 = 1
+)
+
+// chainRole says what a chain of a generation is for; Apply uses it to
+// decide whether a change can be made in place.
+type chainRole struct {
+	kind roleKind
+	rule int
+}
+
+type roleKind uint8
+
+const (
+	roleFixed roleKind = iota // classify, state, new and track-only chains
+	rolePeers
+	rolePorts
+)
+
+// hookProgram is the compiled pipeline of one hook, with chain numbers
+// relative to the generation base (entry filter excluded).
+type hookProgram struct {
+	filters []*Filter
+	roles   map[uint32]chainRole
+}
+
+// Program is a compiled rule set: per hook, the filters of one generation,
+// or nil when the hook needs no filter at all.
+type Program struct {
+	Hooks [2]*hookProgram
+	opts  Options
+}
+
+// materialize returns the filters of hook h placed at generation base,
+// handles numbered per (chain, prio) from 1.
+func (p *hookProgram) materialize(base uint32) []*Filter {
+	out := make([]*Filter, 0, len(p.filters))
+	next := map[tpKey]uint32{}
+	for _, f := range p.filters {
+		c := cloneFilter(f)
+		c.Chain += base
+		for i := range c.Actions {
+			if c.Actions[i].Kind == ActGoto {
+				c.Actions[i].Chain += base
+			}
+		}
+		next[c.tp()]++
+		c.Handle = next[c.tp()]
+		out = append(out, c)
+	}
+	return out
+}
+
+func (o Options) entryFilter(h Hook, base uint32) *Filter {
+	return &Filter{Hook: h, Chain: 0, Prio: o.EntryPrio, Protocol: EthAll, Handle: entryHandle,
+		Actions: []Action{{Kind: ActGoto, Chain: base}}, Flags: o.Offload.flags(), Cookie: Cookie, Kind: "flower"}
+}
+
+// directionOf returns the pod direction a hook enforces.
+func directionOf(h Hook) policy.Direction {
+	if h == HookIngress {
+		return policy.Egress
+	}
+	return policy.Ingress
+}
+
+// Validate checks that the rule set can be expressed exactly. A rule set
+// that cannot is refused as a whole: the driver never installs a partial or
+// wider pipeline.
+func Validate(rs *policy.RuleSet) error {
+	if rs == nil {
+		return fmt.Errorf("nil rule set")
+	}
+	for _, d := range []policy.Direction{policy.Ingress, policy.Egress} {
+		dr := rs.Direction(d)
+		if !dr.Isolated {
+			continue
+		}
+		if !dr.Stateful {
+			return fmt.Errorf("attachment %s %s: stateless enforcement is not supported by the TC datapath (replies would be dropped)", rs.Attachment, d)
+		}
+		if len(dr.Rules) > maxRules {
+			return fmt.Errorf("attachment %s %s: %d rules exceed the %d a generation can hold", rs.Attachment, d, len(dr.Rules), maxRules)
+		}
+		for i := range dr.Rules {
+			if err := validateRule(&dr.Rules[i]); err != nil {
+				return fmt.Errorf("attachment %s %s rule %d (%v): %w", rs.Attachment, d, i, dr.Rules[i].Origins, err)
+			}
+		}
+	}
+	return nil
+}
+
+func validateRule(r *policy.Rule) error {
+	if !r.AnyPeer && len(r.Peers) == 0 {
+		return fmt.Errorf("no peer: a rule allowing no peer must be omitted, not sent")
+	}
+	if r.AnyPeer && len(r.Peers) > 0 {
+		return fmt.Errorf("both anyPeer and %d peers", len(r.Peers))
+	}
+	for _, p := range r.Peers {
+		if !p.IsValid() || p.Addr().Is4In6() || p.Addr().Zone() != "" {
+			return fmt.Errorf("peer %v is not a plain IPv4 or IPv6 prefix", p)
+		}
+		if p.Masked() != p {
+			return fmt.Errorf("peer %v has host bits set", p)
+		}
+	}
+	for _, pm := range r.Ports {
+		if pm.Protocol.IPProto() == 0 {
+			return fmt.Errorf("port %+v: unknown protocol %q", pm, pm.Protocol)
+		}
+		if pm.Port == 0 && pm.EndPort != 0 {
+			return fmt.Errorf("port %v: endPort %d without port", pm, pm.EndPort)
+		}
+		if pm.Port != 0 && pm.EndPort < pm.Port {
+			return fmt.Errorf("port %v: endPort %d below port %d", pm, pm.EndPort, pm.Port)
+		}
+	}
+	return nil
+}
+
+// Compile turns a rule set into the TC program of a representor.
+func Compile(rs *policy.RuleSet, opts Options) (*Program, error) {
+	opts = opts.withDefaults()
+	if err := Validate(rs); err != nil {
+		return nil, err
+	}
+	p := &Program{opts: opts}
+	anyIsolated := rs.Ingress.Isolated || rs.Egress.Isolated
+	for _, h := range Hooks {
+		dr := rs.Direction(directionOf(h))
+		switch {
+		case dr.Isolated:
+			p.Hooks[h] = compileIsolated(h, dr, opts)
+		case anyIsolated:
+			// Not isolated, but the other direction is: connections that
+			// start here must be committed so that the other hook
+			// recognises their replies as established.
+			p.Hooks[h] = compileTrackOnly(h, opts)
+		}
+	}
+	return p, nil
+}
+
+type builder struct {
+	h     Hook
+	opts  Options
+	prog  *hookProgram
+	flags uint32
+}
+
+func (b *builder) add(chain uint32, prio, proto uint16, m Match, acts ...Action) {
+	b.prog.filters = append(b.prog.filters, &Filter{Hook: b.h, Chain: chain, Prio: prio, Protocol: proto,
+		Match: m, Actions: acts, Flags: b.flags, Cookie: Cookie, Kind: "flower"})
+}
+
+// variants calls fn for the untagged protocol and, unless NoVLAN, for the
+// same match inside one 802.1Q tag.
+func (b *builder) variants(chain uint32, prio, prioTagged, eth uint16, m Match, acts ...Action) {
+	b.add(chain, prio, eth, m, acts...)
+	if !b.opts.NoVLAN {
+		m.VLANEthType = eth
+		b.add(chain, prioTagged, Eth8021Q, m, acts...)
+	}
+}
+
+func newBuilder(h Hook, opts Options) *builder {
+	return &builder{h: h, opts: opts, flags: opts.Offload.flags(),
+		prog: &hookProgram{roles: map[uint32]chainRole{}}}
+}
+
+func (b *builder) accept() []Action {
+	return []Action{{Kind: ActCt, Zone: b.opts.Zone, Commit: true}, {Kind: ActAccept}}
+}
+
+func compileTrackOnly(h Hook, opts Options) *hookProgram {
+	b := newBuilder(h, opts)
+	// act_ct ignores non-IP packets, so one filter commits every IPv4/IPv6
+	// connection (tagged or not) and lets everything pass.
+	b.add(chainClassify, prioCommitAll, EthAll, Match{}, b.accept()...)
+	b.prog.roles[chainClassify] = chainRole{kind: roleFixed}
+	return b.prog
+}
+
+func compileIsolated(h Hook, dr *policy.DirectionRules, opts Options) *hookProgram {
+	b := newBuilder(h, opts)
+	pass := Action{Kind: ActAccept}
+	drop := Action{Kind: ActDrop}
+	gotoC := func(c uint32) Action { return Action{Kind: ActGoto, Chain: c} }
+	ct := Action{Kind: ActCt, Zone: opts.Zone}
+	for _, c := range []uint32{chainClassify, chainState, chainNew} {
+		b.prog.roles[c] = chainRole{kind: roleFixed}
+	}
+
+	// Classify: what must always pass, what goes through conntrack, what
+	// is dropped (QinQ, unknown ethertypes, 802.1Q carrying anything else).
+	b.variants(chainClassify, prioARP, prioARPTagged, EthARP, Match{}, pass)
+	for _, t := range []uint8{133, 134, 135, 136} {
+		b.variants(chainClassify, prioND, prioNDTagged, EthIPv6, Match{IPProto: ProtoICMPv6, HasICMPType: true, ICMPType: t}, pass)
+	}
+	b.variants(chainClassify, prioIPv4, prioIPv4Tagged, EthIPv4, Match{}, ct, gotoC(chainState))
+	b.variants(chainClassify, prioIPv6, prioIPv6Tagged, EthIPv6, Match{}, ct, gotoC(chainState))
+	b.add(chainClassify, prioCatchAll, EthAll, Match{}, drop)
+
+	// State: established and related pass, new connections are decided by
+	// the policy, anything else (invalid) is dropped.
+	b.add(chainState, prioEstablished, EthAll, Match{CtState: CtTracked | CtEstablished, CtStateMask: CtTracked | CtEstablished}, pass)
+	b.add(chainState, prioRelated, EthAll, Match{CtState: CtTracked | CtRelated, CtStateMask: CtTracked | CtRelated | CtInvalid}, pass)
+	b.add(chainState, prioNewConn, EthAll, Match{CtState: CtTracked | CtNew, CtStateMask: CtTracked | CtNew}, gotoC(chainNew))
+	b.add(chainState, prioCatchAll, EthAll, Match{}, drop)
+
+	// New: ICMP echo per the flags, then the rules in order.
+	if dr.AcceptICMP {
+		b.variants(chainNew, prioEcho, prioEchoTagged, EthIPv4, Match{IPProto: ProtoICMP, HasICMPType: true, ICMPType: 8}, b.accept()...)
+	}
+	if dr.AcceptICMPv6 {
+		b.variants(chainNew, prioEcho6, prioEcho6Tagged, EthIPv6, Match{IPProto: ProtoICMPv6, HasICMPType: true, ICMPType: 128}, b.accept()...)
+	}
+	next := func(i int) Action {
+		if i+1 < len(dr.Rules) {
+			return gotoC(rulePeerChain(i + 1))
+		}
+		return drop
+	}
+	if len(dr.Rules) == 0 {
+		b.add(chainNew, prioCatchAll, EthAll, Match{}, drop)
+	} else {
+		b.add(chainNew, prioCatchAll, EthAll, Match{}, gotoC(rulePeerChain(0)))
+	}
+	remoteIsDst := h == HookIngress // pod egress: the peer is the destination
+	for i := range dr.Rules {
+		r := &dr.Rules[i]
+		peerChain := rulePeerChain(i)
+		b.prog.roles[peerChain] = chainRole{kind: rolePeers, rule: i}
+		var has4, has6 bool
+		onPeer := func(v6 bool) []Action {
+			if len(r.Ports) == 0 {
+				return b.accept()
+			}
+			return []Action{gotoC(rulePortChain(i, v6))}
+		}
+		if r.AnyPeer {
+			has4, has6 = true, true
+			b.variants(peerChain, prioIPv4, prioIPv4Tagged, EthIPv4, Match{}, onPeer(false)...)
+			b.variants(peerChain, prioIPv6, prioIPv6Tagged, EthIPv6, Match{}, onPeer(true)...)
+		} else {
+			for _, pfx := range r.Peers {
+				m := Match{}
+				if remoteIsDst {
+					m.Dst = pfx
+				} else {
+					m.Src = pfx
+				}
+				if pfx.Addr().Is4() {
+					has4 = true
+					b.variants(peerChain, prioIPv4, prioIPv4Tagged, EthIPv4, m, onPeer(false)...)
+				} else {
+					has6 = true
+					b.variants(peerChain, prioIPv6, prioIPv6Tagged, EthIPv6, m, onPeer(true)...)
+				}
+			}
+		}
+		b.add(peerChain, prioCatchAll, EthAll, Match{}, next(i))
+		if len(r.Ports) == 0 {
+			continue
+		}
+		for _, fam := range []struct {
+			v6  bool
+			has bool
+			eth uint16
+			p   uint16
+			pt  uint16
+		}{{false, has4, EthIPv4, prioIPv4, prioIPv4Tagged}, {true, has6, EthIPv6, prioIPv6, prioIPv6Tagged}} {
+			if !fam.has {
+				continue
+			}
+			pc := rulePortChain(i, fam.v6)
+			b.prog.roles[pc] = chainRole{kind: rolePorts, rule: i}
+			seen := map[policy.PortMatch]bool{}
+			for _, pm := range r.Ports {
+				if seen[pm] {
+					continue // flower refuses two filters with the same key
+				}
+				seen[pm] = true
+				m := Match{IPProto: pm.Protocol.IPProto()}
+				if !pm.AllPorts() {
+					m.DstPortMin, m.DstPortMax = pm.Port, pm.EndPort
+				}
+				b.variants(pc, fam.p, fam.pt, fam.eth, m, b.accept()...)
+			}
+			b.add(pc, prioCatchAll, EthAll, Match{}, next(i))
+		}
+	}
+	return b.prog
+}
+
+// FilterCount returns how many filters the program installs, the entry
+// filters included.
+func (p *Program) FilterCount() int {
+	n := 0
+	for _, hp := range p.Hooks {
+		if hp != nil {
+			n += len(hp.filters) + 1
+		}
+	}
+	return n
+}
+
+// Filters returns the program's filters as installed in generation slot 0
+// (entry filters included), for rendering and golden files.
+func (p *Program) Filters() []*Filter {
+	var out []*Filter
+	for _, h := range Hooks {
+		hp := p.Hooks[h]
+		if hp == nil {
+			continue
+		}
+		base := p.opts.slotBase(0)
+		out = append(out, p.opts.entryFilter(h, base))
+		out = append(out, hp.materialize(base)...)
+	}
+	return out
+}
+
+// remoteAddr is a helper for tests and the tracer: the address a rule
+// matches for a packet seen on hook h.
+func remoteAddr(h Hook, src, dst netip.Addr) netip.Addr {
+	if h == HookIngress {
+		return dst
+	}
+	return src
+}

@@ -54,10 +54,10 @@ const (
 	// DefaultEntryPrio is the priority of the entry filter in chain 0.
 	DefaultEntryPrio uint16 = 0xC000
 	// DefaultChainBase is the first chain of the range the driver owns.
-	DefaultChainBase uint32 = 0x4D500000
+	DefaultChainBase uint32 = 1000000
 	// slotSize is the number of chains of one generation; the driver owns
 	// two generations (2*slotSize chains from ChainBase).
-	slotSize uint32 = 0x00100000
+	slotSize uint32 = 1000000
 	// entryHandle is the handle of the entry filter.
 	entryHandle uint32 = 1
 )
@@ -71,7 +71,7 @@ type Options struct {
 	// DefaultEntryPrio). Foreign filters at a lower priority run first.
 	EntryPrio uint16
 	// ChainBase is the first chain the driver owns (0 means
-	// DefaultChainBase); it owns [ChainBase, ChainBase+0x200000).
+	// DefaultChainBase); it owns [ChainBase, ChainBase+2000000).
 	ChainBase uint32
 	// NoVLAN drops every 802.1Q-tagged frame in isolated directions instead
 	// of matching the inner ethertype (halves the filter count on ports

@@ -109,6 +109,12 @@ func randPacket(rng *rand.Rand) (policy.Packet, Packet) {
 		Protocol:  protocols[rng.Intn(3)],
 		Port:      uint16(98 + rng.Intn(14)),
 	}
+	if rng.Intn(8) == 0 {
+		pp.Protocol, pp.Port = policy.ICMP, 0
+		if v6 {
+			pp.Protocol = policy.ICMPv6
+		}
+	}
 	return pp, toTC(pp, uint16(30000+rng.Intn(1000)))
 }
 
@@ -121,6 +127,12 @@ func toTC(pp policy.Packet, srcPort uint16) Packet {
 		pod, eth = podIPv6, EthIPv6
 	}
 	p := Packet{EthType: eth, IPProto: pp.Protocol.IPProto(), SrcPort: srcPort, DstPort: pp.Port}
+	switch pp.Protocol {
+	case policy.ICMP: // the first packet of an ICMP "connection": echo request
+		p.IPProto, p.ICMPType, p.SrcPort, p.DstPort = ProtoICMP, 8, 0, 0
+	case policy.ICMPv6:
+		p.IPProto, p.ICMPType, p.SrcPort, p.DstPort = ProtoICMPv6, 128, 0, 0
+	}
 	if pp.Direction == policy.Ingress {
 		p.Src, p.Dst = pp.Remote, pod
 	} else {

@@ -19,7 +19,7 @@ func TestTracerMatchesRuleSet(t *testing.T) {
 	seed := int64(20261128)
 	rng := rand.New(rand.NewSource(seed))
 	ctx := context.Background()
-	for c := 0; c < 2000; c++ {
+	for c := 0; c < 1000; c++ {
 		rs := randRuleSet(rng)
 		fake := NewFake(Options{}, dev)
 		if err := fake.Apply(ctx, dev, rs); err != nil {

@@ -1,0 +1,38 @@
+package datapath
+
+import (
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+// BedEnv is set to "1" by the kernel test bed's init. It marks a disposable
+// kernel in which tests may create bridges, namespaces and TC rules.
+const BedEnv = "KERNEL_TEST_BED"
+
+// InBed reports whether the process runs inside the kernel test bed.
+func InBed() bool { return os.Getenv(BedEnv) == "1" }
+
+// RequireBed fails t unless it runs inside the kernel test bed. Kernel tests
+// rewire the network of the kernel they run on, so they must never run on
+// a workstation by accident; they fail rather than skip so that a
+// misconfigured run is not mistaken for a passing one.
+func RequireBed(t testing.TB) {
+	t.Helper()
+	if !InBed() {
+		t.Fatalf("this test needs the kernel test bed: run it with `make test-kernel` or "+
+			"hack/kernel/run.sh (or set %s=1 on a disposable kernel)", BedEnv)
+	}
+}
+
+// Run runs a command (for example the bed's ip, tc, bridge or devlink),
+// fails t with the command's output if it fails, and returns its output.
+func Run(t testing.TB, name string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}

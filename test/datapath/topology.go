@@ -1,0 +1,315 @@
+package datapath
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// Options configure a Topology. The zero value is usable.
+type Options struct {
+	// Bridge names the bridge the representors are attached to (default "br0").
+	Bridge string
+	// VLANFiltering turns on the bridge's VLAN filtering, as
+	// accelerated-bridge-cni does when a network has a VLAN or trunk.
+	VLANFiltering bool
+	// Subnet4 and Subnet6 hold the pods' addresses, numbered from .2 in the
+	// order pods are added (defaults 10.10.0.0/24 and fd00:10::/64).
+	Subnet4, Subnet6 netip.Prefix
+	// Timeout bounds every probe (default 1s). A dropped packet costs this
+	// much, a delivered one only a round trip.
+	Timeout time.Duration
+}
+
+// PodOptions configure one pod.
+type PodOptions struct {
+	// VLAN makes the representor an access port of this VLAN (PVID, untagged).
+	// Needs Options.VLANFiltering.
+	VLAN uint16
+	// Trunk makes the representor a trunk carrying these VLANs tagged; the
+	// pod's addresses then live on eth0.<Trunk[0]>. Needs Options.VLANFiltering.
+	Trunk []uint16
+	// IPv4 and IPv6 override the next addresses of the subnets.
+	IPv4, IPv6 netip.Prefix
+}
+
+// Topology is a bridge with pods attached through representors.
+type Topology struct {
+	opts   Options
+	bridge netlink.Link
+
+	mu   sync.Mutex
+	pods []*Pod
+}
+
+// Pod is a network namespace holding the VF end of a veth pair.
+type Pod struct {
+	Name string
+	// NS is the pod's network namespace, also reachable as `ip -n <Name>`.
+	NS netns.NsHandle
+	// Rep is the representor: the host end of the veth pair, a bridge port.
+	Rep string
+	// RepIndex is the representor's ifindex in the host namespace.
+	RepIndex int
+	// Iface is the interface inside the pod that carries its addresses
+	// ("eth0", or "eth0.<vid>" on a trunk).
+	Iface string
+	// MAC is the hardware address of the pod's VF (eth0).
+	MAC net.HardwareAddr
+	// IPv4 and IPv6 are the pod's addresses.
+	IPv4, IPv6 netip.Addr
+
+	topo *Topology
+	nl   *netlink.Handle
+
+	mu      sync.Mutex
+	servers map[serverKey]*Server
+}
+
+// NewTopology creates the bridge; it and everything added to it are
+// removed when the test ends.
+func NewTopology(t testing.TB, opts Options) *Topology {
+	t.Helper()
+	RequireBed(t)
+	if opts.Bridge == "" {
+		opts.Bridge = "br0"
+	}
+	if !opts.Subnet4.IsValid() {
+		opts.Subnet4 = netip.MustParsePrefix("10.10.0.0/24")
+	}
+	if !opts.Subnet6.IsValid() {
+		opts.Subnet6 = netip.MustParsePrefix("fd00:10::/64")
+	}
+	if opts.Timeout == 0 {
+		opts.Timeout = time.Second
+	}
+	off := false
+	br := &netlink.Bridge{
+		LinkAttrs:         netlink.LinkAttrs{Name: opts.Bridge},
+		VlanFiltering:     &opts.VLANFiltering,
+		MulticastSnooping: &off, // flood ND/multicast: no querier in the bed
+	}
+	if err := netlink.LinkAdd(br); err != nil {
+		t.Fatalf("create bridge %s: %v", opts.Bridge, err)
+	}
+	topo := &Topology{opts: opts}
+	t.Cleanup(func() {
+		if err := netlink.LinkDel(br); err != nil {
+			t.Errorf("delete bridge %s: %v", opts.Bridge, err)
+		}
+	})
+	link, err := netlink.LinkByName(opts.Bridge)
+	if err != nil {
+		t.Fatalf("bridge %s: %v", opts.Bridge, err)
+	}
+	if err := netlink.LinkSetUp(link); err != nil {
+		t.Fatalf("set bridge %s up: %v", opts.Bridge, err)
+	}
+	topo.bridge = link
+	return topo
+}
+
+// Bridge returns the bridge's name.
+func (topo *Topology) Bridge() string { return topo.opts.Bridge }
+
+// Pods returns the pods in the order they were added.
+func (topo *Topology) Pods() []*Pod {
+	topo.mu.Lock()
+	defer topo.mu.Unlock()
+	return append([]*Pod(nil), topo.pods...)
+}
+
+// PodByAddr returns the pod that owns addr, or nil.
+func (topo *Topology) PodByAddr(addr netip.Addr) *Pod {
+	topo.mu.Lock()
+	defer topo.mu.Unlock()
+	addr = addr.Unmap()
+	for _, p := range topo.pods {
+		if p.IPv4 == addr || p.IPv6 == addr {
+			return p
+		}
+	}
+	return nil
+}
+
+// nthAddr returns the n-th address of prefix (n=0 is the network address).
+func nthAddr(prefix netip.Prefix, n int) (netip.Prefix, error) {
+	a := prefix.Masked().Addr().AsSlice()
+	carry := n
+	for i := len(a) - 1; i >= 0 && carry > 0; i-- {
+		sum := int(a[i]) + carry
+		a[i] = byte(sum)
+		carry = sum >> 8
+	}
+	addr, _ := netip.AddrFromSlice(a)
+	if carry != 0 || !prefix.Contains(addr) {
+		return netip.Prefix{}, fmt.Errorf("subnet %s has no address number %d", prefix, n)
+	}
+	return netip.PrefixFrom(addr, prefix.Bits()), nil
+}
+
+// AddPod creates pod name: namespace name, veth pair rep-<name> (host,
+// attached to the bridge) ↔ eth0 (in the pod), addresses, routes, VLANs.
+// Names longer than 11 characters are refused (interface names are 15).
+func (topo *Topology) AddPod(t testing.TB, name string, opts PodOptions) *Pod {
+	t.Helper()
+	pod, err := topo.addPod(t, name, opts)
+	if err != nil {
+		t.Fatalf("add pod %s: %v", name, err)
+	}
+	return pod
+}
+
+func (topo *Topology) addPod(t testing.TB, name string, opts PodOptions) (*Pod, error) {
+	if name == "" || len(name) > 11 {
+		return nil, fmt.Errorf("pod name %q must have 1 to 11 characters", name)
+	}
+	if (opts.VLAN != 0 || len(opts.Trunk) > 0) && !topo.opts.VLANFiltering {
+		return nil, errors.New("VLAN or Trunk needs Options.VLANFiltering")
+	}
+	if opts.VLAN != 0 && len(opts.Trunk) > 0 {
+		return nil, errors.New("a representor is either an access port (VLAN) or a trunk, not both")
+	}
+	topo.mu.Lock()
+	n := len(topo.pods) + 2
+	topo.mu.Unlock()
+	var err error
+	if !opts.IPv4.IsValid() {
+		if opts.IPv4, err = nthAddr(topo.opts.Subnet4, n); err != nil {
+			return nil, err
+		}
+	}
+	if !opts.IPv6.IsValid() {
+		if opts.IPv6, err = nthAddr(topo.opts.Subnet6, n); err != nil {
+			return nil, err
+		}
+	}
+
+	ns, err := newNamedNetns(name)
+	if err != nil {
+		return nil, err
+	}
+	t.Cleanup(func() {
+		ns.Close()
+		if err := netns.DeleteNamed(name); err != nil {
+			t.Errorf("delete netns %s: %v", name, err)
+		}
+	})
+	nl, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		return nil, fmt.Errorf("netlink handle in netns %s: %w", name, err)
+	}
+	t.Cleanup(nl.Close)
+	pod := &Pod{Name: name, NS: ns, Rep: "rep-" + name, Iface: "eth0", topo: topo, nl: nl,
+		IPv4: opts.IPv4.Addr(), IPv6: opts.IPv6.Addr(), servers: map[serverKey]*Server{}}
+
+	// The VF end is created directly inside the pod's namespace.
+	veth := &netlink.Veth{
+		LinkAttrs:     netlink.LinkAttrs{Name: pod.Rep, MasterIndex: topo.bridge.Attrs().Index},
+		PeerName:      "eth0",
+		PeerNamespace: netlink.NsFd(int(ns)),
+	}
+	if err := netlink.LinkAdd(veth); err != nil {
+		return nil, fmt.Errorf("create veth %s: %w", pod.Rep, err)
+	}
+	t.Cleanup(func() {
+		// Deleting the representor deletes its peer; the namespace may be gone already.
+		if l, err := netlink.LinkByName(pod.Rep); err == nil {
+			_ = netlink.LinkDel(l)
+		}
+	})
+	rep, err := netlink.LinkByName(pod.Rep)
+	if err != nil {
+		return nil, err
+	}
+	pod.RepIndex = rep.Attrs().Index
+	if err := topo.configureBridgePort(rep, opts); err != nil {
+		return nil, err
+	}
+	if err := netlink.LinkSetUp(rep); err != nil {
+		return nil, fmt.Errorf("set %s up: %w", pod.Rep, err)
+	}
+	if err := pod.configureInside(opts); err != nil {
+		return nil, err
+	}
+	topo.mu.Lock()
+	topo.pods = append(topo.pods, pod)
+	topo.mu.Unlock()
+	t.Cleanup(pod.stopServers)
+	return pod, nil
+}
+
+// configureBridgePort sets the representor's VLANs the way
+// accelerated-bridge-cni does: the default VLAN 1 is replaced by the pod's.
+func (topo *Topology) configureBridgePort(rep netlink.Link, opts PodOptions) error {
+	if opts.VLAN == 0 && len(opts.Trunk) == 0 {
+		return nil
+	}
+	if err := netlink.BridgeVlanDel(rep, 1, true, true, false, true); err != nil {
+		return fmt.Errorf("remove default VLAN from %s: %w", rep.Attrs().Name, err)
+	}
+	if opts.VLAN != 0 {
+		if err := netlink.BridgeVlanAdd(rep, opts.VLAN, true, true, false, true); err != nil {
+			return fmt.Errorf("add VLAN %d to %s: %w", opts.VLAN, rep.Attrs().Name, err)
+		}
+		return nil
+	}
+	for _, vid := range opts.Trunk {
+		if err := netlink.BridgeVlanAdd(rep, vid, false, false, false, true); err != nil {
+			return fmt.Errorf("add trunk VLAN %d to %s: %w", vid, rep.Attrs().Name, err)
+		}
+	}
+	return nil
+}
+
+func (p *Pod) configureInside(opts PodOptions) error {
+	lo, err := p.nl.LinkByName("lo")
+	if err != nil {
+		return err
+	}
+	if err := p.nl.LinkSetUp(lo); err != nil {
+		return fmt.Errorf("set lo up in %s: %w", p.Name, err)
+	}
+	vf, err := p.nl.LinkByName("eth0")
+	if err != nil {
+		return err
+	}
+	p.MAC = vf.Attrs().HardwareAddr
+	if err := p.nl.LinkSetUp(vf); err != nil {
+		return fmt.Errorf("set eth0 up in %s: %w", p.Name, err)
+	}
+	link := vf
+	if len(opts.Trunk) > 0 {
+		p.Iface = fmt.Sprintf("eth0.%d", opts.Trunk[0])
+		vlan := &netlink.Vlan{LinkAttrs: netlink.LinkAttrs{Name: p.Iface, ParentIndex: vf.Attrs().Index},
+			VlanId: int(opts.Trunk[0])}
+		if err := p.nl.LinkAdd(vlan); err != nil {
+			return fmt.Errorf("create %s in %s: %w", p.Iface, p.Name, err)
+		}
+		if link, err = p.nl.LinkByName(p.Iface); err != nil {
+			return err
+		}
+		if err := p.nl.LinkSetUp(link); err != nil {
+			return fmt.Errorf("set %s up in %s: %w", p.Iface, p.Name, err)
+		}
+	}
+	for _, prefix := range []netip.Prefix{opts.IPv4, opts.IPv6} {
+		addr := &netlink.Addr{IPNet: &net.IPNet{IP: prefix.Addr().AsSlice(),
+			Mask: net.CIDRMask(prefix.Bits(), prefix.Addr().BitLen())}}
+		if prefix.Addr().Is6() {
+			addr.Flags = unix.IFA_F_NODAD // usable at once, no 1-2 s of DAD
+		}
+		if err := p.nl.AddrAdd(link, addr); err != nil {
+			return fmt.Errorf("add %s to %s in %s: %w", prefix, p.Iface, p.Name, err)
+		}
+	}
+	return nil
+}

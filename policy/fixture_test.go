@@ -132,7 +132,9 @@ func ipBlock(cidr string, except ...string) mnp.MultiNetworkPolicyPeer {
 	return mnp.MultiNetworkPolicyPeer{IPBlock: &mnp.IPBlock{CIDR: cidr, Except: except}}
 }
 
-func podPeer(lbls string) mnp.MultiNetworkPolicyPeer { return mnp.MultiNetworkPolicyPeer{PodSelector: sel(lbls)} }
+func podPeer(lbls string) mnp.MultiNetworkPolicyPeer {
+	return mnp.MultiNetworkPolicyPeer{PodSelector: sel(lbls)}
+}
 
 func nsPeer(lbls string) mnp.MultiNetworkPolicyPeer {
 	return mnp.MultiNetworkPolicyPeer{NamespaceSelector: sel(lbls)}

@@ -143,4 +143,3 @@ func (s *state) enforced(n NetworkRef, plugins []string) bool {
 	nad := s.nads[n]
 	return nad != nil && nad.err == nil && slices.Contains(plugins, nad.pluginType)
 }
-

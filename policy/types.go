@@ -50,12 +50,13 @@ func (a Attachment) ID() string {
 	return a.PodNamespace + "/" + a.PodName + "/" + a.Network.String()
 }
 
+// String reads "ns/pod net1 (network ns/nad)".
 func (a Attachment) String() string {
-	s := a.ID()
+	s := a.PodNamespace + "/" + a.PodName
 	if a.Interface != "" {
-		s += "@" + a.Interface
+		s += " " + a.Interface
 	}
-	return s
+	return s + " (network " + a.Network.String() + ")"
 }
 
 // Direction is the pod's point of view: Ingress is traffic delivered to the

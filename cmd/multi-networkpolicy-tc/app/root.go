@@ -69,6 +69,7 @@ func NewRootCommand(stdout, stderr io.Writer) *cobra.Command {
 	pf.StringVarP(&logs.level, "log-level", "v", "info", "log level: panic, fatal, error, warn, info, debug or trace")
 
 	root.AddCommand(newRenderCommand(stdout))
+	root.AddCommand(newDebugCommand(stdout))
 	return root
 }
 

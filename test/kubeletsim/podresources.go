@@ -183,4 +183,3 @@ func listenUnix(socket string) (net.Listener, error) {
 	}
 	return l, nil
 }
-

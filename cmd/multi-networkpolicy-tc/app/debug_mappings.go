@@ -429,4 +429,3 @@ func (m *debugManifests) add(obj *unstructured.Unstructured, where string) error
 	}
 	return nil
 }
-

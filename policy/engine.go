@@ -1,6 +1,8 @@
 package policy
 
 import (
+	"slices"
+	"strings"
 	"sync"
 
 	mnpv1beta1 "github.com/k8snetworkplumbingwg/multi-networkpolicy/pkg/apis/k8s.cni.cncf.io/v1beta1"
@@ -161,4 +163,26 @@ func (e *Engine) ComputeFor(atts []Attachment) ([]*RuleSet, error) {
 	defer e.mu.RUnlock()
 	c := newComputation(e.state, e.opts)
 	return c.ruleSets(atts)
+}
+
+// InputErrors returns every problem found in the objects the engine holds
+// (policies, pods, NADs), one per object field, sorted, whether or not a
+// local attachment is affected. Each is an *InputError.
+func (e *Engine) InputErrors() []error {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	var out []error
+	for _, p := range e.state.policies {
+		out = append(out, p.errs...)
+	}
+	for _, p := range e.state.pods {
+		out = append(out, p.errs...)
+	}
+	for _, n := range e.state.nads {
+		if n.err != nil {
+			out = append(out, n.err)
+		}
+	}
+	slices.SortFunc(out, func(a, b error) int { return strings.Compare(a.Error(), b.Error()) })
+	return out
 }

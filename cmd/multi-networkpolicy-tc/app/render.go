@@ -1,19 +1,237 @@
 package app
 
 import (
+	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
+	"os"
+	"slices"
+	"strings"
 
 	"github.com/spf13/cobra"
+
+	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/policy"
+	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/policy/manifest"
+	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/tcdriver"
 )
 
+// exitInvalidObjects: render succeeded, but some objects have invalid
+// fields (their faulty parts allow nothing); the errors are on stderr.
+const exitInvalidObjects = 3
+
+type renderOptions struct {
+	files          []string
+	pod            string
+	output         string
+	dev            string
+	networkPlugins []string
+	acceptICMP     bool
+	acceptICMPv6   bool
+}
+
 func newRenderCommand(stdout io.Writer) *cobra.Command {
-	return &cobra.Command{
+	o := &renderOptions{}
+	cmd := &cobra.Command{
 		Use:   "render -f FILE...",
-		Short: "Show the rules computed for pods from policy, pod, namespace and NAD manifests",
-		RunE: func(*cobra.Command, []string) error {
-			_ = stdout
-			return errors.New("not implemented yet")
+		Short: "Show the rules computed for pods from policy, pod, namespace and NAD manifests, offline",
+		Long: `render reads multi-document YAML or JSON manifests (MultiNetworkPolicy, Pod,
+Namespace, NetworkAttachmentDefinition; "-" is standard input) and prints the
+rule set of every secondary network attachment of every pod, as the agent would
+compute it. Attachments come from each pod's k8s.v1.cni.cncf.io/networks
+annotation.
+
+Exit codes: 0 ok; 2 unreadable input (bad YAML, unknown kind, unknown field,
+unknown --pod); 3 rendered, but some objects have invalid fields (listed on
+stderr; their faulty parts allow nothing).`,
+		Example: `  multi-networkpolicy-tc render -f docs/examples/default-deny.yaml
+  multi-networkpolicy-tc render -f docs/examples/ -o json --pod ns1/web
+  multi-networkpolicy-tc render -f policy.yaml -f pods.yaml -o tc --dev eth5`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runRender(o, cmd.InOrStdin(), stdout, cmd.ErrOrStderr())
 		},
 	}
+	f := cmd.Flags()
+	f.StringSliceVarP(&o.files, "filename", "f", nil, "manifest file or directory (repeatable; - for stdin)")
+	f.StringVar(&o.pod, "pod", "", "only this pod (namespace/name)")
+	f.StringVarP(&o.output, "output", "o", "text", "output format: text, json or tc (tc -batch commands)")
+	f.StringVar(&o.dev, "dev", "REPRESENTOR", "representor name used in -o tc output")
+	f.StringSliceVar(&o.networkPlugins, "network-plugins", policy.DefaultNetworkPlugins, "CNI plugin types whose networks are enforced")
+	f.BoolVar(&o.acceptICMP, "accept-icmp", false, "always accept ICMP echo in isolated directions")
+	f.BoolVar(&o.acceptICMPv6, "accept-icmpv6", false, "always accept ICMPv6 echo in isolated directions")
+	_ = cmd.MarkFlagRequired("filename")
+	return cmd
+}
+
+func badInput(err error) error { return &ExitError{Code: exitBadInput, Err: err} }
+
+func runRender(o *renderOptions, stdin io.Reader, stdout, stderr io.Writer) error {
+	switch o.output {
+	case "text", "json", "tc":
+	default:
+		return badInput(fmt.Errorf("--output %q: want text, json or tc", o.output))
+	}
+	objs, err := readManifests(o.files, stdin)
+	if err != nil {
+		return badInput(err)
+	}
+	engine := policy.NewEngine(policy.Options{NetworkPlugins: o.networkPlugins, AcceptICMP: o.acceptICMP, AcceptICMPv6: o.acceptICMPv6})
+	atts, inputErrs := loadEngine(engine, objs)
+	if o.pod != "" {
+		atts = slices.DeleteFunc(atts, func(a policy.Attachment) bool { return a.PodNamespace+"/"+a.PodName != o.pod })
+		if len(atts) == 0 {
+			return badInput(fmt.Errorf("--pod %s: no such pod with secondary networks in the manifests", o.pod))
+		}
+	}
+	engine.SetAttachments(atts)
+	// Per-attachment errors repeat the objects' own; report each object once.
+	ruleSets, _ := engine.ComputeAll()
+	inputErrs = append(inputErrs, engine.InputErrors()...)
+
+	switch o.output {
+	case "json":
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if ruleSets == nil {
+			ruleSets = []*policy.RuleSet{}
+		}
+		err = enc.Encode(ruleSets)
+	case "tc":
+		for _, rs := range ruleSets {
+			if err = tcdriver.WriteBatch(stdout, o.dev, rs, tcdriver.Options{}); err != nil {
+				return fmt.Errorf("%s: %w", rs.Attachment, err)
+			}
+		}
+	default:
+		for _, rs := range ruleSets {
+			writeRuleSetText(stdout, rs, engine.Enforced(rs.Attachment.Network))
+		}
+	}
+	if err != nil {
+		return err
+	}
+	if joined := errors.Join(inputErrs...); joined != nil {
+		for _, line := range strings.Split(joined.Error(), "\n") {
+			fmt.Fprintf(stderr, "invalid: %s\n", line)
+		}
+		return &ExitError{Code: exitInvalidObjects, Err: errors.New("some objects are invalid; their faulty parts allow nothing")}
+	}
+	return nil
+}
+
+// readManifests decodes every file (directories: their *.yaml, *.yml and
+// *.json files, sorted).
+func readManifests(paths []string, stdin io.Reader) (*policy.Objects, error) {
+	objs := &policy.Objects{}
+	for _, p := range paths {
+		if p == "-" {
+			if err := manifest.Decode(objs, "<stdin>", stdin); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		files := []string{p}
+		if st, err := os.Stat(p); err == nil && st.IsDir() {
+			entries, err := os.ReadDir(p)
+			if err != nil {
+				return nil, err
+			}
+			files = nil
+			for _, e := range entries {
+				if n := e.Name(); !e.IsDir() && (strings.HasSuffix(n, ".yaml") || strings.HasSuffix(n, ".yml") || strings.HasSuffix(n, ".json")) {
+					files = append(files, p+"/"+n)
+				}
+			}
+		}
+		for _, name := range files {
+			f, err := os.Open(name)
+			if err != nil {
+				return nil, err
+			}
+			err = manifest.Decode(objs, name, f)
+			f.Close()
+			if err != nil {
+				return nil, err
+			}
+		}
+	}
+	return objs, nil
+}
+
+// loadEngine feeds the objects to the engine and returns the attachments
+// the pods request, with the errors of pods whose annotation is invalid.
+func loadEngine(e *policy.Engine, objs *policy.Objects) ([]policy.Attachment, []error) {
+	for _, o := range objs.Namespaces {
+		e.UpsertNamespace(o)
+	}
+	for _, o := range objs.NADs {
+		e.UpsertNAD(o)
+	}
+	for _, o := range objs.Policies {
+		e.UpsertPolicy(o)
+	}
+	var atts []policy.Attachment
+	var errs []error
+	for _, p := range objs.Pods {
+		e.UpsertPod(p)
+		a, err := policy.PodAttachments(p)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		atts = append(atts, a...)
+	}
+	return atts, errs
+}
+
+func writeRuleSetText(w io.Writer, rs *policy.RuleSet, enforced bool) {
+	fmt.Fprintf(w, "%s\n", rs.Attachment)
+	if !enforced {
+		fmt.Fprintf(w, "  not enforced: the network's NAD is unknown or its plugin type is not in --network-plugins\n\n")
+		return
+	}
+	for _, d := range []policy.Direction{policy.Ingress, policy.Egress} {
+		dr := rs.Direction(d)
+		if !dr.Isolated {
+			fmt.Fprintf(w, "  %s: not isolated, all traffic allowed\n", d)
+			continue
+		}
+		echo := []string{}
+		if dr.AcceptICMP {
+			echo = append(echo, "ICMP echo")
+		}
+		if dr.AcceptICMPv6 {
+			echo = append(echo, "ICMPv6 echo")
+		}
+		always := "ARP, IPv6 ND"
+		if len(echo) > 0 {
+			always += ", " + strings.Join(echo, ", ")
+		}
+		fmt.Fprintf(w, "  %s: isolated by %s\n", d, strings.Join(dr.Policies, ", "))
+		fmt.Fprintf(w, "    always allowed: %s; replies of allowed connections (stateful)\n", always)
+		peerWord := map[policy.Direction]string{policy.Ingress: "from", policy.Egress: "to"}[d]
+		for _, r := range dr.Rules {
+			peers := "any address"
+			if !r.AnyPeer {
+				ps := make([]string, len(r.Peers))
+				for i, p := range r.Peers {
+					ps[i] = p.String()
+				}
+				peers = strings.Join(ps, ", ")
+			}
+			ports := "all protocols and ports"
+			if len(r.Ports) > 0 {
+				ps := make([]string, len(r.Ports))
+				for i, p := range r.Ports {
+					ps[i] = p.String()
+				}
+				ports = strings.Join(ps, ", ")
+			}
+			fmt.Fprintf(w, "    allow %s %s on %s   # %s\n", peerWord, peers, ports, strings.Join(r.Origins, "; "))
+		}
+		if len(dr.Rules) == 0 {
+			fmt.Fprintf(w, "    allow nothing else (deny all)\n")
+		}
+	}
+	fmt.Fprintln(w)
 }

@@ -1,0 +1,102 @@
+package app
+
+import (
+	"bytes"
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+var updateGolden = flag.Bool("update", false, "rewrite golden files")
+
+func runCLI(t *testing.T, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code = Main(args, &out, &errb)
+	return out.String(), errb.String(), code
+}
+
+func golden(t *testing.T, name, got string) {
+	t.Helper()
+	path := filepath.Join("testdata", "render", name)
+	if *updateGolden {
+		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run go test ./cmd/multi-networkpolicy-tc/app -run Render -update)", err)
+	}
+	if got != string(want) {
+		t.Errorf("%s differs from the golden file (-update to accept):\n--- got\n%s\n--- want\n%s", path, got, want)
+	}
+}
+
+// TestRenderExamples renders every docs/examples scenario in each format.
+func TestRenderExamples(t *testing.T) {
+	for _, format := range []string{"text", "json", "tc"} {
+		t.Run(format, func(t *testing.T) {
+			out, errOut, code := runCLI(t, "render", "-f", "../../../docs/examples", "-o", format)
+			if code != 0 {
+				t.Fatalf("exit %d: %s", code, errOut)
+			}
+			golden(t, "examples."+format, out)
+		})
+	}
+}
+
+func TestRenderOnePod(t *testing.T) {
+	out, errOut, code := runCLI(t, "render", "-f", "../../../docs/examples", "--pod", "blue/server")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	if !strings.HasPrefix(out, "blue/server net1 (network blue/sriov-a)\n") || strings.Contains(out, "red/") {
+		t.Fatalf("want only blue/server:\n%s", out)
+	}
+}
+
+func TestRenderBadInput(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, content string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	ns := "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n"
+	cases := []struct {
+		name     string
+		args     []string
+		code     int
+		contains []string
+	}{
+		{"bad YAML names file and document", []string{"-f", write("bad.yaml", ns+"---\nkind: [unclosed\n")}, 2,
+			[]string{"bad.yaml: document 2"}},
+		{"unknown kind", []string{"-f", write("kind.yaml", ns+"---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n")}, 2,
+			[]string{"kind.yaml: document 2", "unsupported kind ConfigMap"}},
+		{"unknown field is not silently dropped", []string{"-f", write("field.yaml", "apiVersion: k8s.cni.cncf.io/v1beta1\nkind: MultiNetworkPolicy\nmetadata: {name: p}\nspec:\n  podSelector: {}\n  ingres: []\n")}, 2,
+			[]string{"field.yaml: document 1", "unknown field"}},
+		{"missing file", []string{"-f", filepath.Join(dir, "nope.yaml")}, 2, []string{"nope.yaml"}},
+		{"unknown pod", []string{"-f", "../../../docs/examples", "--pod", "x/y"}, 2, []string{"--pod x/y"}},
+		{"invalid policy field renders fail-closed and exits 3", []string{"-f", "../../../docs/examples/00-cluster.yaml", "-f",
+			write("cidr.yaml", "apiVersion: k8s.cni.cncf.io/v1beta1\nkind: MultiNetworkPolicy\nmetadata: {name: p, namespace: blue, annotations: {k8s.v1.cni.cncf.io/policy-for: sriov-a}}\nspec:\n  podSelector: {}\n  ingress:\n  - from:\n    - ipBlock: {cidr: 10.0.0.0/33}\n")}, 3,
+			[]string{"MultiNetworkPolicy blue/p: spec.ingress[0].from[0].ipBlock.cidr", "allow nothing else"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			out, errOut, code := runCLI(t, append([]string{"render"}, c.args...)...)
+			if code != c.code {
+				t.Fatalf("exit %d, want %d\nstdout: %s\nstderr: %s", code, c.code, out, errOut)
+			}
+			for _, s := range c.contains {
+				if !strings.Contains(out+errOut, s) {
+					t.Errorf("output lacks %q:\nstdout: %s\nstderr: %s", s, out, errOut)
+				}
+			}
+		})
+	}
+}

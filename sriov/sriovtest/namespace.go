@@ -16,6 +16,11 @@ import (
 // private namespaces.
 const envPrivateNamespace = "MNPTC_TEST_PRIVATE_NS"
 
+// InsidePrivateNamespace tells whether this process is the re-executed
+// test binary inside the private namespaces; work that needs the host (the
+// network, a build) belongs before InPrivateNamespace, when this is false.
+func InsidePrivateNamespace() bool { return os.Getenv(envPrivateNamespace) == "1" }
+
 // InPrivateNamespace makes the calling test run inside
 // `unshare --mount --net --propagation private`, where it may mount over /sys
 // and create netdevs without touching the host. Use it as
@@ -29,7 +34,7 @@ const envPrivateNamespace = "MNPTC_TEST_PRIVATE_NS"
 // not root, since namespaces and mounts need CAP_SYS_ADMIN.
 func InPrivateNamespace(t *testing.T) bool {
 	t.Helper()
-	if os.Getenv(envPrivateNamespace) == "1" {
+	if InsidePrivateNamespace() {
 		return true
 	}
 	if os.Geteuid() != 0 {

@@ -68,6 +68,12 @@ func NewRootCommand(stdout, stderr io.Writer) *cobra.Command {
 	pf.StringVar(&logs.format, "log-format", "text", "log format: text or json")
 	pf.StringVarP(&logs.level, "log-level", "v", "info", "log level: panic, fatal, error, warn, info, debug or trace")
 
+	// The agent is the default command: `multi-networkpolicy-tc --flags`
+	// runs it, as upstream's DaemonSets invoke it.
+	agentOpts := NewAgentOptions()
+	agentOpts.AddFlags(root.Flags())
+	root.RunE = newAgentCommandRunner(agentOpts)
+
 	root.AddCommand(newRenderCommand(stdout))
 	root.AddCommand(newDebugCommand(stdout))
 	return root

@@ -1,0 +1,390 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/sirupsen/logrus"
+	"github.com/spf13/cobra"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/record"
+	"k8s.io/client-go/util/workqueue"
+	podresourcesv1 "k8s.io/kubelet/pkg/apis/podresources/v1"
+
+	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/podresources"
+	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/policy"
+	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/sriov"
+	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/tcdriver"
+)
+
+// PodResources is what the agent needs from the kubelet's PodResources API;
+// *podresources.Client implements it.
+type PodResources interface {
+	List(ctx context.Context) ([]*podresourcesv1.PodResources, error)
+	Get(ctx context.Context, namespace, name string) (*podresourcesv1.PodResources, error)
+}
+
+// AgentConfig is everything an Agent runs with. The command line fills it
+// from flags with the real implementations; tests inject fakes at the three
+// node-local edges (PodResources, Resolver, Driver) and talk to a real API
+// server.
+type AgentConfig struct {
+	Options      AgentOptions
+	Clients      *Clients
+	PodResources PodResources
+	Resolver     sriov.Resolver
+	Driver       tcdriver.Driver
+	// Registry receives the metrics (nil: a private registry).
+	Registry *prometheus.Registry
+	Log      logrus.FieldLogger
+}
+
+// Agent enforces MultiNetworkPolicy on this node's VF representors.
+type Agent struct {
+	opts      AgentOptions
+	log       logrus.FieldLogger
+	clients   *Clients
+	pr        PodResources
+	resolver  sriov.Resolver
+	driver    tcdriver.Driver
+	engine    *policy.Engine
+	mapper    *podresources.Mapper
+	registry  *prometheus.Registry
+	metrics   *agentMetrics
+	informers *informerSet
+
+	broadcaster record.EventBroadcaster
+	events      *eventReporter
+
+	// attQueue holds attachment IDs to compute and program; podQueue holds
+	// local pod keys (namespace/name) whose VF mapping must be refreshed.
+	attQueue workqueue.TypedRateLimitingInterface[string]
+	podQueue workqueue.TypedRateLimitingInterface[string]
+
+	// driverMu serializes kernel programming: the driver is one netlink
+	// socket, and the check that a representor has no new owner must be
+	// atomic with removing its rules.
+	driverMu sync.Mutex
+
+	mu sync.Mutex
+	// local are the attachments of this node's pods on enforced networks.
+	local map[string]*localAttachment
+	// byPod lists the attachment IDs of each local pod.
+	byPod map[string][]string
+	// vfOwner maps a VF PCI address to the attachment that now uses it.
+	vfOwner map[string]string
+	// podRes caches each local pod's devices once they mapped: the kubelet
+	// assigns devices at admission and never changes them for a pod UID.
+	podRes map[string]cachedResources
+	// programmed records what is installed for each attachment.
+	programmed map[string]*programmedState
+
+	ready   atomic.Bool
+	started atomic.Bool
+}
+
+// localAttachment is one local pod network on an enforced network, with the
+// VFs the kubelet assigned it (normally one; two if the pod attached the
+// same network twice).
+type localAttachment struct {
+	att     policy.Attachment
+	podUID  types.UID
+	devices []string
+}
+
+type cachedResources struct {
+	uid types.UID
+	res *podresourcesv1.PodResources
+}
+
+type programmedState struct {
+	// reps maps VF PCI to the representor we programmed for it.
+	reps  map[string]string
+	state string
+}
+
+// NewAgent validates the configuration and returns an agent ready to Run.
+func NewAgent(cfg AgentConfig) (*Agent, error) {
+	if err := cfg.Options.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Clients == nil || cfg.PodResources == nil || cfg.Resolver == nil || cfg.Driver == nil {
+		return nil, errors.New("agent: Clients, PodResources, Resolver and Driver are required")
+	}
+	log := cfg.Log
+	if log == nil {
+		log = logrus.StandardLogger()
+	}
+	reg := cfg.Registry
+	if reg == nil {
+		reg = newRegistry()
+	}
+	a := &Agent{
+		opts:     cfg.Options,
+		log:      log.WithField("node", cfg.Options.HostnameOverride),
+		clients:  cfg.Clients,
+		resolver: cfg.Resolver,
+		driver:   cfg.Driver,
+		engine: policy.NewEngine(policy.Options{
+			NetworkPlugins: cfg.Options.NetworkPlugins,
+			AcceptICMP:     cfg.Options.AcceptICMP,
+			AcceptICMPv6:   cfg.Options.AcceptICMPv6,
+		}),
+		mapper:     podresources.NewMapper(),
+		registry:   reg,
+		metrics:    newAgentMetrics(reg),
+		local:      map[string]*localAttachment{},
+		byPod:      map[string][]string{},
+		vfOwner:    map[string]string{},
+		podRes:     map[string]cachedResources{},
+		programmed: map[string]*programmedState{},
+	}
+	a.pr = instrumentedPodResources{next: cfg.PodResources, metrics: a.metrics}
+	a.attQueue = workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
+		workqueue.TypedRateLimitingQueueConfig[string]{Name: "attachments"})
+	a.podQueue = workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
+		workqueue.TypedRateLimitingQueueConfig[string]{Name: "pods"})
+	a.informers = newInformerSet(cfg.Clients, cfg.Options.HostnameOverride)
+	a.broadcaster = record.NewBroadcaster()
+	recorder := a.broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: eventComponent, Host: cfg.Options.HostnameOverride})
+	a.events = newEventReporter(recorder, a.uidOf, cfg.Options.ResyncPeriod)
+	if err := a.addEventHandlers(); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+// Registry returns the registry the agent's metrics are on.
+func (a *Agent) Registry() *prometheus.Registry { return a.registry }
+
+// Ready reports whether every attachment was programmed once since start.
+func (a *Agent) Ready() bool { return a.ready.Load() }
+
+// Run runs the agent until ctx ends. Rules stay in the kernel when it
+// returns: a restart adopts them, and pods stay protected meanwhile.
+func (a *Agent) Run(ctx context.Context) error {
+	if !a.started.CompareAndSwap(false, true) {
+		return errors.New("agent: Run called twice")
+	}
+	a.broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: a.clients.Kube.CoreV1().Events("")})
+	defer a.broadcaster.Shutdown()
+
+	servers, err := a.startHTTP(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		for _, s := range servers {
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			_ = s.Shutdown(sctx)
+			cancel()
+		}
+	}()
+
+	a.log.WithFields(logrus.Fields{"networkPlugins": a.opts.NetworkPlugins, "podResources": a.opts.PodResourcesSocket}).Info("starting")
+	a.informers.start(ctx.Done())
+	defer a.informers.shutdown()
+	defer a.attQueue.ShutDown()
+	defer a.podQueue.ShutDown()
+	if !cache.WaitForNamedCacheSync("multi-networkpolicy-tc", ctx.Done(), a.informers.hasSynced) {
+		return fmt.Errorf("waiting for informer caches: %w", ctx.Err())
+	}
+	a.log.Info("caches synced; mapping local pods and programming every attachment")
+
+	// Initial programming before workers start: every attachment gets its
+	// rules once, then the agent reports ready. Rules already in the kernel
+	// from a previous run are adopted by the driver, not flushed.
+	for {
+		if err := a.resync(ctx); err == nil {
+			break
+		} else if ctx.Err() != nil {
+			return ctx.Err()
+		} else {
+			a.log.WithError(err).Warn("initial mapping failed; retrying")
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(2 * time.Second):
+		}
+	}
+	for a.attQueue.Len() > 0 && ctx.Err() == nil {
+		id, shutdown := a.attQueue.Get()
+		if shutdown {
+			break
+		}
+		a.processAttachment(ctx, id)
+	}
+	a.ready.Store(true)
+	a.log.WithField("attachments", a.countLocal()).Info("ready")
+
+	var wg sync.WaitGroup
+	for range a.opts.Workers {
+		wg.Go(func() {
+			for a.processNextAttachment(ctx) {
+			}
+		})
+	}
+	wg.Go(func() {
+		for a.processNextPod(ctx) {
+		}
+	})
+	wg.Go(func() { a.resyncLoop(ctx) })
+	<-ctx.Done()
+	a.attQueue.ShutDown()
+	a.podQueue.ShutDown()
+	wg.Wait()
+	a.log.Info("stopped; TC rules stay in place")
+	return nil
+}
+
+func (a *Agent) resyncLoop(ctx context.Context) {
+	t := time.NewTicker(a.opts.ResyncPeriod)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := a.resync(ctx); err != nil && ctx.Err() == nil {
+				a.log.WithError(err).Warn("resync failed; keeping the current rules")
+			}
+		}
+	}
+}
+
+func (a *Agent) startHTTP(ctx context.Context) ([]*http.Server, error) {
+	var servers []*http.Server
+	serve := func(addr string, h http.Handler, what string) error {
+		ln, err := (&net.ListenConfig{}).Listen(ctx, "tcp", addr)
+		if err != nil {
+			return fmt.Errorf("%s on %s: %w", what, addr, err)
+		}
+		s := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+		servers = append(servers, s)
+		a.log.WithField("address", ln.Addr().String()).Infof("serving %s", what)
+		go func() {
+			if err := s.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				a.log.WithError(err).Errorf("%s server", what)
+			}
+		}()
+		return nil
+	}
+	if enabledAddress(a.opts.MetricsBindAddress) {
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(a.registry, promhttp.HandlerOpts{}))
+		if err := serve(a.opts.MetricsBindAddress, mux, "metrics"); err != nil {
+			return servers, err
+		}
+	}
+	if enabledAddress(a.opts.HealthProbeBindAddress) {
+		mux := http.NewServeMux()
+		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+			_, _ = w.Write([]byte("ok\n"))
+		})
+		mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+			if !a.Ready() {
+				http.Error(w, "not ready: caches syncing or attachments not programmed yet", http.StatusServiceUnavailable)
+				return
+			}
+			_, _ = w.Write([]byte("ok\n"))
+		})
+		if err := serve(a.opts.HealthProbeBindAddress, mux, "health probes"); err != nil {
+			return servers, err
+		}
+	}
+	return servers, nil
+}
+
+// uidOf finds an object's UID in the caches, so Events link to the object.
+func (a *Agent) uidOf(kind, namespace, name string) types.UID {
+	var inf cache.SharedIndexInformer
+	switch kind {
+	case "Pod":
+		inf = a.informers.pods
+	case "MultiNetworkPolicy":
+		inf = a.informers.policies
+	case "NetworkAttachmentDefinition":
+		inf = a.informers.nads
+	case "Namespace":
+		inf = a.informers.namespaces
+		namespace = ""
+	default:
+		return ""
+	}
+	key := name
+	if namespace != "" {
+		key = namespace + "/" + name
+	}
+	obj, ok, err := inf.GetStore().GetByKey(key)
+	if err != nil || !ok {
+		return ""
+	}
+	if m, ok := obj.(interface{ GetUID() types.UID }); ok {
+		return m.GetUID()
+	}
+	return ""
+}
+
+func (a *Agent) countLocal() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.local)
+}
+
+// newAgentCommandRunner returns the RunE of the root command: the agent.
+func newAgentCommandRunner(opts *AgentOptions) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		if len(args) > 0 {
+			return &ExitError{Code: exitBadInput, Err: fmt.Errorf("unexpected arguments %q (the agent takes only flags; see --help)", args)}
+		}
+		if err := opts.Validate(); err != nil {
+			return &ExitError{Code: exitBadInput, Err: err}
+		}
+		clients, _, err := NewClients(opts.Kubeconfig, opts.Master)
+		if err != nil {
+			return err
+		}
+		pr, err := podresources.New(opts.PodResourcesSocket, podresources.Options{})
+		if err != nil {
+			return err
+		}
+		defer func() { _ = pr.Close() }()
+		reg := newRegistry()
+		offload, _ := tcdriver.ParseOffload(opts.TCOffload)
+		drv, err := tcdriver.New(tcdriver.Options{Offload: offload}, logrus.StandardLogger(), tcdriver.NewMetrics(reg))
+		if err != nil {
+			return err
+		}
+		defer func() { _ = drv.Close() }()
+		agent, err := NewAgent(AgentConfig{
+			Options:      *opts,
+			Clients:      clients,
+			PodResources: pr,
+			Resolver:     sriov.NewSysfsResolver(),
+			Driver:       drv,
+			Registry:     reg,
+		})
+		if err != nil {
+			return err
+		}
+		ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		return agent.Run(ctx)
+	}
+}

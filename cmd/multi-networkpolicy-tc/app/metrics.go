@@ -1,0 +1,124 @@
+package app
+
+import (
+	"context"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	podresourcesv1 "k8s.io/kubelet/pkg/apis/podresources/v1"
+)
+
+const metricsNamespace = "multi_networkpolicy_tc"
+
+// Reasons of the errors_total metric. Each is also the reason of the Event
+// a user sees when the error is theirs to fix.
+const (
+	reasonInvalidInput        = "InvalidInput"
+	reasonDeviceCountMismatch = "DeviceCountMismatch"
+	reasonRepresentorNotFound = "RepresentorNotFound"
+	reasonVFNotResolved       = "VFNotResolved"
+	reasonTCProgramming       = "TCProgrammingFailed"
+	reasonTCRemove            = "TCRemoveFailed"
+	reasonPodResources        = "PodResourcesFailed"
+	reasonNetworksAnnotation  = "InvalidNetworksAnnotation"
+)
+
+// Attachment states of the attachments gauge.
+const (
+	statePending    = "pending"
+	stateProgrammed = "programmed"
+	stateFailed     = "failed"
+)
+
+var attachmentStates = []string{statePending, stateProgrammed, stateFailed}
+
+// agentMetrics are the agent's Prometheus metrics. The TC driver exports
+// its own (filters per representor, split by in_hw) on the same registry.
+type agentMetrics struct {
+	syncDuration     *prometheus.HistogramVec
+	errors           *prometheus.CounterVec
+	attachments      *prometheus.GaugeVec
+	podResourcesCall *prometheus.HistogramVec
+	podResourcesErrs *prometheus.CounterVec
+	lastResync       prometheus.Gauge
+}
+
+func newAgentMetrics(reg prometheus.Registerer) *agentMetrics {
+	m := &agentMetrics{
+		syncDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: metricsNamespace,
+			Name:      "sync_duration_seconds",
+			Help:      "Time to compute and program one attachment (attachment) or to re-map every local pod from PodResources (mapping).",
+			Buckets:   prometheus.ExponentialBuckets(0.0005, 2, 14),
+		}, []string{"kind", "result"}),
+		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: metricsNamespace,
+			Name:      "errors_total",
+			Help:      "Errors by reason: InvalidInput, DeviceCountMismatch, RepresentorNotFound, VFNotResolved, TCProgrammingFailed, TCRemoveFailed, PodResourcesFailed, InvalidNetworksAnnotation.",
+		}, []string{"reason"}),
+		attachments: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: metricsNamespace,
+			Name:      "attachments",
+			Help:      "Local pod attachments on enforced networks by state: pending (not programmed yet), programmed, failed (last attempt failed; retried).",
+		}, []string{"state"}),
+		podResourcesCall: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: metricsNamespace,
+			Name:      "podresources_call_duration_seconds",
+			Help:      "Latency of kubelet PodResources calls, retries included.",
+			Buckets:   prometheus.ExponentialBuckets(0.0005, 2, 16),
+		}, []string{"method"}),
+		podResourcesErrs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: metricsNamespace,
+			Name:      "podresources_errors_total",
+			Help:      "Failed kubelet PodResources calls.",
+		}, []string{"method"}),
+		lastResync: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: metricsNamespace,
+			Name:      "last_resync_timestamp_seconds",
+			Help:      "When the last full resync (PodResources and kernel state) finished.",
+		}),
+	}
+	for _, s := range attachmentStates {
+		m.attachments.WithLabelValues(s).Set(0)
+	}
+	if reg != nil {
+		reg.MustRegister(m.syncDuration, m.errors, m.attachments, m.podResourcesCall, m.podResourcesErrs, m.lastResync)
+	}
+	return m
+}
+
+// newRegistry returns a registry with the process and Go collectors, as
+// the default one has, without the global state.
+func newRegistry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), collectors.NewGoCollector())
+	return reg
+}
+
+// instrumentedPodResources measures the calls of the PodResources client.
+type instrumentedPodResources struct {
+	next    PodResources
+	metrics *agentMetrics
+}
+
+func (p instrumentedPodResources) observe(method string, start time.Time, err error) {
+	p.metrics.podResourcesCall.WithLabelValues(method).Observe(time.Since(start).Seconds())
+	if err != nil {
+		p.metrics.podResourcesErrs.WithLabelValues(method).Inc()
+	}
+}
+
+func (p instrumentedPodResources) List(ctx context.Context) ([]*podresourcesv1.PodResources, error) {
+	start := time.Now()
+	res, err := p.next.List(ctx)
+	p.observe("List", start, err)
+	return res, err
+}
+
+func (p instrumentedPodResources) Get(ctx context.Context, namespace, name string) (*podresourcesv1.PodResources, error) {
+	start := time.Now()
+	res, err := p.next.Get(ctx, namespace, name)
+	p.observe("Get", start, err)
+	return res, err
+}

@@ -1,0 +1,120 @@
+package app
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/podresources"
+	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/policy"
+	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/tcdriver"
+)
+
+// Defaults of the agent's flags. The ports sit next to each other and out
+// of the ranges Kubernetes components use (10248-10260) and of
+// multi-networkpolicy-iptables' (none): 9310 metrics, 9311 probes.
+const (
+	DefaultMetricsBindAddress     = "127.0.0.1:9310"
+	DefaultHealthProbeBindAddress = ":9311"
+	DefaultResyncPeriod           = 5 * time.Minute
+)
+
+// AgentOptions are the agent's command-line settings. The first group keeps
+// the names and meaning of multi-networkpolicy-iptables' flags so the agent
+// can be swapped into an existing DaemonSet.
+type AgentOptions struct {
+	Kubeconfig       string
+	Master           string
+	HostnameOverride string
+	NetworkPlugins   []string
+	PodRulesPath     string
+
+	PodResourcesSocket     string
+	ResyncPeriod           time.Duration
+	MetricsBindAddress     string
+	HealthProbeBindAddress string
+	AcceptICMP             bool
+	AcceptICMPv6           bool
+	TCOffload              string
+	Workers                int
+}
+
+// NewAgentOptions returns the defaults.
+func NewAgentOptions() *AgentOptions {
+	return &AgentOptions{
+		NetworkPlugins:         append([]string(nil), policy.DefaultNetworkPlugins...),
+		PodResourcesSocket:     podresources.DefaultSocket,
+		ResyncPeriod:           DefaultResyncPeriod,
+		MetricsBindAddress:     DefaultMetricsBindAddress,
+		HealthProbeBindAddress: DefaultHealthProbeBindAddress,
+		TCOffload:              string(tcdriver.OffloadAuto),
+		Workers:                2,
+	}
+}
+
+// AddFlags registers the agent's flags on fs.
+func (o *AgentOptions) AddFlags(fs *pflag.FlagSet) {
+	fs.StringVar(&o.Kubeconfig, "kubeconfig", o.Kubeconfig, "path to a kubeconfig; empty: the in-cluster configuration (ServiceAccount)")
+	fs.StringVar(&o.Master, "master", o.Master, "address of the Kubernetes API server (overrides the kubeconfig's)")
+	fs.StringVar(&o.HostnameOverride, "hostname-override", o.HostnameOverride, "this node's name as Kubernetes knows it (spec.nodeName of its pods); empty: the host name")
+	fs.StringSliceVar(&o.NetworkPlugins, "network-plugins", o.NetworkPlugins, "CNI plugin types (first plugin of the NAD config) whose networks are enforced, comma separated")
+	fs.StringVar(&o.PodRulesPath, "pod-rules-path", o.PodRulesPath, "if set, write each attachment's computed rule set and tc commands under this directory, for troubleshooting")
+	fs.StringVar(&o.PodResourcesSocket, "podresources-socket", o.PodResourcesSocket, "the kubelet's PodResources API socket")
+	fs.DurationVar(&o.ResyncPeriod, "resync-period", o.ResyncPeriod, "how often to re-read PodResources and the kernel's TC state and repair drift")
+	fs.StringVar(&o.MetricsBindAddress, "metrics-bind-address", o.MetricsBindAddress, "host:port serving Prometheus metrics on /metrics; 0 disables")
+	fs.StringVar(&o.HealthProbeBindAddress, "health-probe-bind-address", o.HealthProbeBindAddress, "host:port serving /healthz and /readyz; 0 disables")
+	fs.BoolVar(&o.AcceptICMP, "accept-icmp", o.AcceptICMP, "always allow ICMP echo request/reply on isolated IPv4 attachments")
+	fs.BoolVar(&o.AcceptICMPv6, "accept-icmpv6", o.AcceptICMPv6, "always allow ICMPv6 echo request/reply on isolated attachments (neighbour discovery is always allowed)")
+	fs.StringVar(&o.TCOffload, "tc-offload", o.TCOffload, "hardware offload of the TC filters: auto (no skip flag), skip-sw (hardware only) or skip-hw (software only)")
+	fs.IntVar(&o.Workers, "workers", o.Workers, "attachments computed in parallel (programming the kernel is serialized)")
+}
+
+// Validate checks the options and fills derived defaults (the node name).
+func (o *AgentOptions) Validate() error {
+	var errs []error
+	if o.HostnameOverride == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			errs = append(errs, fmt.Errorf("--hostname-override not set and the host name is unknown: %w", err))
+		}
+		o.HostnameOverride = strings.ToLower(strings.TrimSpace(h))
+	}
+	var plugins []string
+	for _, p := range o.NetworkPlugins {
+		if p = strings.TrimSpace(p); p != "" {
+			plugins = append(plugins, p)
+		}
+	}
+	if len(plugins) == 0 {
+		errs = append(errs, errors.New("--network-plugins: name at least one CNI plugin type"))
+	}
+	o.NetworkPlugins = plugins
+	if o.PodResourcesSocket == "" {
+		errs = append(errs, errors.New("--podresources-socket must not be empty"))
+	}
+	if o.ResyncPeriod < time.Second {
+		errs = append(errs, fmt.Errorf("--resync-period=%s: must be at least 1s", o.ResyncPeriod))
+	}
+	for flag, addr := range map[string]string{"--metrics-bind-address": o.MetricsBindAddress, "--health-probe-bind-address": o.HealthProbeBindAddress} {
+		if addr == "0" || addr == "" {
+			continue
+		}
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			errs = append(errs, fmt.Errorf("%s=%q: want host:port or 0: %w", flag, addr, err))
+		}
+	}
+	if _, err := tcdriver.ParseOffload(o.TCOffload); err != nil {
+		errs = append(errs, err)
+	}
+	if o.Workers < 1 {
+		errs = append(errs, fmt.Errorf("--workers=%d: must be at least 1", o.Workers))
+	}
+	return errors.Join(errs...)
+}
+
+func enabledAddress(addr string) bool { return addr != "" && addr != "0" }

@@ -1,0 +1,612 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	mnpv1beta1 "github.com/k8snetworkplumbingwg/multi-networkpolicy/pkg/apis/k8s.cni.cncf.io/v1beta1"
+	nadv1 "github.com/k8snetworkplumbingwg/network-attachment-definition-client/pkg/apis/k8s.cni.cncf.io/v1"
+	"github.com/sirupsen/logrus"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/tools/cache"
+	podresourcesv1 "k8s.io/kubelet/pkg/apis/podresources/v1"
+
+	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/podresources"
+	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/policy"
+	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/sriov"
+	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/tcdriver"
+)
+
+// addEventHandlers feeds the policy engine from the informers and enqueues
+// only the attachments the engine says a change affects.
+func (a *Agent) addEventHandlers() error {
+	inf := a.informers
+	handlers := []struct {
+		informer cache.SharedIndexInformer
+		handler  cache.ResourceEventHandler
+	}{
+		{inf.policies, cache.ResourceEventHandlerFuncs{
+			AddFunc:    func(obj any) { a.onPolicy(obj) },
+			UpdateFunc: func(_, obj any) { a.onPolicy(obj) },
+			DeleteFunc: func(obj any) {
+				if p, ok := tombstone(obj).(*mnpv1beta1.MultiNetworkPolicy); ok {
+					a.enqueueAttachments(a.engine.DeletePolicy(p.Namespace, p.Name))
+				}
+			},
+		}},
+		{inf.namespaces, cache.ResourceEventHandlerFuncs{
+			AddFunc:    func(obj any) { a.onNamespace(obj) },
+			UpdateFunc: func(_, obj any) { a.onNamespace(obj) },
+			DeleteFunc: func(obj any) {
+				if ns, ok := tombstone(obj).(*corev1.Namespace); ok {
+					a.enqueueAttachments(a.engine.DeleteNamespace(ns.Name))
+				}
+			},
+		}},
+		{inf.nads, cache.ResourceEventHandlerFuncs{
+			AddFunc:    func(obj any) { a.onNAD(obj) },
+			UpdateFunc: func(_, obj any) { a.onNAD(obj) },
+			DeleteFunc: func(obj any) {
+				if n, ok := tombstone(obj).(*nadv1.NetworkAttachmentDefinition); ok {
+					a.enqueueAttachments(a.engine.DeleteNAD(n.Namespace, n.Name))
+					a.enqueueAllLocalPods()
+				}
+			},
+		}},
+		// Every pod, this node's included, feeds the engine from the
+		// stripped cluster-wide cache: one source for peers and selected
+		// pods alike.
+		{inf.pods, cache.ResourceEventHandlerFuncs{
+			AddFunc:    func(obj any) { a.onPod(obj) },
+			UpdateFunc: func(_, obj any) { a.onPod(obj) },
+			DeleteFunc: func(obj any) {
+				if p, ok := tombstone(obj).(*corev1.Pod); ok {
+					a.enqueueAttachments(a.engine.DeletePod(p.Namespace, p.Name))
+				}
+			},
+		}},
+		// This node's pods, whole, drive the VF mapping.
+		{inf.localPods, cache.ResourceEventHandlerFuncs{
+			AddFunc: func(obj any) { a.enqueuePod(obj) },
+			UpdateFunc: func(old, cur any) {
+				o, ok1 := old.(*corev1.Pod)
+				c, ok2 := cur.(*corev1.Pod)
+				if !ok1 || !ok2 || mappingChanged(o, c) {
+					a.enqueuePod(cur)
+				}
+			},
+			DeleteFunc: func(obj any) { a.enqueuePod(tombstone(obj)) },
+		}},
+	}
+	for _, h := range handlers {
+		if _, err := h.informer.AddEventHandler(h.handler); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (a *Agent) onPolicy(obj any) {
+	if p, ok := obj.(*mnpv1beta1.MultiNetworkPolicy); ok {
+		a.enqueueAttachments(a.engine.UpsertPolicy(p))
+	}
+}
+
+func (a *Agent) onNamespace(obj any) {
+	if ns, ok := obj.(*corev1.Namespace); ok {
+		a.enqueueAttachments(a.engine.UpsertNamespace(ns))
+	}
+}
+
+func (a *Agent) onNAD(obj any) {
+	if n, ok := obj.(*nadv1.NetworkAttachmentDefinition); ok {
+		a.enqueueAttachments(a.engine.UpsertNAD(n))
+		// The NAD's resource or plugin type decide which local networks
+		// are mapped and enforced: re-map from the cached devices.
+		a.enqueueAllLocalPods()
+	}
+}
+
+func (a *Agent) onPod(obj any) {
+	if p, ok := obj.(*corev1.Pod); ok {
+		a.enqueueAttachments(a.engine.UpsertPod(p))
+	}
+}
+
+func (a *Agent) enqueueAttachments(atts []policy.Attachment) {
+	for _, att := range atts {
+		a.attQueue.Add(att.ID())
+	}
+}
+
+func (a *Agent) enqueuePod(obj any) {
+	if p, ok := obj.(*corev1.Pod); ok {
+		a.podQueue.Add(p.Namespace + "/" + p.Name)
+	}
+}
+
+func (a *Agent) enqueueAllLocalPods() {
+	for _, key := range a.informers.localPods.GetStore().ListKeys() {
+		a.podQueue.Add(key)
+	}
+	// and pods that are gone but still hold attachments
+	a.mu.Lock()
+	for key := range a.byPod {
+		a.podQueue.Add(key)
+	}
+	a.mu.Unlock()
+}
+
+// resync re-reads PodResources, re-maps every local pod and enqueues every
+// attachment: applying an unchanged rule set reads the kernel state and
+// repairs whatever differs (a filter deleted by hand, a representor that
+// lost its qdisc).
+func (a *Agent) resync(ctx context.Context) error {
+	start := time.Now()
+	list, err := a.pr.List(ctx)
+	if err != nil {
+		a.metrics.errors.WithLabelValues(reasonPodResources).Inc()
+		a.metrics.syncDuration.WithLabelValues("mapping", "error").Observe(time.Since(start).Seconds())
+		return fmt.Errorf("listing pod resources: %w", err)
+	}
+	byPod := make(map[string]*podresourcesv1.PodResources, len(list))
+	for _, r := range list {
+		byPod[r.GetNamespace()+"/"+r.GetName()] = r
+	}
+	seen := map[string]bool{}
+	for _, obj := range a.informers.localPods.GetStore().List() {
+		pod, ok := obj.(*corev1.Pod)
+		if !ok {
+			continue
+		}
+		key := pod.Namespace + "/" + pod.Name
+		seen[key] = true
+		a.mu.Lock()
+		delete(a.podRes, key)
+		a.mu.Unlock()
+		a.mapPod(pod, byPod[key])
+	}
+	a.mu.Lock()
+	var gone []string
+	for key := range a.byPod {
+		if !seen[key] {
+			gone = append(gone, key)
+		}
+	}
+	ids := make([]string, 0, len(a.local)+len(a.programmed))
+	for id := range a.local {
+		ids = append(ids, id)
+	}
+	for id := range a.programmed {
+		ids = append(ids, id)
+	}
+	a.mu.Unlock()
+	for _, key := range gone {
+		a.setPodAttachments(key, nil)
+	}
+	for _, id := range ids {
+		a.attQueue.Add(id)
+	}
+	a.metrics.syncDuration.WithLabelValues("mapping", "ok").Observe(time.Since(start).Seconds())
+	a.metrics.lastResync.SetToCurrentTime()
+	return nil
+}
+
+func (a *Agent) processNextPod(ctx context.Context) bool {
+	key, shutdown := a.podQueue.Get()
+	if shutdown {
+		return false
+	}
+	defer a.podQueue.Done(key)
+	if err := a.syncPod(ctx, key); err != nil {
+		a.log.WithError(err).WithField("pod", key).Debug("pod mapping failed; retrying")
+		a.podQueue.AddRateLimited(key)
+		return true
+	}
+	a.podQueue.Forget(key)
+	return true
+}
+
+// syncPod refreshes the VF mapping of one local pod.
+func (a *Agent) syncPod(ctx context.Context, key string) error {
+	obj, exists, err := a.informers.localPods.GetStore().GetByKey(key)
+	if err != nil {
+		return err
+	}
+	pod, _ := obj.(*corev1.Pod)
+	if !exists || pod == nil || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
+		// Gone or finished: its VF is released, so are its rules.
+		a.mu.Lock()
+		delete(a.podRes, key)
+		a.mu.Unlock()
+		a.setPodAttachments(key, nil)
+		return nil
+	}
+	a.mu.Lock()
+	cached, ok := a.podRes[key]
+	a.mu.Unlock()
+	var res *podresourcesv1.PodResources
+	if ok && cached.uid == pod.UID {
+		res = cached.res
+	} else if needsDevices(pod) {
+		res, err = a.pr.Get(ctx, pod.Namespace, pod.Name)
+		if err != nil && !errors.Is(err, podresources.ErrPodNotFound) {
+			a.metrics.errors.WithLabelValues(reasonPodResources).Inc()
+			return err
+		}
+	}
+	if err := a.mapPod(pod, res); err != nil && pod.Status.Phase == corev1.PodRunning {
+		// A running pod whose devices don't map yet: the kubelet may still
+		// be admitting it; retry with backoff (and at every resync).
+		return err
+	}
+	return nil
+}
+
+// needsDevices reports whether the pod asks for secondary networks at all.
+func needsDevices(pod *corev1.Pod) bool {
+	return strings.TrimSpace(pod.Annotations[nadv1.NetworkAttachmentAnnot]) != ""
+}
+
+// mapPod maps a local pod's networks to the VFs the kubelet assigned it and
+// replaces its attachments. On error the pod keeps no attachment (its rules
+// are not guessed) and the error is reported on the pod when it runs.
+func (a *Agent) mapPod(pod *corev1.Pod, res *podresourcesv1.PodResources) error {
+	key := pod.Namespace + "/" + pod.Name
+	mapped, err := a.mapper.Map(pod, a.lookupNAD, res)
+	if err != nil {
+		reason := reasonNetworksAnnotation
+		if errors.Is(err, podresources.ErrDeviceCountMismatch) {
+			reason = reasonDeviceCountMismatch
+		}
+		if pod.Status.Phase == corev1.PodRunning {
+			a.metrics.errors.WithLabelValues(reason).Inc()
+			a.events.warn("Pod", pod.Namespace, pod.Name, reason, err.Error())
+			a.log.WithError(err).WithField("pod", key).Warn("cannot map the pod's networks to its VFs; no rules for it")
+		}
+		a.mu.Lock()
+		delete(a.podRes, key)
+		a.mu.Unlock()
+		a.setPodAttachments(key, nil)
+		return err
+	}
+	byID := map[string]*localAttachment{}
+	var order []string
+	for _, m := range mapped {
+		ref := policy.NetworkRef{Namespace: m.NetworkNamespace, Name: m.NetworkName}
+		if !a.engine.Enforced(ref) {
+			continue
+		}
+		att := policy.Attachment{PodNamespace: pod.Namespace, PodName: pod.Name, Network: ref, Interface: m.Interface}
+		id := att.ID()
+		la := byID[id]
+		if la == nil {
+			la = &localAttachment{att: att, podUID: pod.UID}
+			byID[id] = la
+			order = append(order, id)
+		} else {
+			la.att.Interface += "," + m.Interface
+		}
+		la.devices = append(la.devices, m.DeviceID)
+	}
+	atts := make([]*localAttachment, 0, len(order))
+	for _, id := range order {
+		la := byID[id]
+		la.att.Key = strings.Join(la.devices, ",")
+		atts = append(atts, la)
+	}
+	a.mu.Lock()
+	if res != nil {
+		a.podRes[key] = cachedResources{uid: pod.UID, res: res}
+	}
+	a.mu.Unlock()
+	a.setPodAttachments(key, atts)
+	return nil
+}
+
+func (a *Agent) lookupNAD(namespace, name string) (*nadv1.NetworkAttachmentDefinition, error) {
+	obj, ok, err := a.informers.nads.GetStore().GetByKey(namespace + "/" + name)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, fmt.Errorf("NetworkAttachmentDefinition %s/%s not found", namespace, name)
+	}
+	n, _ := obj.(*nadv1.NetworkAttachmentDefinition)
+	if n == nil {
+		return nil, fmt.Errorf("NetworkAttachmentDefinition %s/%s: unexpected object %T", namespace, name, obj)
+	}
+	return n, nil
+}
+
+// setPodAttachments replaces the attachments of one local pod, updates the
+// engine's set and enqueues what changed.
+func (a *Agent) setPodAttachments(podKey string, atts []*localAttachment) {
+	a.mu.Lock()
+	prev := map[string]*localAttachment{}
+	for _, id := range a.byPod[podKey] {
+		la := a.local[id]
+		if la == nil {
+			continue
+		}
+		prev[id] = la
+		for _, vf := range la.devices {
+			if a.vfOwner[vf] == id {
+				delete(a.vfOwner, vf)
+			}
+		}
+		delete(a.local, id)
+	}
+	var changed []string
+	ids := make([]string, 0, len(atts))
+	for _, la := range atts {
+		id := la.att.ID()
+		ids = append(ids, id)
+		if p := prev[id]; p == nil || !sameAttachment(p, la) {
+			changed = append(changed, id)
+		}
+		delete(prev, id)
+		a.local[id] = la
+		for _, vf := range la.devices {
+			a.vfOwner[vf] = id
+		}
+	}
+	for id := range prev { // attachments the pod no longer has
+		changed = append(changed, id)
+	}
+	if len(ids) == 0 {
+		delete(a.byPod, podKey)
+	} else {
+		a.byPod[podKey] = ids
+	}
+	var all []policy.Attachment
+	if len(changed) > 0 {
+		all = make([]policy.Attachment, 0, len(a.local))
+		for _, la := range a.local {
+			all = append(all, la.att)
+		}
+	}
+	a.mu.Unlock()
+	if len(changed) == 0 {
+		return
+	}
+	a.engine.SetAttachments(all)
+	a.updateStateGauge()
+	for _, id := range changed {
+		a.attQueue.Add(id)
+	}
+}
+
+func sameAttachment(x, y *localAttachment) bool {
+	return x.att == y.att && x.podUID == y.podUID && slices.Equal(x.devices, y.devices)
+}
+
+func (a *Agent) processNextAttachment(ctx context.Context) bool {
+	id, shutdown := a.attQueue.Get()
+	if shutdown {
+		return false
+	}
+	a.processAttachment(ctx, id)
+	return true
+}
+
+func (a *Agent) processAttachment(ctx context.Context, id string) {
+	defer a.attQueue.Done(id)
+	start := time.Now()
+	err := a.syncAttachment(ctx, id)
+	result := "ok"
+	if err != nil {
+		result = "error"
+		a.log.WithError(err).WithField("attachment", id).Warn("programming failed; retrying")
+		a.attQueue.AddRateLimited(id)
+	} else {
+		a.attQueue.Forget(id)
+	}
+	a.metrics.syncDuration.WithLabelValues("attachment", result).Observe(time.Since(start).Seconds())
+	a.updateStateGauge()
+}
+
+// syncAttachment computes one attachment's rule set and programs it on the
+// representor of each of its VFs; for an attachment that is gone, it removes
+// our rules from representors no other attachment took over.
+func (a *Agent) syncAttachment(ctx context.Context, id string) error {
+	a.mu.Lock()
+	la := a.local[id]
+	a.mu.Unlock()
+	if la == nil {
+		return a.removeAttachment(ctx, id)
+	}
+	log := a.log.WithField("attachment", la.att.String())
+	rs, cerr := a.engine.Compute(la.att)
+	if cerr != nil {
+		a.reportComputeErrors(la, cerr)
+	}
+	if rs == nil {
+		// Nothing safe to program; keep what the kernel has (the last
+		// good rules) and report.
+		a.markFailed(id)
+		return fmt.Errorf("attachment %s: no rule set computed: %w", id, cerr)
+	}
+	var errs []error
+	reps := map[string]string{}
+	for _, vfPCI := range la.devices {
+		vf, err := a.resolver.Resolve(vfPCI)
+		if err != nil {
+			reason := reasonVFNotResolved
+			if errors.Is(err, sriov.ErrNoRepresentor) {
+				reason = reasonRepresentorNotFound
+			}
+			a.metrics.errors.WithLabelValues(reason).Inc()
+			a.events.warn("Pod", la.att.PodNamespace, la.att.PodName, reason,
+				fmt.Sprintf("network %s: VF %s: %v", la.att.Network, vfPCI, err))
+			errs = append(errs, err)
+			continue
+		}
+		a.driverMu.Lock()
+		err = a.driver.Apply(ctx, vf.Representor, rs)
+		a.driverMu.Unlock()
+		if err != nil {
+			reason := reasonTCProgramming
+			if errors.Is(err, tcdriver.ErrNoDevice) {
+				reason = reasonRepresentorNotFound
+			}
+			a.metrics.errors.WithLabelValues(reason).Inc()
+			a.events.warn("Pod", la.att.PodNamespace, la.att.PodName, reason,
+				fmt.Sprintf("network %s: VF %s representor %s: %v", la.att.Network, vfPCI, vf.Representor, err))
+			errs = append(errs, err)
+			continue
+		}
+		reps[vfPCI] = vf.Representor
+		log.WithFields(logrus.Fields{"representor": vf.Representor, "vf": vfPCI,
+			"ingressIsolated": rs.Ingress.Isolated, "egressIsolated": rs.Egress.Isolated}).Debug("programmed")
+	}
+	// A VF this attachment no longer has, or a representor that is no
+	// longer its VF's: remove our rules there. A failed Apply keeps the
+	// representor's previous rules (fail closed), so nothing else is removed.
+	a.mu.Lock()
+	stale := map[string]string{}
+	if ps := a.programmed[id]; ps != nil {
+		for vf, rep := range ps.reps {
+			if now, ok := reps[vf]; (ok && now != rep) || !slices.Contains(la.devices, vf) {
+				stale[vf] = rep
+			} else if !ok {
+				reps[vf] = rep // failed this time; its last rules stay and are ours
+			}
+		}
+	}
+	a.mu.Unlock()
+	if err := a.removeReps(ctx, id, stale); err != nil {
+		errs = append(errs, err)
+	}
+	a.writePodRules(la, rs, reps)
+	a.mu.Lock()
+	a.programmed[id] = &programmedState{reps: reps, state: stateProgrammed}
+	if len(errs) > 0 {
+		a.programmed[id].state = stateFailed
+	}
+	a.mu.Unlock()
+	return errors.Join(errs...)
+}
+
+func (a *Agent) markFailed(id string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	ps := a.programmed[id]
+	if ps == nil {
+		ps = &programmedState{reps: map[string]string{}}
+		a.programmed[id] = ps
+	}
+	ps.state = stateFailed
+}
+
+// removeAttachment removes our rules from every representor a gone
+// attachment programmed.
+func (a *Agent) removeAttachment(ctx context.Context, id string) error {
+	a.mu.Lock()
+	var reps map[string]string
+	if ps := a.programmed[id]; ps != nil {
+		reps = ps.reps
+	}
+	a.mu.Unlock()
+	if err := a.removeReps(ctx, id, reps); err != nil {
+		return err
+	}
+	a.mu.Lock()
+	delete(a.programmed, id)
+	a.mu.Unlock()
+	a.removePodRules(id)
+	return nil
+}
+
+// removeReps removes our rules from the representors (VF PCI → netdev) that
+// attachment id programmed, except where the VF now belongs to another
+// attachment: the new owner's Apply replaces the rules, and removing them
+// here could leave the new pod unprotected for a moment.
+func (a *Agent) removeReps(ctx context.Context, id string, reps map[string]string) error {
+	var errs []error
+	for vf, rep := range reps {
+		a.driverMu.Lock()
+		a.mu.Lock()
+		owner, taken := a.vfOwner[vf]
+		a.mu.Unlock()
+		reused := taken && owner != id
+		var err error
+		if !reused {
+			err = a.driver.Remove(ctx, rep)
+		}
+		a.driverMu.Unlock()
+		if err != nil && !errors.Is(err, tcdriver.ErrNoDevice) {
+			a.metrics.errors.WithLabelValues(reasonTCRemove).Inc()
+			errs = append(errs, fmt.Errorf("removing rules of %s from representor %s: %w", id, rep, err))
+			continue
+		}
+		a.log.WithFields(logrus.Fields{"attachment": id, "representor": rep, "vf": vf, "reusedBy": owner}).Info("VF released; rules removed")
+	}
+	return errors.Join(errs...)
+}
+
+// reportComputeErrors logs the problems the policy core found and records
+// an Event on each object at fault (the policy, the pod, the NAD).
+func (a *Agent) reportComputeErrors(la *localAttachment, err error) {
+	inputs, other := inputErrors(err)
+	for _, ie := range inputs {
+		a.metrics.errors.WithLabelValues(reasonInvalidInput).Inc()
+		a.events.warn(ie.Kind, ie.Namespace, ie.Name, reasonInvalidInput,
+			fmt.Sprintf("%s: %v (that part allows nothing; the pods it selects stay isolated)", ie.Field, ie.Err))
+	}
+	for _, e := range other {
+		a.metrics.errors.WithLabelValues(reasonInvalidInput).Inc()
+		a.events.warn("Pod", la.att.PodNamespace, la.att.PodName, reasonInvalidInput, e.Error())
+	}
+	a.log.WithError(err).WithField("attachment", la.att.String()).Warn("invalid input; the rule set fails closed")
+}
+
+func (a *Agent) updateStateGauge() {
+	counts := map[string]int{}
+	a.mu.Lock()
+	for id := range a.local {
+		state := statePending
+		if ps := a.programmed[id]; ps != nil && ps.state != "" {
+			state = ps.state
+		}
+		counts[state]++
+	}
+	a.mu.Unlock()
+	for _, s := range attachmentStates {
+		a.metrics.attachments.WithLabelValues(s).Set(float64(counts[s]))
+	}
+}
+
+// AttachmentStatus is one local attachment as the agent sees it, for tests
+// and debugging.
+type AttachmentStatus struct {
+	ID           string
+	Devices      []string
+	Representors []string
+	State        string
+}
+
+// Attachments returns the local attachments sorted by ID.
+func (a *Agent) Attachments() []AttachmentStatus {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := make([]AttachmentStatus, 0, len(a.local))
+	for id, la := range a.local {
+		st := AttachmentStatus{ID: id, Devices: append([]string(nil), la.devices...), State: statePending}
+		if ps := a.programmed[id]; ps != nil {
+			st.State = ps.state
+			for _, rep := range ps.reps {
+				st.Representors = append(st.Representors, rep)
+			}
+			sort.Strings(st.Representors)
+		}
+		out = append(out, st)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}

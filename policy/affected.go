@@ -51,6 +51,7 @@ func (e *Engine) affectedByPod(old, cur *podInfo) []Attachment {
 	// Attachments whose peers include the pod, before or after.
 	for _, pol := range e.state.policies {
 		if e.policyReferencesPod(pol, old) || e.policyReferencesPod(pol, cur) {
+			pol.cache = resolutionCache{}
 			e.addSelectedBy(set, pol)
 		}
 	}
@@ -66,12 +67,33 @@ func (e *Engine) policyReferencesPod(pol *policyInfo, pod *podInfo) bool {
 	for d := range pol.rules {
 		for i := range pol.rules[d] {
 			r := &pol.rules[d][i]
-			if len(r.namedPorts) > 0 && d == int(Egress) {
-				// Egress named ports resolve against any known peer pod.
+			if len(r.namedPorts) > 0 && d == int(Egress) && namedPortCandidate(r, pod) {
 				return true
 			}
 			for j := range r.peers {
 				if e.peerSelectsPod(&r.peers[j], pod) {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
+// namedPortCandidate: egress named ports resolve against every known pod
+// the rule's peers cover by address (no peers, or an ipBlock), so such a pod
+// matters even though no selector names it.
+func namedPortCandidate(r *ruleInfo, pod *podInfo) bool {
+	if r.anyPeer {
+		return true
+	}
+	for _, peer := range r.peers {
+		if peer.kind != peerIPBlock {
+			continue
+		}
+		for _, addrs := range pod.ips {
+			for _, a := range addrs {
+				if peer.block.contains(a) {
 					return true
 				}
 			}
@@ -109,6 +131,7 @@ func (e *Engine) affectedByNamespace(old, cur labels.Set) []Attachment {
 	set := map[string]bool{}
 	for _, pol := range e.state.policies {
 		if policySelectsNamespace(pol, old) || policySelectsNamespace(pol, cur) {
+			pol.cache = resolutionCache{}
 			e.addSelectedBy(set, pol)
 		}
 	}

@@ -4,7 +4,7 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
-	"net/netip"
+	"maps"
 	"slices"
 	"strings"
 )
@@ -14,17 +14,17 @@ import (
 // keep whatever it enforces now.
 var ErrUnknownPod = errors.New("pod not known to the policy engine")
 
-// computation evaluates rule sets over one snapshot of the state. It
-// memoizes peer resolution, which many attachments of a node share.
+// computation evaluates rule sets over the state. What a rule means on a
+// network does not depend on the attachment it is enforced for, so it is
+// resolved once and cached on the policy (policyInfo.cache) until a pod or
+// namespace change that concerns the policy invalidates it (affected.go).
 type computation struct {
 	s    *state
 	opts Options
-	// peerPods caches the pods a pod peer selects, per peer.
-	peerPods map[*peerInfo][]*podInfo
 }
 
 func newComputation(s *state, opts Options) *computation {
-	return &computation{s: s, opts: opts, peerPods: map[*peerInfo][]*podInfo{}}
+	return &computation{s: s, opts: opts}
 }
 
 func (c *computation) ruleSets(atts []Attachment) ([]*RuleSet, error) {
@@ -71,7 +71,7 @@ func (c *computation) ruleSet(att Attachment) (*RuleSet, error) {
 			dr.Isolated = true
 			dr.Policies = append(dr.Policies, p.key())
 			for i := range p.rules[d] {
-				c.addRule(b, d, pod, att.Network, &p.rules[d][i])
+				c.addRule(b, d, pod, att.Network, p, &p.rules[d][i])
 			}
 		}
 		if dr.Isolated {
@@ -97,19 +97,13 @@ func (c *computation) applicable(pod *podInfo, network NetworkRef) []*policyInfo
 
 // addRule adds what one policy rule allows for the attachment of pod on
 // network: the product of its peers and ports.
-func (c *computation) addRule(b *ruleBuilder, d Direction, pod *podInfo, network NetworkRef, r *ruleInfo) {
-	var peers prefixSet
-	if !r.anyPeer {
-		for i := range r.peers {
-			c.addPeerAddrs(&peers, &r.peers[i], network)
-		}
-		peers.normalize()
-		if peers.empty() {
-			return // no peer: the rule allows nothing
-		}
+func (c *computation) addRule(b *ruleBuilder, d Direction, pod *podInfo, network NetworkRef, p *policyInfo, r *ruleInfo) {
+	rr := c.resolveRule(p, r, network)
+	if !r.anyPeer && rr.peers.empty() {
+		return // no peer: the rule allows nothing
 	}
 	if r.allPorts {
-		b.add(r.anyPeer, &peers, nil, r.origin)
+		b.add(r.anyPeer, &rr.peers, nil, r.origin)
 		return
 	}
 	ports := slices.Clone(r.ports)
@@ -119,57 +113,119 @@ func (c *computation) addRule(b *ruleBuilder, d Direction, pod *podInfo, network
 			ports = append(ports, pod.resolve(np)...)
 		}
 	} else {
-		c.addEgressNamedPorts(b, r, &peers, network)
+		for _, pm := range slices.SortedFunc(maps.Keys(rr.namedDests), comparePortMatch) {
+			b.add(false, rr.namedDests[pm], []PortMatch{pm}, r.origin)
+		}
 	}
 	if len(ports) > 0 {
-		b.add(r.anyPeer, &peers, ports, r.origin)
+		b.add(r.anyPeer, &rr.peers, ports, r.origin)
 	}
 }
 
-// addEgressNamedPorts resolves egress named ports against each destination
+// resolvedRule is what a rule means on one network, independent of the
+// local pod it is enforced for; computed once per computation.
+type resolvedRule struct {
+	peers prefixSet
+	// namedDests: for egress named ports, the destination addresses per
+	// resolved port.
+	namedDests map[PortMatch]*prefixSet
+}
+
+type ruleOnNetwork struct {
+	rule    *ruleInfo
+	network NetworkRef
+}
+
+func (c *computation) resolveRule(p *policyInfo, r *ruleInfo, network NetworkRef) *resolvedRule {
+	k := ruleOnNetwork{r, network}
+	if rr, ok := p.cache.rules[k]; ok {
+		return rr
+	}
+	rr := &resolvedRule{}
+	if !r.anyPeer {
+		for i := range r.peers {
+			c.addPeerAddrs(p, &rr.peers, &r.peers[i], network)
+		}
+		rr.peers.normalize()
+	}
+	if len(r.namedPorts) > 0 && (r.anyPeer || !rr.peers.empty()) {
+		rr.namedDests = c.egressNamedDests(p, r, &rr.peers, network)
+	}
+	if p.cache.rules == nil {
+		p.cache.rules = map[ruleOnNetwork]*resolvedRule{}
+	}
+	p.cache.rules[k] = rr
+	return rr
+}
+
+// egressNamedDests resolves egress named ports against each destination
 // pod: the known pods of the network that are peers of the rule (selected,
 // or with an address inside one of its ipBlocks, or any pod when the rule
 // has no peers) and expose the port. Destinations that are not known pods
 // never match a named port.
-func (c *computation) addEgressNamedPorts(b *ruleBuilder, r *ruleInfo, peers *prefixSet, network NetworkRef) {
-	if len(r.namedPorts) == 0 {
-		return
-	}
-	// Per resolved port, the destination addresses.
+func (c *computation) egressNamedDests(p *policyInfo, r *ruleInfo, peers *prefixSet, network NetworkRef) map[PortMatch]*prefixSet {
 	byPort := map[PortMatch]*prefixSet{}
-	add := func(pod *podInfo, addr netip.Addr) {
-		for _, np := range r.namedPorts {
-			for _, pm := range pod.resolve(np) {
-				if byPort[pm] == nil {
-					byPort[pm] = &prefixSet{}
-				}
-				byPort[pm].addAddr(addr)
-			}
-		}
-	}
-	for _, pod := range c.s.pods {
-		if !pod.peerable {
-			continue
-		}
+	add := func(pod *podInfo) {
 		for _, addr := range pod.ips[network] {
-			if r.anyPeer || peers.contains(addr) {
-				add(pod, addr)
+			if !r.anyPeer && !peers.contains(addr) {
+				continue
+			}
+			for _, np := range r.namedPorts {
+				for _, pm := range pod.resolve(np) {
+					if byPort[pm] == nil {
+						byPort[pm] = &prefixSet{}
+					}
+					byPort[pm].addAddr(addr)
+				}
 			}
 		}
 	}
-	for pm, set := range byPort {
-		set.normalize()
-		b.add(false, set, []PortMatch{pm}, r.origin)
+	// Only ipBlock peers (or no peers) need every pod of the cluster; pod
+	// peers name their candidates.
+	scanAll := r.anyPeer || slices.ContainsFunc(r.peers, func(p peerInfo) bool { return p.kind == peerIPBlock })
+	if scanAll {
+		for _, pod := range c.s.pods {
+			if pod.peerable {
+				add(pod)
+			}
+		}
+	} else {
+		seen := map[*podInfo]bool{}
+		for i := range r.peers {
+			if r.peers[i].kind != peerPods {
+				continue
+			}
+			for _, pod := range c.selectedPods(p, &r.peers[i]) {
+				if !seen[pod] {
+					seen[pod] = true
+					add(pod)
+				}
+			}
+		}
 	}
+	for _, set := range byPort {
+		set.normalize()
+	}
+	return byPort
+}
+
+func comparePortMatch(a, b PortMatch) int {
+	if c := cmp.Compare(a.Protocol, b.Protocol); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(a.Port, b.Port); c != 0 {
+		return c
+	}
+	return cmp.Compare(a.EndPort, b.EndPort)
 }
 
 // addPeerAddrs adds the addresses one peer stands for on network.
-func (c *computation) addPeerAddrs(set *prefixSet, peer *peerInfo, network NetworkRef) {
+func (c *computation) addPeerAddrs(p *policyInfo, set *prefixSet, peer *peerInfo, network NetworkRef) {
 	switch peer.kind {
 	case peerIPBlock:
 		set.addSet(peer.block)
 	case peerPods:
-		for _, pod := range c.selectedPods(peer) {
+		for _, pod := range c.selectedPods(p, peer) {
 			for _, a := range pod.ips[network] {
 				set.addAddr(a)
 			}
@@ -178,11 +234,9 @@ func (c *computation) addPeerAddrs(set *prefixSet, peer *peerInfo, network Netwo
 	}
 }
 
-// selectedPods returns the peerable pods a pod peer selects. The policy's
-// namespace is bound into the peer at parse time through nsSelector == nil,
-// so the cache is per peer.
-func (c *computation) selectedPods(peer *peerInfo) []*podInfo {
-	if pods, ok := c.peerPods[peer]; ok {
+// selectedPods returns the peerable pods a pod peer of policy p selects.
+func (c *computation) selectedPods(p *policyInfo, peer *peerInfo) []*podInfo {
+	if pods, ok := p.cache.peerPods[peer]; ok {
 		return pods
 	}
 	var pods []*podInfo
@@ -202,7 +256,10 @@ func (c *computation) selectedPods(peer *peerInfo) []*podInfo {
 			}
 		}
 	}
-	c.peerPods[peer] = pods
+	if p.cache.peerPods == nil {
+		p.cache.peerPods = map[*peerInfo][]*podInfo{}
+	}
+	p.cache.peerPods[peer] = pods
 	return pods
 }
 
@@ -218,14 +275,15 @@ func (p *podInfo) resolve(np namedPort) []PortMatch {
 }
 
 // ruleBuilder merges rules that allow the same ports, so the rule list is
-// canonical: one rule per distinct port list, peers unioned.
+// canonical: one rule per distinct port list, peers unioned. Peer sets are
+// shared with the policies' resolution caches and never modified here.
 type ruleBuilder struct {
 	byPorts map[string]*pendingRule
 }
 
 type pendingRule struct {
 	anyPeer bool
-	peers   prefixSet
+	peers   []*prefixSet
 	ports   []PortMatch
 	origins []string
 }
@@ -241,8 +299,8 @@ func (b *ruleBuilder) add(anyPeer bool, peers *prefixSet, ports []PortMatch, ori
 		b.byPorts[k] = pr
 	}
 	pr.anyPeer = pr.anyPeer || anyPeer
-	if !anyPeer {
-		pr.peers.addSet(peers)
+	if !anyPeer && !slices.Contains(pr.peers, peers) {
+		pr.peers = append(pr.peers, peers)
 	}
 	if !slices.Contains(pr.origins, origin) {
 		pr.origins = append(pr.origins, origin)
@@ -253,9 +311,17 @@ func (b *ruleBuilder) rules() []Rule {
 	out := make([]Rule, 0, len(b.byPorts))
 	for _, pr := range b.byPorts {
 		r := Rule{AnyPeer: pr.anyPeer, Ports: pr.ports, Origins: pr.origins}
-		if !pr.anyPeer {
-			pr.peers.normalize()
-			r.Peers = pr.peers.prefixes()
+		switch {
+		case pr.anyPeer:
+		case len(pr.peers) == 1:
+			r.Peers = slices.Clone(pr.peers[0].cachedPrefixes())
+		default:
+			var union prefixSet
+			for _, p := range pr.peers {
+				union.addSet(p)
+			}
+			union.normalize()
+			r.Peers = union.prefixes()
 		}
 		slices.Sort(r.Origins)
 		out = append(out, r)
@@ -272,12 +338,7 @@ func canonicalPorts(ports []PortMatch) []PortMatch {
 		return nil
 	}
 	ps := slices.Clone(ports)
-	slices.SortFunc(ps, func(a, b PortMatch) int {
-		if c := cmp.Compare(a.Protocol, b.Protocol); c != 0 {
-			return c
-		}
-		return cmp.Compare(a.Port, b.Port)
-	})
+	slices.SortFunc(ps, comparePortMatch)
 	out := ps[:0]
 	for _, p := range ps {
 		if n := len(out); n > 0 && out[n-1].Protocol == p.Protocol {

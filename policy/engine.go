@@ -142,8 +142,8 @@ func (e *Engine) Enforced(network NetworkRef) bool {
 // returned error (an errors.Join of *InputError) lists every problem found
 // in the objects that shaped this rule set, for logs and Events.
 func (e *Engine) Compute(att Attachment) (*RuleSet, error) {
-	e.mu.RLock()
-	defer e.mu.RUnlock()
+	e.mu.Lock() // computing fills the policies' resolution caches
+	defer e.mu.Unlock()
 	c := newComputation(e.state, e.opts)
 	return c.ruleSet(att)
 }
@@ -151,16 +151,16 @@ func (e *Engine) Compute(att Attachment) (*RuleSet, error) {
 // ComputeAll returns the rule sets of all local attachments, sorted by
 // attachment ID, sharing peer resolution between attachments.
 func (e *Engine) ComputeAll() ([]*RuleSet, error) {
-	e.mu.RLock()
-	defer e.mu.RUnlock()
+	e.mu.Lock()
+	defer e.mu.Unlock()
 	c := newComputation(e.state, e.opts)
 	return c.ruleSets(e.state.sortedAttachments())
 }
 
 // ComputeFor is ComputeAll restricted to the given attachments.
 func (e *Engine) ComputeFor(atts []Attachment) ([]*RuleSet, error) {
-	e.mu.RLock()
-	defer e.mu.RUnlock()
+	e.mu.Lock()
+	defer e.mu.Unlock()
 	c := newComputation(e.state, e.opts)
 	return c.ruleSets(atts)
 }

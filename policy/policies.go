@@ -27,6 +27,15 @@ type policyInfo struct {
 	isolates    [2]bool // by Direction
 	rules       [2][]ruleInfo
 	errs        []error
+	cache       resolutionCache
+}
+
+// resolutionCache holds what the policy's rules resolve to on each network.
+// It depends on pods and namespaces, and is dropped whenever one that may
+// concern the policy changes.
+type resolutionCache struct {
+	rules    map[ruleOnNetwork]*resolvedRule
+	peerPods map[*peerInfo][]*podInfo
 }
 
 type ruleInfo struct {

@@ -43,7 +43,20 @@ func setHostBits(b []byte, bits int) {
 }
 
 // prefixSet is a set of addresses of both families.
-type prefixSet struct{ ranges []addrRange }
+type prefixSet struct {
+	ranges []addrRange
+	// pfx memoizes prefixes() for sets that no longer change.
+	pfx []netip.Prefix
+}
+
+// cachedPrefixes is prefixes() computed once; only for normalized sets that
+// are not modified afterwards.
+func (s *prefixSet) cachedPrefixes() []netip.Prefix {
+	if s.pfx == nil {
+		s.pfx = s.prefixes()
+	}
+	return s.pfx
+}
 
 func (s *prefixSet) addPrefix(p netip.Prefix) { s.ranges = append(s.ranges, prefixRange(p)) }
 

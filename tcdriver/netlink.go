@@ -682,3 +682,6 @@ func decodeAction(data []byte) (Action, []byte, bool) {
 	}
 	return Action{}, nil, false
 }
+
+// netlinkCreateExcl are the flags of `tc filter add`.
+const netlinkCreateExcl = netlink.Acknowledge | netlink.Create | netlink.Excl

@@ -1,0 +1,683 @@
+//go:build kernel
+
+package tcdriver
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	randv2 "math/rand/v2"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/policy"
+	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/policy/policytest"
+	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/test/datapath"
+)
+
+func newKernelDriver(t testing.TB, opts Options) *TC {
+	t.Helper()
+	log := logrus.New()
+	log.SetLevel(logrus.WarnLevel)
+	d, err := New(opts, log, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = d.Close() })
+	return d
+}
+
+func apply(t testing.TB, d Driver, dev string, rs *policy.RuleSet) {
+	t.Helper()
+	if err := d.Apply(context.Background(), dev, rs); err != nil {
+		t.Fatalf("apply on %s: %v", dev, err)
+	}
+}
+
+func host(a netip.Addr) netip.Prefix { return netip.PrefixFrom(a, a.BitLen()) }
+
+func isolated(rules ...policy.Rule) policy.DirectionRules {
+	return policy.DirectionRules{Isolated: true, Stateful: true, Rules: rules}
+}
+
+func tcp(p uint16) policy.PortMatch  { return policy.PortMatch{Protocol: policy.TCP, Port: p, EndPort: p} }
+func udp(p uint16) policy.PortMatch  { return policy.PortMatch{Protocol: policy.UDP, Port: p, EndPort: p} }
+func sctp(p uint16) policy.PortMatch { return policy.PortMatch{Protocol: policy.SCTP, Port: p, EndPort: p} }
+
+type probeCase struct {
+	from, to string
+	v6       bool
+	proto    datapath.Proto
+	port     uint16
+	want     datapath.Outcome
+}
+
+// TestKernelPolicySemantics runs each policy semantic as real traffic
+// between pods whose representors carry the compiled pipelines.
+func TestKernelPolicySemantics(t *testing.T) {
+	datapath.RequireBed(t)
+	topo := datapath.NewTopology(t, datapath.Options{Timeout: 400 * time.Millisecond})
+	pods := map[string]*datapath.Pod{}
+	for _, n := range []string{"a", "b", "c"} {
+		pods[n] = topo.AddPod(t, n, datapath.PodOptions{})
+	}
+	a, b, c := pods["a"], pods["b"], pods["c"]
+	drv := newKernelDriver(t, Options{})
+	except := func(block netip.Prefix, out netip.Addr) []netip.Prefix {
+		// block minus one host, as disjoint prefixes (what the core sends)
+		var res []netip.Prefix
+		for bits := block.Bits() + 1; bits <= out.BitLen(); bits++ {
+			half := netip.PrefixFrom(out, bits).Masked()
+			// the sibling of half at this length
+			sib := siblingPrefix(half)
+			res = append(res, sib)
+		}
+		return res
+	}
+	cases := []struct {
+		name  string
+		rules map[string]*policy.RuleSet
+		probes []probeCase
+	}{
+		{"no policy: everything flows, no filters", nil, []probeCase{
+			{"a", "b", false, datapath.TCP, 80, datapath.Delivered},
+			{"a", "b", true, datapath.UDP, 53, datapath.Delivered},
+		}},
+		{"default deny ingress; replies to b's own connections pass", map[string]*policy.RuleSet{
+			"b": {Ingress: isolated()}}, []probeCase{
+			{"a", "b", false, datapath.TCP, 80, datapath.Dropped},
+			{"a", "b", true, datapath.TCP, 80, datapath.Dropped},
+			{"b", "a", false, datapath.TCP, 80, datapath.Delivered},
+			{"b", "a", true, datapath.UDP, 53, datapath.Delivered},
+			{"b", "a", false, datapath.SCTP, 7000, datapath.Delivered},
+		}},
+		{"allow TCP 80 from a only (IPv4 and IPv6)", map[string]*policy.RuleSet{
+			"b": {Ingress: isolated(policy.Rule{Peers: []netip.Prefix{host(a.IPv4), host(a.IPv6)}, Ports: []policy.PortMatch{tcp(80)}})}}, []probeCase{
+			{"a", "b", false, datapath.TCP, 80, datapath.Delivered},
+			{"a", "b", true, datapath.TCP, 80, datapath.Delivered},
+			{"a", "b", false, datapath.TCP, 81, datapath.Dropped},
+			{"a", "b", false, datapath.UDP, 80, datapath.Dropped},
+			{"c", "b", false, datapath.TCP, 80, datapath.Dropped},
+			{"c", "b", true, datapath.TCP, 80, datapath.Dropped},
+		}},
+		{"UDP and SCTP ports, endPort range", map[string]*policy.RuleSet{
+			"b": {Ingress: isolated(policy.Rule{AnyPeer: true, Ports: []policy.PortMatch{udp(53), sctp(9999),
+				{Protocol: policy.TCP, Port: 8000, EndPort: 8010}}})}}, []probeCase{
+			{"a", "b", false, datapath.UDP, 53, datapath.Delivered},
+			{"a", "b", true, datapath.UDP, 53, datapath.Delivered},
+			{"a", "b", false, datapath.UDP, 54, datapath.Dropped},
+			{"a", "b", false, datapath.SCTP, 9999, datapath.Delivered},
+			{"a", "b", true, datapath.SCTP, 9998, datapath.Dropped},
+			{"a", "b", false, datapath.TCP, 8000, datapath.Delivered},
+			{"a", "b", false, datapath.TCP, 8010, datapath.Delivered},
+			{"a", "b", false, datapath.TCP, 8011, datapath.Dropped},
+			{"a", "b", false, datapath.TCP, 7999, datapath.Dropped},
+		}},
+		{"ipBlock with except (local to the peer), plus a second policy's rule", map[string]*policy.RuleSet{
+			"b": {Ingress: isolated(
+				policy.Rule{Peers: except(netip.MustParsePrefix("10.10.0.0/24"), c.IPv4)},
+				policy.Rule{Peers: []netip.Prefix{host(c.IPv4)}, Ports: []policy.PortMatch{tcp(443)}})}}, []probeCase{
+			{"a", "b", false, datapath.TCP, 80, datapath.Delivered},
+			{"c", "b", false, datapath.TCP, 80, datapath.Dropped},
+			{"c", "b", false, datapath.TCP, 443, datapath.Delivered},
+		}},
+		{"egress isolation: a may only reach b TCP 80; replies pass", map[string]*policy.RuleSet{
+			"a": {Egress: isolated(policy.Rule{Peers: []netip.Prefix{host(b.IPv4)}, Ports: []policy.PortMatch{tcp(80)}})}}, []probeCase{
+			{"a", "b", false, datapath.TCP, 80, datapath.Delivered},
+			{"a", "b", false, datapath.TCP, 81, datapath.Dropped},
+			{"a", "c", false, datapath.TCP, 80, datapath.Dropped},
+			{"a", "b", true, datapath.TCP, 80, datapath.Dropped},
+			{"b", "a", false, datapath.TCP, 80, datapath.Delivered}, // a's ingress not isolated
+		}},
+		{"both ends isolated: the receiver decides with its own policy", map[string]*policy.RuleSet{
+			"a": {Egress: isolated(policy.Rule{AnyPeer: true})},
+			"b": {Ingress: isolated(policy.Rule{Peers: []netip.Prefix{host(c.IPv4)}})}}, []probeCase{
+			{"a", "b", false, datapath.TCP, 80, datapath.Dropped}, // a's egress committed, b must still say no
+			{"a", "b", false, datapath.UDP, 53, datapath.Dropped},
+			{"c", "b", false, datapath.TCP, 80, datapath.Delivered},
+			{"a", "c", false, datapath.TCP, 80, datapath.Delivered},
+		}},
+		{"deny-all both directions: ARP and NDP still work for allowed flows", map[string]*policy.RuleSet{
+			"b": {Ingress: isolated(policy.Rule{Peers: []netip.Prefix{host(a.IPv4), host(a.IPv6)}, Ports: []policy.PortMatch{tcp(22)}}),
+				Egress: isolated()}}, []probeCase{
+			{"a", "b", false, datapath.TCP, 22, datapath.Delivered},
+			{"a", "b", true, datapath.TCP, 22, datapath.Delivered},
+			{"b", "a", false, datapath.TCP, 22, datapath.Dropped},
+			{"b", "a", true, datapath.ICMP, 0, datapath.Dropped},
+		}},
+		{"ICMP echo per the accept flags", map[string]*policy.RuleSet{
+			"b": {Ingress: policy.DirectionRules{Isolated: true, Stateful: true, AcceptICMP: true}}}, []probeCase{
+			{"a", "b", false, datapath.ICMP, 0, datapath.Delivered},
+			{"a", "b", true, datapath.ICMP, 0, datapath.Dropped},
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			for n, p := range pods {
+				rs := tc.rules[n]
+				if rs == nil {
+					rs = &policy.RuleSet{}
+				}
+				rs.Attachment = policy.Attachment{PodNamespace: "test", PodName: n}
+				apply(t, drv, p.Rep, rs)
+			}
+			// Flush neighbours so that ARP/ND must work under the policy.
+			for _, p := range pods {
+				datapath.Run(t, "ip", "-n", p.Name, "neigh", "flush", "all")
+			}
+			for _, pc := range tc.probes {
+				dst := pods[pc.to].IPv4
+				if pc.v6 {
+					dst = pods[pc.to].IPv6
+				}
+				pods[pc.from].Expect(t, dst, pc.proto, pc.port, pc.want)
+			}
+		})
+	}
+	for _, p := range pods {
+		if err := drv.Remove(context.Background(), p.Rep); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// siblingPrefix returns the other half of p's parent prefix.
+func siblingPrefix(p netip.Prefix) netip.Prefix {
+	b := p.Addr().AsSlice()
+	bit := p.Bits() - 1
+	b[bit/8] ^= 0x80 >> (bit % 8)
+	a, _ := netip.AddrFromSlice(b)
+	return netip.PrefixFrom(a, p.Bits())
+}
+
+// TestKernelVLANTrunk: on a trunk, frames reach the representor tagged and
+// the inner IP packet is still enforced.
+func TestKernelVLANTrunk(t *testing.T) {
+	datapath.RequireBed(t)
+	topo := datapath.NewTopology(t, datapath.Options{Bridge: "brv", VLANFiltering: true, Timeout: 400 * time.Millisecond})
+	a := topo.AddPod(t, "ta", datapath.PodOptions{Trunk: []uint16{100}})
+	b := topo.AddPod(t, "tb", datapath.PodOptions{Trunk: []uint16{100}})
+	drv := newKernelDriver(t, Options{})
+	apply(t, drv, b.Rep, &policy.RuleSet{Ingress: isolated(policy.Rule{Peers: []netip.Prefix{host(a.IPv4), host(a.IPv6)}, Ports: []policy.PortMatch{tcp(80)}})})
+	a.Expect(t, b.IPv4, datapath.TCP, 80, datapath.Delivered)
+	a.Expect(t, b.IPv6, datapath.TCP, 80, datapath.Delivered)
+	a.Expect(t, b.IPv4, datapath.TCP, 81, datapath.Dropped)
+	a.Expect(t, b.IPv6, datapath.UDP, 80, datapath.Dropped)
+	// Without the 802.1Q variants tagged traffic is dropped, never passed.
+	drv2 := newKernelDriver(t, Options{NoVLAN: true})
+	apply(t, drv2, b.Rep, &policy.RuleSet{Ingress: isolated(policy.Rule{Peers: []netip.Prefix{host(a.IPv4), host(a.IPv6)}, Ports: []policy.PortMatch{tcp(80)}})})
+	a.Expect(t, b.IPv4, datapath.TCP, 80, datapath.Dropped)
+}
+
+// TestKernelTaggedAndQinQFrames: raw frames with one 802.1Q tag are
+// enforced like untagged ones; QinQ and double-tagged frames are dropped
+// even when the inner packet would be allowed.
+func TestKernelTaggedAndQinQFrames(t *testing.T) {
+	datapath.RequireBed(t)
+	topo := datapath.NewTopology(t, datapath.Options{Bridge: "brq"})
+	a := topo.AddPod(t, "qa", datapath.PodOptions{})
+	b := topo.AddPod(t, "qb", datapath.PodOptions{})
+	drv := newKernelDriver(t, Options{})
+	apply(t, drv, b.Rep, &policy.RuleSet{Ingress: isolated(policy.Rule{Peers: []netip.Prefix{host(a.IPv4)}, Ports: []policy.PortMatch{tcp(80)}})})
+	tx := openRaw(t, a.NS, "eth0")
+	rx := openRaw(t, b.NS, "eth0")
+	cases := []struct {
+		vlans []uint16
+		port  uint16
+		want  bool
+	}{
+		{nil, 80, true}, {nil, 81, false},
+		{[]uint16{Eth8021Q}, 80, true}, {[]uint16{Eth8021Q}, 81, false},
+		{[]uint16{Eth8021AD, Eth8021Q}, 80, false}, {[]uint16{Eth8021Q, Eth8021Q}, 80, false},
+		{[]uint16{Eth8021AD}, 80, false},
+	}
+	var ids []uint16
+	for i, tc := range cases {
+		f := &frame{id: uint16(20000 + i), vlans: tc.vlans, srcMAC: a.MAC, dstMAC: b.MAC, src: a.IPv4, dst: b.IPv4, proto: ProtoTCP, dstPort: tc.port}
+		tx.send(t, f)
+		ids = append(ids, f.id)
+	}
+	rx.waitFor(ids, 500*time.Millisecond)
+	for i, tc := range cases {
+		if got := rx.saw(ids[i]); got != tc.want {
+			t.Errorf("frame with tags %v to port %d: delivered=%v, want %v", tc.vlans, tc.port, got, tc.want)
+		}
+	}
+}
+
+// TestKernelDifferential: ≥ 200 random policy sets from policytest, each
+// computed by the policy engine and installed on a representor; random
+// first packets are injected as raw frames and the kernel's verdict must
+// equal the reference evaluator's (and the tracer's).
+func TestKernelDifferential(t *testing.T) {
+	datapath.RequireBed(t)
+	seed := uint64(time.Now().UnixNano())
+	if s := os.Getenv("DIFF_SEED"); s != "" {
+		_, _ = fmt.Sscan(s, &seed)
+	}
+	t.Logf("seed %d (rerun with DIFF_SEED=%d)", seed, seed)
+	rng := randv2.New(randv2.NewPCG(seed, 0))
+	topo := datapath.NewTopology(t, datapath.Options{Bridge: "brd"})
+	peer := topo.AddPod(t, "dpeer", datapath.PodOptions{})
+	subj := topo.AddPod(t, "dsubj", datapath.PodOptions{})
+	peerRaw := openRaw(t, peer.NS, "eth0")
+	subjRaw := openRaw(t, subj.NS, "eth0")
+	drv := newKernelDriver(t, Options{})
+	nextID := uint16(1)
+	sets, packets := 0, 0
+	for sets < 200 {
+		s := policytest.Generate(rng, policytest.Config{Invalid: sets%4 == 0})
+		eng := s.Engine()
+		att := s.Attachments[rng.IntN(len(s.Attachments))]
+		rs, _ := eng.Compute(att)
+		if rs == nil || (!rs.Ingress.Isolated && !rs.Egress.Isolated && sets%5 != 0) {
+			continue // mostly sets that isolate something
+		}
+		apply(t, drv, subj.Rep, rs)
+		fake := NewFake(Options{}, dev)
+		apply(t, fake, dev, rs)
+		sets++
+		type sent struct {
+			pp   policy.Packet
+			f    *frame
+			rx   *rawPort
+			want bool
+		}
+		var batch []sent
+		for i := 0; i < 12; i++ {
+			pp := s.RandomPacket(rng, att)
+			f := &frame{id: nextID, proto: toTC(pp, 0).IPProto, dstPort: pp.Port}
+			nextID++
+			if nextID == 0 {
+				nextID = 1
+			}
+			local := subj.IPv4
+			if pp.Remote.Is6() {
+				local = subj.IPv6
+			}
+			var rx *rawPort
+			if pp.Direction == policy.Ingress {
+				f.src, f.dst, f.srcMAC, f.dstMAC, rx = pp.Remote, local, peer.MAC, subj.MAC, subjRaw
+				peerRaw.send(t, f)
+			} else {
+				f.src, f.dst, f.srcMAC, f.dstMAC, rx = local, pp.Remote, subj.MAC, peer.MAC, peerRaw
+				subjRaw.send(t, f)
+			}
+			want := s.Reference(att, pp)
+			h := hookOf(pp.Direction)
+			tp := toTC(pp, f.id)
+			if tr := Trace(fake.Filters(dev, h), h, tp, NewConntrack()); (tr.Verdict == Pass) != want {
+				t.Fatalf("seed %d set %d: tracer %s but reference allows=%v for %+v", seed, sets, tr, want, pp)
+			}
+			batch = append(batch, sent{pp, f, rx, want})
+		}
+		deadline := time.Now().Add(300 * time.Millisecond)
+		for time.Now().Before(deadline) {
+			all := true
+			for _, s := range batch {
+				if s.want && !s.rx.saw(s.f.id) {
+					all = false
+				}
+			}
+			if all {
+				break
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		time.Sleep(20 * time.Millisecond) // late deliveries of dropped ones would show now
+		for _, s := range batch {
+			packets++
+			if got := s.rx.saw(s.f.id); got != s.want {
+				st, _ := drv.Dump(context.Background(), subj.Rep)
+				t.Fatalf("seed %d set %d: packet %+v: kernel delivered=%v, reference allows=%v\nrule set %+v\n%s",
+					seed, sets, s.pp, got, s.want, rs, st.Canonical())
+			}
+		}
+	}
+	t.Logf("%d policy sets, %d packets: kernel == reference evaluator == tracer", sets, packets)
+}
+
+// TestKernelMakeBeforeBreak: while 100 policy updates are applied (in place
+// and by generation switch), frames of an allowed connection keep passing
+// and frames of a denied one never pass.
+func TestKernelMakeBeforeBreak(t *testing.T) {
+	datapath.RequireBed(t)
+	topo := datapath.NewTopology(t, datapath.Options{Bridge: "brm"})
+	peer := topo.AddPod(t, "mpeer", datapath.PodOptions{})
+	subj := topo.AddPod(t, "msubj", datapath.PodOptions{})
+	tx := openRaw(t, peer.NS, "eth0")
+	rx := openRaw(t, subj.NS, "eth0")
+	drv := newKernelDriver(t, Options{})
+	allowed := host(peer.IPv4)
+	rng := randv2.New(randv2.NewPCG(1, 2))
+	base := policy.Rule{Peers: []netip.Prefix{allowed}, Ports: []policy.PortMatch{tcp(80)}}
+	mk := func(i int) *policy.RuleSet {
+		// Unrelated rules change every step; some steps reorder or add
+		// rules (generation switch), others add/remove peers (in place).
+		var extra []policy.Rule
+		for j := 0; j < 1+i%3; j++ {
+			extra = append(extra, policy.Rule{Peers: []netip.Prefix{netip.PrefixFrom(netip.AddrFrom4([4]byte{192, 168, byte(j), byte(rng.IntN(250))}), 32)},
+				Ports: []policy.PortMatch{tcp(uint16(1000 + i))}})
+		}
+		rules := append([]policy.Rule{}, extra...)
+		if i%2 == 0 {
+			rules = append(rules, base)
+		} else {
+			rules = append([]policy.Rule{base}, rules...)
+		}
+		return &policy.RuleSet{Ingress: isolated(rules...)}
+	}
+	apply(t, drv, subj.Rep, mk(0))
+	stop := make(chan struct{})
+	sentAllowed, sentDenied := make(chan []uint16, 1), make(chan []uint16, 1)
+	go func() {
+		var okIDs, badIDs []uint16
+		id := uint16(1)
+		for {
+			select {
+			case <-stop:
+				sentAllowed <- okIDs
+				sentDenied <- badIDs
+				return
+			default:
+			}
+			// allowed: TCP 80 from the peer; denied: TCP 81 from the peer.
+			for _, port := range []uint16{80, 81} {
+				f := &frame{id: id, srcMAC: peer.MAC, dstMAC: subj.MAC, src: peer.IPv4, dst: subj.IPv4, proto: ProtoTCP, dstPort: port}
+				if err := tx.sendErr(f); err != nil {
+					t.Errorf("send: %v", err)
+				}
+				if port == 80 {
+					okIDs = append(okIDs, id)
+				} else {
+					badIDs = append(badIDs, id)
+				}
+				id++
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+	}()
+	switches := 0
+	for i := 1; i <= 100; i++ {
+		apply(t, drv, subj.Rep, mk(i))
+		if drv.LastApply().Replaces > 0 {
+			switches++
+		}
+	}
+	time.Sleep(50 * time.Millisecond)
+	close(stop)
+	okIDs, badIDs := <-sentAllowed, <-sentDenied
+	rx.waitFor(okIDs, time.Second)
+	lost, leaked := 0, 0
+	for _, id := range okIDs {
+		if !rx.saw(id) {
+			lost++
+		}
+	}
+	for _, id := range badIDs {
+		if rx.saw(id) {
+			leaked++
+		}
+	}
+	t.Logf("100 updates (%d generation switches, %d in place): %d allowed frames, %d lost; %d denied frames, %d leaked",
+		switches, 100-switches, len(okIDs), lost, len(badIDs), leaked)
+	if lost != 0 || leaked != 0 {
+		t.Fatalf("make-before-break violated: %d allowed frames lost, %d denied frames leaked", lost, leaked)
+	}
+	if len(okIDs) < 100 {
+		t.Fatalf("only %d frames sent during the updates", len(okIDs))
+	}
+}
+
+func vethPair(t *testing.T, name string) {
+	t.Helper()
+	datapath.Run(t, "ip", "link", "add", name, "type", "veth", "peer", "name", name+"p")
+	datapath.Run(t, "ip", "link", "set", name, "up")
+	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", name).Run() })
+}
+
+// TestKernelGoldenAndBatch: what the driver installs, dumped back from the
+// kernel, equals the golden files of the fake; and `tc -batch` of the
+// rendered commands on another representor installs the same thing.
+func TestKernelGoldenAndBatch(t *testing.T) {
+	datapath.RequireBed(t)
+	vethPair(t, "rep0")
+	vethPair(t, "rep1")
+	drv := newKernelDriver(t, Options{})
+	for name, rs := range goldenRuleSets {
+		t.Run(name, func(t *testing.T) {
+			apply(t, drv, "rep0", rs)
+			st, err := drv.Dump(context.Background(), "rep0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			want, err := os.ReadFile(filepath.Join("testdata", name+".dump"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := st.Canonical(); got != string(want) {
+				t.Errorf("kernel dump differs from testdata/%s.dump:\n%s", name, got)
+			}
+			// Render and replay with tc on rep1.
+			var buf bytes.Buffer
+			if err := WriteBatch(&buf, "rep1", rs, Options{}); err != nil {
+				t.Fatal(err)
+			}
+			path := filepath.Join(t.TempDir(), "batch")
+			if err := os.WriteFile(path, buf.Bytes(), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			datapath.Run(t, "tc", "-batch", path)
+			st1, err := drv.Dump(context.Background(), "rep1")
+			if err != nil {
+				t.Fatal(err)
+			}
+			got1 := strings.Replace(st1.Canonical(), "dev rep1", "dev rep0", 1)
+			if got1 != string(want) {
+				t.Errorf("tc -batch of the rendered commands installs something else:\n%s\nbatch:\n%s", got1, buf.String())
+			}
+			// The driver adopts what tc installed: nothing to change.
+			apply(t, drv, "rep1", rs)
+			if w := drv.LastApply(); w.Adds+w.Replaces+w.Deletes+w.Flushes != 0 {
+				t.Errorf("apply over an identical tc-installed pipeline changed things: %+v", w)
+			}
+			for _, d := range []string{"rep0", "rep1"} {
+				if err := drv.Remove(context.Background(), d); err != nil {
+					t.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// TestKernelRestartAdoptsAndCleanupKeepsForeign: a new driver instance
+// adopts the pipeline without touching the kernel; Remove deletes exactly
+// our filters and keeps someone else's.
+func TestKernelRestartAdoptsAndCleanupKeepsForeign(t *testing.T) {
+	datapath.RequireBed(t)
+	vethPair(t, "rep2")
+	rs := goldenRuleSets["ipv6"]
+	d1 := newKernelDriver(t, Options{})
+	datapath.Run(t, "tc", "qdisc", "add", "dev", "rep2", "clsact")
+	datapath.Run(t, "tc", "filter", "add", "dev", "rep2", "ingress", "pref", "10", "protocol", "ip", "flower", "ip_proto", "udp", "action", "pass")
+	datapath.Run(t, "tc", "filter", "add", "dev", "rep2", "egress", "chain", "7", "pref", "1", "protocol", "all", "matchall", "action", "pass")
+	apply(t, d1, "rep2", rs)
+	before, err := d1.Dump(context.Background(), "rep2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d2 := newKernelDriver(t, Options{})
+	apply(t, d2, "rep2", rs)
+	if w := d2.LastApply(); w.Adds+w.Replaces+w.Deletes+w.Flushes != 0 {
+		t.Fatalf("restarted driver changed the kernel: %+v", w)
+	}
+	after, _ := d2.Dump(context.Background(), "rep2")
+	if before.Canonical() != after.Canonical() {
+		t.Fatalf("state changed across restart:\n%s\n%s", before.Canonical(), after.Canonical())
+	}
+	if err := d2.Remove(context.Background(), "rep2"); err != nil {
+		t.Fatal(err)
+	}
+	final, _ := d2.Dump(context.Background(), "rep2")
+	if len(final.Ours()) != 0 {
+		t.Fatalf("filters of ours left after Remove:\n%s", final.Canonical())
+	}
+	foreign := 0
+	for _, f := range final.Filters {
+		if f.Foreign || !f.ours() {
+			foreign++
+		}
+	}
+	if foreign != 2 {
+		t.Fatalf("want the 2 foreign filters kept, got:\n%s", final.Canonical())
+	}
+}
+
+// TestKernelRefusesAndReports: a rule set that cannot be expressed is
+// refused and the previous rules stay; netlink errors name the
+// representor and the operation.
+func TestKernelRefusesAndReports(t *testing.T) {
+	datapath.RequireBed(t)
+	vethPair(t, "rep3")
+	drv := newKernelDriver(t, Options{})
+	good := goldenRuleSets["allow-from-namespace"]
+	apply(t, drv, "rep3", good)
+	before, _ := drv.Dump(context.Background(), "rep3")
+	bad := &policy.RuleSet{Ingress: isolated(policy.Rule{Ports: []policy.PortMatch{{Protocol: "GRE"}}, AnyPeer: true})}
+	err := drv.Apply(context.Background(), "rep3", bad)
+	if err == nil || !strings.Contains(err.Error(), "rep3") || !strings.Contains(err.Error(), "GRE") {
+		t.Fatalf("want a refusal naming rep3 and the protocol, got %v", err)
+	}
+	after, _ := drv.Dump(context.Background(), "rep3")
+	if before.Canonical() != after.Canonical() {
+		t.Fatalf("refused rule set changed the kernel")
+	}
+	err = drv.Apply(context.Background(), "nosuchrep", good)
+	if err == nil || !strings.Contains(err.Error(), "nosuchrep") {
+		t.Fatalf("want an error naming the missing representor, got %v", err)
+	}
+	// skip_sw on a port without offload: the kernel refuses, we say where.
+	hw := newKernelDriver(t, Options{Offload: OffloadSkipSW})
+	vethPair(t, "rep4")
+	err = hw.Apply(context.Background(), "rep4", good)
+	if err == nil || !strings.Contains(err.Error(), "rep4") || !strings.Contains(err.Error(), "add") {
+		t.Fatalf("want a netlink error naming rep4 and the operation, got %v", err)
+	}
+	t.Logf("skip_sw on veth: %v", err)
+	st, _ := hw.Dump(context.Background(), "rep4")
+	if len(st.Ours()) != 0 {
+		t.Fatalf("a failed apply left filters:\n%s", st.Canonical())
+	}
+}
+
+// TestKernelIncrementalPeerIsO1: adding one peer IP to a 1,000-filter
+// pipeline costs a handful of netlink operations, not a rebuild.
+func TestKernelIncrementalPeerIsO1(t *testing.T) {
+	datapath.RequireBed(t)
+	vethPair(t, "rep5")
+	drv := newKernelDriver(t, Options{})
+	rs := bigRuleSet(480)
+	apply(t, drv, "rep5", rs)
+	st, _ := drv.Dump(context.Background(), "rep5")
+	n := len(st.Ours())
+	rs2 := bigRuleSet(480)
+	rs2.Ingress.Rules[0].Peers = append(rs2.Ingress.Rules[0].Peers, netip.MustParsePrefix("172.16.200.1/32"))
+	apply(t, drv, "rep5", rs2)
+	ops := drv.LastApply()
+	t.Logf("pipeline of %d filters; adding one peer: %+v (%d netlink requests)", n, ops, ops.Total())
+	if n < 1000 {
+		t.Fatalf("pipeline has only %d filters", n)
+	}
+	if ops.Adds+ops.Deletes+ops.Replaces+ops.Flushes > 4 {
+		t.Fatalf("adding one peer rewrote %+v", ops)
+	}
+}
+
+// bigRuleSet: one ingress rule with n host peers and two ports.
+func bigRuleSet(n int) *policy.RuleSet {
+	var peers []netip.Prefix
+	for i := 0; i < n; i++ {
+		peers = append(peers, netip.PrefixFrom(netip.AddrFrom4([4]byte{172, 16, byte(i / 250), byte(1 + i%250)}), 32))
+	}
+	return &policy.RuleSet{Ingress: isolated(policy.Rule{Peers: peers, Ports: []policy.PortMatch{tcp(80), tcp(443)}})}
+}
+
+// tenThousand is a rule set that compiles to about 10,000 filters.
+func tenThousand() *policy.RuleSet { return bigRuleSet(4985) }
+
+// BenchmarkKernelApply10k: Apply of a ~10,000-filter pipeline on an empty
+// representor (compile, dump, adds, entry, in_hw readback).
+func BenchmarkKernelApply10k(b *testing.B) {
+	datapath.RequireBed(b)
+	if err := exec.Command("ip", "link", "add", "repb", "type", "veth", "peer", "name", "repbp").Run(); err != nil {
+		b.Fatal(err)
+	}
+	defer func() { _ = exec.Command("ip", "link", "del", "repb").Run() }()
+	drv := newKernelDriver(b, Options{})
+	rs := tenThousand()
+	n := 0
+	for b.Loop() {
+		b.StopTimer()
+		if err := drv.Remove(context.Background(), "repb"); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+		apply(b, drv, "repb", rs)
+		n = drv.LastApply().Adds + drv.LastApply().Replaces
+	}
+	b.ReportMetric(float64(n), "filters")
+	b.ReportMetric(float64(n)*float64(b.N)/b.Elapsed().Seconds(), "filters/s")
+}
+
+// BenchmarkKernelRawNetlink10k: the same filters inserted by a bare loop of
+// RTM_NEWTFILTER requests (one request and ack each), the baseline.
+func BenchmarkKernelRawNetlink10k(b *testing.B) {
+	datapath.RequireBed(b)
+	if err := exec.Command("ip", "link", "add", "repr", "type", "veth", "peer", "name", "reprp").Run(); err != nil {
+		b.Fatal(err)
+	}
+	defer func() { _ = exec.Command("ip", "link", "del", "repr").Run() }()
+	drv := newKernelDriver(b, Options{})
+	prog, err := Compile(tenThousand(), Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	fs := prog.Filters()
+	idx, err := ifindex("repr")
+	if err != nil {
+		b.Fatal(err)
+	}
+	msgs := make([][]byte, len(fs))
+	for i, f := range fs {
+		if msgs[i], err = encodeFilter(idx, f); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := drv.nk.ensureClsact("repr"); err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		b.StopTimer()
+		if err := drv.Remove(context.Background(), "repr"); err != nil {
+			b.Fatal(err)
+		}
+		for _, h := range Hooks {
+			_ = drv.nk.flushChain("repr", h, 0)
+		}
+		b.StartTimer()
+		for i := len(msgs) - 1; i >= 0; i-- {
+			if _, err := drv.nk.execute(rtmNewFilter, netlinkCreateExcl, msgs[i]); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	b.ReportMetric(float64(len(msgs)), "filters")
+	b.ReportMetric(float64(len(msgs))*float64(b.N)/b.Elapsed().Seconds(), "filters/s")
+}

@@ -80,10 +80,10 @@ func (f *frame) l4() []byte {
 		c[0] = 1 // INIT
 		binary.BigEndian.PutUint16(c[2:], 20)
 		binary.BigEndian.PutUint32(c[4:], 0x1000+uint32(f.id)) // initiate tag
-		binary.BigEndian.PutUint32(c[8:], 65536)                // a_rwnd
-		binary.BigEndian.PutUint16(c[12:], 1)                   // outbound streams
-		binary.BigEndian.PutUint16(c[14:], 1)                   // inbound streams
-		binary.BigEndian.PutUint32(c[16:], 1)                   // initial TSN
+		binary.BigEndian.PutUint32(c[8:], 65536)               // a_rwnd
+		binary.BigEndian.PutUint16(c[12:], 1)                  // outbound streams
+		binary.BigEndian.PutUint16(c[14:], 1)                  // inbound streams
+		binary.BigEndian.PutUint32(c[16:], 1)                  // initial TSN
 		crc := crc32.Checksum(b, crc32.MakeTable(crc32.Castagnoli))
 		binary.LittleEndian.PutUint32(b[8:], crc)
 		return b

@@ -37,8 +37,8 @@ var goldenRuleSets = map[string]*policy.RuleSet{
 	// (three pod IPs) to TCP 5432; egress not isolated (track-only hook).
 	"allow-from-namespace": {Attachment: att("db-0"),
 		Ingress: policy.DirectionRules{Isolated: true, Stateful: true, Rules: []policy.Rule{{
-			Peers: pfx("10.56.0.10/32", "10.56.0.11/32", "10.56.0.12/32"),
-			Ports: []policy.PortMatch{{Protocol: policy.TCP, Port: 5432, EndPort: 5432}},
+			Peers:   pfx("10.56.0.10/32", "10.56.0.11/32", "10.56.0.12/32"),
+			Ports:   []policy.PortMatch{{Protocol: policy.TCP, Port: 5432, EndPort: 5432}},
 			Origins: []string{"demo/allow-frontend ingress[0]"}}}}},
 	// ipblock-except: egress to 192.168.0.0/16 except 192.168.1.0/24,
 	// aggregated to disjoint prefixes, any port; DNS to one server.

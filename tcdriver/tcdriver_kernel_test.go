@@ -47,9 +47,15 @@ func isolated(rules ...policy.Rule) policy.DirectionRules {
 	return policy.DirectionRules{Isolated: true, Stateful: true, Rules: rules}
 }
 
-func tcp(p uint16) policy.PortMatch  { return policy.PortMatch{Protocol: policy.TCP, Port: p, EndPort: p} }
-func udp(p uint16) policy.PortMatch  { return policy.PortMatch{Protocol: policy.UDP, Port: p, EndPort: p} }
-func sctp(p uint16) policy.PortMatch { return policy.PortMatch{Protocol: policy.SCTP, Port: p, EndPort: p} }
+func tcp(p uint16) policy.PortMatch {
+	return policy.PortMatch{Protocol: policy.TCP, Port: p, EndPort: p}
+}
+func udp(p uint16) policy.PortMatch {
+	return policy.PortMatch{Protocol: policy.UDP, Port: p, EndPort: p}
+}
+func sctp(p uint16) policy.PortMatch {
+	return policy.PortMatch{Protocol: policy.SCTP, Port: p, EndPort: p}
+}
 
 type probeCase struct {
 	from, to string
@@ -82,8 +88,8 @@ func TestKernelPolicySemantics(t *testing.T) {
 		return res
 	}
 	cases := []struct {
-		name  string
-		rules map[string]*policy.RuleSet
+		name   string
+		rules  map[string]*policy.RuleSet
 		probes []probeCase
 	}{
 		{"no policy: everything flows, no filters", nil, []probeCase{

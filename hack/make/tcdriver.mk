@@ -12,4 +12,4 @@ bench-tcdriver:
 bench-tcdriver-kernel:
 	mkdir -p $(BIN_DIR)
 	CGO_ENABLED=0 $(GO) test -c -tags kernel -o $(BIN_DIR)/tcdriver-kernel.test ./tcdriver
-	cd tcdriver && ../hack/kernel/run.sh ../$(BIN_DIR)/tcdriver-kernel.test -test.run '^$$' -test.bench Kernel -test.benchtime 5x -test.v -test.run TestKernelIncrementalPeerIsO1
+	cd tcdriver && ../hack/kernel/run.sh ../$(BIN_DIR)/tcdriver-kernel.test -test.bench Kernel -test.benchtime 5x -test.v -test.run TestKernelIncrementalPeerIsO1

@@ -182,7 +182,7 @@ func TestAgent(t *testing.T) {
 
 	t.Run("metrics and probes are served", func(t *testing.T) {
 		for url, want := range map[string]string{
-			"http://" + c.opts.MetricsBindAddress + "/metrics":    "multi_networkpolicy_tc_sync_duration_seconds",
+			"http://" + c.opts.MetricsBindAddress + "/metrics":     "multi_networkpolicy_tc_sync_duration_seconds",
 			"http://" + c.opts.HealthProbeBindAddress + "/healthz": "ok",
 			"http://" + c.opts.HealthProbeBindAddress + "/readyz":  "ok",
 		} {

@@ -63,8 +63,8 @@ func TestStripPodKeepsWhatPolicyReads(t *testing.T) {
 			Name: "p", Namespace: "ns", UID: "u1", ResourceVersion: "7",
 			Labels: map[string]string{"app": "x"},
 			Annotations: map[string]string{
-				nadv1.NetworkStatusAnnot:     `[{"name":"ns/net","ips":["10.0.0.1"]}]`,
-				nadv1.NetworkAttachmentAnnot: "net",
+				nadv1.NetworkStatusAnnot:                           `[{"name":"ns/net","ips":["10.0.0.1"]}]`,
+				nadv1.NetworkAttachmentAnnot:                       "net",
 				"kubectl.kubernetes.io/last-applied-configuration": strings.Repeat("x", 4096),
 			},
 			ManagedFields: []metav1.ManagedFieldsEntry{{Manager: "kubectl"}},

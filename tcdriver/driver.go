@@ -95,13 +95,11 @@ func (r *reconciler) Apply(ctx context.Context, dev string, rs *policy.RuleSet) 
 	} else if !ok {
 		return nil // nothing installed, nothing wanted
 	}
-	for _, h := range Hooks {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		if err := r.applyHook(dev, h, prog.Hooks[h]); err != nil {
-			return err
-		}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := r.reconcile(dev, prog.Hooks); err != nil {
+		return err
 	}
 	if d := r.stats.sub(start); d.Adds+d.Replaces+d.Deletes+d.Flushes > 0 {
 		r.reportOffload(dev)
@@ -147,82 +145,227 @@ func (r *reconciler) activeBase(st *hookState) (uint32, bool) {
 	return 0, false
 }
 
-func (r *reconciler) applyHook(dev string, h Hook, hp *hookProgram) error {
+type planKind uint8
+
+const (
+	planNoop planKind = iota
+	planRemove
+	planInPlace
+	planSwitch
+)
+
+// hookPlan is what Apply does on one hook, in three phases: prepare (no
+// effect on traffic), commit (the change becomes visible), cleanup (remove
+// what became unreachable).
+type hookPlan struct {
+	h    Hook
+	st   *hookState
+	kind planKind
+	// planSwitch
+	newBase    uint32
+	newFilters []*Filter
+	newEntry   *Filter
+	// planInPlace
+	diffs    []chainDiff
+	added    []*Filter
+	deleted  []*Filter
+	keepSlot int // cleanup flushes every owned chain outside this slot (-1: all)
+}
+
+type chainDiff struct {
+	chain      uint32
+	adds, dels []*Filter
+	created    bool
+}
+
+func (r *reconciler) plan(dev string, h Hook, hp *hookProgram) (*hookPlan, error) {
 	st, err := r.readHook(dev, h)
 	if err != nil {
-		return err
+		return nil, err
 	}
+	p := &hookPlan{h: h, st: st, keepSlot: -1}
 	if hp == nil {
-		// Stop enforcing first (the new state allows everything), then
-		// clean up the unreachable chains.
-		if st.entry != nil {
-			if err := r.del(dev, st.entry); err != nil {
-				return err
-			}
+		if st.entry != nil || len(st.byChain) > 0 {
+			p.kind = planRemove
 		}
-		return r.flushChains(dev, h, st, func(uint32) bool { return true })
+		return p, nil
 	}
 	base, active := r.activeBase(st)
-	if active {
-		want := hp.materialize(base)
-		if r.entryNeedsUpdate(st.entry, h, base) {
-			// Only the flags differ (offload mode changed): rebuild.
-			return r.switchGeneration(dev, h, hp, st, base)
-		}
-		ok, err := r.tryInPlace(dev, h, hp, st, want, base)
-		if err != nil || ok {
-			return err
+	if active && st.entry.key() == r.opts.entryFilter(h, base).key() {
+		if diffs, ok := r.planInPlace(hp, st, base); ok {
+			p.kind, p.diffs, p.keepSlot = planInPlace, diffs, r.opts.slotOf(base)
+			if len(diffs) == 0 && !r.hasOtherSlot(st, p.keepSlot) {
+				p.kind = planNoop
+			}
+			return p, nil
 		}
 	}
-	return r.switchGeneration(dev, h, hp, st, base)
-}
-
-func (r *reconciler) entryNeedsUpdate(entry *Filter, h Hook, base uint32) bool {
-	return entry.key() != r.opts.entryFilter(h, base).key()
-}
-
-// switchGeneration builds the program in the inactive slot, repoints the
-// entry filter at it (one atomic replace), then deletes the old slot.
-func (r *reconciler) switchGeneration(dev string, h Hook, hp *hookProgram, st *hookState, oldBase uint32) error {
 	slot := 0
-	if st.entry != nil && oldBase == r.opts.slotBase(0) {
+	if active && base == r.opts.slotBase(0) {
 		slot = 1
 	}
-	newBase := r.opts.slotBase(slot)
-	inSlot := func(s int) func(uint32) bool {
-		return func(c uint32) bool { return r.opts.slotOf(c) == s }
-	}
-	// Leftovers of an interrupted apply in the target slot are unreachable.
-	if err := r.flushChains(dev, h, st, inSlot(slot)); err != nil {
-		return err
-	}
-	want := hp.materialize(newBase)
-	// Leaf chains first, so that no reachable goto ever points at a chain
-	// that is still empty (not that it matters before the switch).
-	for i := len(want) - 1; i >= 0; i-- {
-		if err := r.add(dev, want[i]); err != nil {
-			r.flushAfterFailure(dev, h, want)
-			return err
-		}
-	}
-	entry := r.opts.entryFilter(h, newBase)
-	if st.entry != nil {
-		r.stats.Replaces++
-		if err := r.k.replace(dev, entry); err != nil {
-			r.flushAfterFailure(dev, h, want)
-			return err
-		}
-	} else if err := r.add(dev, entry); err != nil {
-		r.flushAfterFailure(dev, h, want)
-		return err
-	}
-	// The old generation is unreachable now.
-	return r.flushChains(dev, h, st, inSlot(1-slot))
+	p.kind, p.keepSlot = planSwitch, slot
+	p.newBase = r.opts.slotBase(slot)
+	p.newFilters = hp.materialize(p.newBase)
+	p.newEntry = r.opts.entryFilter(h, p.newBase)
+	return p, nil
 }
 
-func (r *reconciler) flushAfterFailure(dev string, h Hook, want []*Filter) {
+func (r *reconciler) hasOtherSlot(st *hookState, keep int) bool {
+	for c := range st.byChain {
+		if r.opts.slotOf(c) != keep {
+			return true
+		}
+	}
+	return false
+}
+
+// reconcile applies the programs of both hooks so that the attachment
+// either moves to the new rules or keeps the old ones: new generations are
+// built first on both hooks (invisible), then committed hook by hook; a
+// failed commit rolls the hooks already committed back.
+func (r *reconciler) reconcile(dev string, progs [2]*hookProgram) error {
+	var plans []*hookPlan
+	for _, h := range Hooks {
+		p, err := r.plan(dev, h, progs[h])
+		if err != nil {
+			return err
+		}
+		plans = append(plans, p)
+	}
+	// Prepare.
+	for i, p := range plans {
+		if p.kind != planSwitch {
+			continue
+		}
+		if err := r.prepareSwitch(dev, p); err != nil {
+			for _, q := range plans[:i+1] {
+				if q.kind == planSwitch {
+					r.flushFilters(dev, q.h, q.newFilters)
+				}
+			}
+			return err
+		}
+	}
+	// Commit.
+	for i, p := range plans {
+		if err := r.commit(dev, p); err != nil {
+			for j := i - 1; j >= 0; j-- {
+				r.rollback(dev, plans[j])
+			}
+			for _, q := range plans {
+				if q.kind == planSwitch {
+					r.flushFilters(dev, q.h, q.newFilters)
+				}
+			}
+			return err
+		}
+	}
+	// Cleanup: the old generations are unreachable now.
+	for _, p := range plans {
+		if p.kind == planNoop {
+			continue
+		}
+		keep := p.keepSlot
+		if err := r.flushChains(dev, p.h, p.st, func(c uint32) bool { return keep < 0 || r.opts.slotOf(c) != keep }); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// prepareSwitch builds the new generation in the inactive slot.
+func (r *reconciler) prepareSwitch(dev string, p *hookPlan) error {
+	// Leftovers of an interrupted apply in the target slot are unreachable.
+	slot := p.keepSlot
+	if err := r.flushChains(dev, p.h, p.st, func(c uint32) bool { return r.opts.slotOf(c) == slot }); err != nil {
+		return err
+	}
+	for c := range p.st.byChain {
+		if r.opts.slotOf(c) == slot {
+			delete(p.st.byChain, c)
+		}
+	}
+	// Leaf chains first (not that it matters before the switch).
+	for i := len(p.newFilters) - 1; i >= 0; i-- {
+		if err := r.add(dev, p.newFilters[i]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (r *reconciler) commit(dev string, p *hookPlan) error {
+	switch p.kind {
+	case planRemove:
+		// Stop enforcing first (the new state allows everything).
+		if p.st.entry != nil {
+			return r.del(dev, p.st.entry)
+		}
+	case planSwitch:
+		if p.st.entry != nil {
+			r.stats.Replaces++
+			return r.k.replace(dev, p.newEntry)
+		}
+		return r.add(dev, p.newEntry)
+	case planInPlace:
+		for _, d := range p.diffs {
+			handles := nextHandles(p.st.byChain[d.chain])
+			for _, f := range d.adds {
+				f.Handle = handles(f.tp())
+				if err := r.add(dev, f); err != nil {
+					r.rollback(dev, p)
+					return err
+				}
+				p.added = append(p.added, f)
+			}
+		}
+		for _, d := range p.diffs {
+			for _, f := range d.dels {
+				if err := r.del(dev, f); err != nil {
+					r.rollback(dev, p)
+					return err
+				}
+				p.deleted = append(p.deleted, f)
+			}
+		}
+	}
+	return nil
+}
+
+// rollback undoes a committed plan (best effort: a kernel that refuses the
+// undo is reported, and the next Apply repairs the hook from what it reads).
+func (r *reconciler) rollback(dev string, p *hookPlan) {
+	var errs []error
+	switch p.kind {
+	case planRemove:
+		if p.st.entry != nil {
+			errs = append(errs, r.add(dev, p.st.entry))
+		}
+	case planSwitch:
+		if p.st.entry != nil {
+			r.stats.Replaces++
+			errs = append(errs, r.k.replace(dev, p.st.entry))
+		} else {
+			errs = append(errs, r.del(dev, p.newEntry))
+		}
+	case planInPlace:
+		for _, f := range p.deleted {
+			errs = append(errs, r.add(dev, f))
+		}
+		for _, f := range p.added {
+			errs = append(errs, r.del(dev, f))
+		}
+		p.added, p.deleted = nil, nil
+	}
+	if err := errors.Join(errs...); err != nil {
+		r.log.WithError(err).WithFields(logrus.Fields{"representor": dev, "hook": p.h.String()}).Error("rolling back a failed apply")
+	}
+}
+
+func (r *reconciler) flushFilters(dev string, h Hook, fs []*Filter) {
 	chains := map[uint32]bool{}
-	for _, f := range want {
+	for _, f := range fs {
 		chains[f.Chain] = true
 	}
 	for c := range chains {
@@ -250,20 +393,15 @@ func (r *reconciler) flushChains(dev string, h Hook, st *hookState, sel func(uin
 	return nil
 }
 
-// tryInPlace applies the difference inside the active generation when that
-// is safe: only peer filters or only port filters of any rule change, so
-// that every intermediate state allows a subset of (old ∪ new) and never a
-// (peer, port) pair that neither allows. It returns false, having changed
-// nothing, when a generation switch is needed.
-func (r *reconciler) tryInPlace(dev string, h Hook, hp *hookProgram, st *hookState, want []*Filter, base uint32) (bool, error) {
+// planInPlace computes the difference inside the active generation and
+// says whether applying it in place is safe: only peer filters or only port
+// filters of any rule change, so that every intermediate state allows a
+// subset of (old ∪ new) and never a (peer, port) pair that neither allows.
+func (r *reconciler) planInPlace(hp *hookProgram, st *hookState, base uint32) ([]chainDiff, bool) {
+	want := hp.materialize(base)
 	wantBy := map[uint32][]*Filter{}
 	for _, f := range want {
 		wantBy[f.Chain] = append(wantBy[f.Chain], f)
-	}
-	type chainDiff struct {
-		chain      uint32
-		adds, dels []*Filter
-		created    bool
 	}
 	var diffs []chainDiff
 	peersChanged := map[int]bool{}
@@ -277,7 +415,7 @@ func (r *reconciler) tryInPlace(dev string, h Hook, hp *hookProgram, st *hookSta
 	}
 	for c := range chains {
 		if r.opts.slotOf(c) != r.opts.slotOf(base) {
-			continue // the other slot is flushed below
+			continue // the other slot is flushed in cleanup
 		}
 		adds, dels := diffFilters(st.byChain[c], wantBy[c])
 		if len(adds) == 0 && len(dels) == 0 {
@@ -285,7 +423,7 @@ func (r *reconciler) tryInPlace(dev string, h Hook, hp *hookProgram, st *hookSta
 		}
 		role, known := hp.roles[c-base]
 		if !known || role.kind == roleFixed {
-			return false, nil
+			return nil, false
 		}
 		if role.kind == rolePeers {
 			peersChanged[role.rule] = true
@@ -296,50 +434,23 @@ func (r *reconciler) tryInPlace(dev string, h Hook, hp *hookProgram, st *hookSta
 	}
 	for rule := range peersChanged {
 		if portsChanged[rule] {
-			return false, nil
+			return nil, false
 		}
 		// A rule whose port chains appear or disappear together with a
-		// peer change has a port set we cannot compare: rebuild.
+		// peer change has a port set we must compare.
 		if !r.portSignatureStable(st, wantBy, base, rule) {
-			return false, nil
+			return nil, false
 		}
 	}
-	// Order: chains that are created (not yet reachable) first, then adds,
-	// then deletes; chains that become empty last.
+	// Order: chains that are created (not yet reachable) first, then the
+	// others; within the commit, all adds come before all deletes.
 	sort.Slice(diffs, func(i, j int) bool {
 		if diffs[i].created != diffs[j].created {
 			return diffs[i].created
 		}
 		return diffs[i].chain > diffs[j].chain
 	})
-	var added []*Filter
-	undo := func() {
-		for _, f := range added {
-			r.stats.Deletes++
-			_ = r.k.del(dev, f)
-		}
-	}
-	for _, d := range diffs {
-		handles := nextHandles(st.byChain[d.chain])
-		for _, f := range d.adds {
-			f.Handle = handles(f.tp())
-			if err := r.add(dev, f); err != nil {
-				undo()
-				return true, err
-			}
-			added = append(added, f)
-		}
-	}
-	for _, d := range diffs {
-		for _, f := range d.dels {
-			if err := r.del(dev, f); err != nil {
-				return true, err
-			}
-		}
-	}
-	// Residue of an interrupted switch in the inactive slot.
-	other := 1 - r.opts.slotOf(base)
-	return true, r.flushChains(dev, h, st, func(c uint32) bool { return r.opts.slotOf(c) == other })
+	return diffs, true
 }
 
 // portSignatureStable reports whether a rule's port set is the same before
@@ -436,10 +547,8 @@ func (r *reconciler) Remove(ctx context.Context, dev string) error {
 	if err != nil || !ok {
 		return err
 	}
-	for _, h := range Hooks {
-		if err := r.applyHook(dev, h, nil); err != nil {
-			return err
-		}
+	if err := r.reconcile(dev, [2]*hookProgram{}); err != nil {
+		return err
 	}
 	if r.metrics != nil {
 		r.metrics.forget(dev)

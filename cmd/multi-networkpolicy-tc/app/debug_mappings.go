@@ -133,6 +133,11 @@ var errDebugNotFound = errors.New("not found")
 func runDebugMappings(ctx context.Context, o *debugMappingsOptions, resolver sriov.Resolver,
 	netdevExists func(string) (bool, error), stdout io.Writer,
 ) error {
+	// The socket first: without it nothing else matters, and its message
+	// is the most useful one.
+	if err := podresources.CheckSocket(o.socket); err != nil {
+		return err
+	}
 	var src debugMappingsSource
 	var err error
 	if o.offline {
@@ -145,9 +150,6 @@ func runDebugMappings(ctx context.Context, o *debugMappingsOptions, resolver sri
 		if err != nil {
 			return err
 		}
-	}
-	if err := podresources.CheckSocket(o.socket); err != nil {
-		return err
 	}
 	client, err := podresources.New(o.socket, podresources.Options{})
 	if err != nil {
@@ -306,6 +308,9 @@ func newDebugAPISource(kubeconfig string) (*debugAPISource, error) {
 	if err != nil {
 		return nil, fmt.Errorf("API server config (--kubeconfig, $KUBECONFIG or in-cluster; or use --offline -f): %w", err)
 	}
+	// One GET per pod of the node (up to ~110): client-go's default 5 qps
+	// would make that take 20 seconds.
+	cfg.QPS, cfg.Burst = 50, 100
 	kube, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return nil, err

@@ -127,6 +127,12 @@ func TestDebugMappingsCommandLine(t *testing.T) {
 			wantErr:  "testdata/nope.yaml: no such file or directory",
 		},
 		{
+			name:     "no API server configuration",
+			args:     []string{"debug", "mappings", "--kubeconfig", "testdata/no-such-kubeconfig", "--podresources-socket", socket},
+			wantCode: exitFailure,
+			wantErr:  "API server config (--kubeconfig, $KUBECONFIG or in-cluster; or use --offline -f):",
+		},
+		{
 			name:     "empty node prints the header",
 			args:     []string{"debug", "mappings", "--offline", "-f", "testdata/debug-mappings-manifests.yaml", "--podresources-socket", socket},
 			wantCode: 0,

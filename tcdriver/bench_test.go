@@ -40,19 +40,25 @@ func BenchmarkCompile1000Rules(b *testing.B) {
 	b.ReportMetric(float64(n), "filters")
 }
 
-// BenchmarkFakeIncrementalPeer: one peer added to a 1,000-filter pipeline.
+// BenchmarkFakeIncrementalPeer: one peer added to (or removed from) a
+// 1,000-filter pipeline, in place.
 func BenchmarkFakeIncrementalPeer(b *testing.B) {
 	base := bigRuleSetUnit(480)
 	next := bigRuleSetUnit(480)
 	next.Ingress.Rules[0].Peers = append(next.Ingress.Rules[0].Peers, netip.MustParsePrefix("172.16.200.1/32"))
 	f := NewFake(Options{}, dev)
 	ctx := context.Background()
+	if err := f.Apply(ctx, dev, base); err != nil {
+		b.Fatal(err)
+	}
 	var ops Stats
-	for b.Loop() {
-		if err := f.Apply(ctx, dev, base); err != nil {
-			b.Fatal(err)
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		rs := next
+		if i%2 == 1 {
+			rs = base
 		}
-		if err := f.Apply(ctx, dev, next); err != nil {
+		if err := f.Apply(ctx, dev, rs); err != nil {
 			b.Fatal(err)
 		}
 		ops = f.LastApply()

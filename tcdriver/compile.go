@@ -2,7 +2,6 @@ package tcdriver
 
 import (
 	"fmt"
-	"net/netip"
 
 	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/policy"
 )
@@ -466,13 +465,4 @@ func (p *Program) Filters() []*Filter {
 		out = append(out, hp.materialize(base)...)
 	}
 	return out
-}
-
-// remoteAddr is a helper for tests and the tracer: the address a rule
-// matches for a packet seen on hook h.
-func remoteAddr(h Hook, src, dst netip.Addr) netip.Addr {
-	if h == HookIngress {
-		return dst
-	}
-	return src
 }

@@ -571,11 +571,6 @@ func (r *reconciler) Dump(ctx context.Context, dev string) (*State, error) {
 		if err != nil {
 			return nil, err
 		}
-		for _, f := range fs {
-			if r.opts.owns(f.Chain) && !f.Foreign {
-				f.Cookie = append([]byte(nil), f.Cookie...)
-			}
-		}
 		st.Filters = append(st.Filters, fs...)
 	}
 	sortFilters(st.Filters)

@@ -3,7 +3,6 @@ package tcdriver
 import (
 	"fmt"
 	"net/netip"
-	"sort"
 	"strings"
 )
 
@@ -237,18 +236,4 @@ func (f *Filter) matches(p *Packet, ctState uint16) bool {
 		return false
 	}
 	return true
-}
-
-// sortedChains lists the chains used by filters, for rendering.
-func sortedChains(fs []*Filter) []uint32 {
-	seen := map[uint32]bool{}
-	var out []uint32
-	for _, f := range fs {
-		if !seen[f.Chain] {
-			seen[f.Chain] = true
-			out = append(out, f.Chain)
-		}
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
-	return out
 }

@@ -198,8 +198,15 @@ type Pod struct {
 	Containers      []Container
 }
 
-// Allocation is what the plugins answered, by container then resource.
-type Allocation map[string]map[string]*deviceplugin.ContainerAllocateResponse
+// Allocation is, by container then resource, the devices the kubelet chose
+// and what the plugin's Allocate answered for them.
+type Allocation map[string]map[string]Assigned
+
+// Assigned is one container's devices of one resource.
+type Assigned struct {
+	IDs      []string
+	Response *deviceplugin.ContainerAllocateResponse
+}
 
 // RunPod admits a pod as the kubelet's device manager does: each container
 // gets its devices through the plugin's Allocate (after
@@ -233,9 +240,9 @@ func (k *Kubelet) RunPod(ctx context.Context, pod Pod) (Allocation, error) {
 				return nil, err
 			}
 			if alloc[c.Name] == nil {
-				alloc[c.Name] = map[string]*deviceplugin.ContainerAllocateResponse{}
+				alloc[c.Name] = map[string]Assigned{}
 			}
-			alloc[c.Name][resource] = resp
+			alloc[c.Name][resource] = Assigned{IDs: ids, Response: resp}
 			cr.Devices = append(cr.Devices, &podresourcesv1.ContainerDevices{ResourceName: resource, DeviceIds: ids})
 		}
 		return cr, nil

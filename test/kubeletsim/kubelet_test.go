@@ -127,7 +127,7 @@ func TestRunPod(t *testing.T) {
 	for container, want := range map[string]string{
 		"sidecar": "0000:3b:00.2", "setup": "0000:3b:00.3", "app": "0000:3b:00.3,0000:3b:00.4",
 	} {
-		if got := alloc[container]["example.com/vf"].Envs["PCIDEVICE_EXAMPLE_COM_VF"]; got != want {
+		if got := alloc[container]["example.com/vf"].Response.Envs["PCIDEVICE_EXAMPLE_COM_VF"]; got != want {
 			t.Errorf("container %s got %s, want %s", container, got, want)
 		}
 	}

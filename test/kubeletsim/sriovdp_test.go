@@ -157,18 +157,18 @@ func TestSRIOVDevicePlugin(t *testing.T) {
 		name := tp.pod.Namespace + "/" + tp.pod.Name
 		assigned[name] = map[string][]string{}
 		for container, byRes := range alloc {
-			for res, resp := range byRes {
+			for res, a := range byRes {
 				env := "PCIDEVICE_" + strings.NewReplacer(".", "_", "/", "_").Replace(strings.ToUpper(res))
-				ids := strings.Split(resp.Envs[env], ",")
-				if resp.Envs[env] == "" {
-					t.Errorf("%s container %s: Allocate of %s returned no %s (envs %v)", name, container, res, env, resp.Envs)
+				got := slices.Sorted(slices.Values(strings.Split(a.Response.Envs[env], ",")))
+				if !slices.Equal(got, a.IDs) {
+					t.Errorf("%s container %s: Allocate of %v answered %s=%q (envs %v)", name, container, a.IDs, env, a.Response.Envs[env], a.Response.Envs)
 				}
-				for _, id := range ids {
+				for _, id := range a.IDs {
 					if !slices.Contains(wantDevices[res], id) {
-						t.Errorf("%s container %s: %s=%s names a device outside %s", name, container, env, resp.Envs[env], res)
+						t.Errorf("%s container %s: %s is not a device of %s", name, container, id, res)
 					}
 				}
-				assigned[name][res] = append(assigned[name][res], ids...)
+				assigned[name][res] = append(assigned[name][res], a.IDs...)
 			}
 		}
 	}

@@ -29,7 +29,7 @@ func (e *Engine) addSelectedBy(set map[string]bool, p *policyInfo) {
 		if a.PodNamespace != p.namespace || !p.networks[a.Network] {
 			continue
 		}
-		if pod := e.state.pods[podKey(a.PodNamespace, a.PodName)]; pod == nil || p.selects(pod) {
+		if pod := e.state.pods[key(a.PodNamespace, a.PodName)]; pod == nil || p.selects(pod) {
 			set[a.ID()] = true
 		}
 	}
@@ -43,7 +43,7 @@ func (e *Engine) affectedByPod(old, cur *podInfo) []Attachment {
 	// The pod's own attachments: selection and named ingress ports.
 	for _, p := range []*podInfo{old, cur} {
 		if p != nil {
-			for _, id := range e.state.attByPod[podKey(p.namespace, p.name)] {
+			for _, id := range e.state.attByPod[key(p.namespace, p.name)] {
 				set[id] = true
 			}
 		}

@@ -43,7 +43,7 @@ func (c *computation) ruleSets(atts []Attachment) ([]*RuleSet, error) {
 }
 
 func (c *computation) ruleSet(att Attachment) (*RuleSet, error) {
-	pod := c.s.pods[podKey(att.PodNamespace, att.PodName)]
+	pod := c.s.pods[key(att.PodNamespace, att.PodName)]
 	if pod == nil {
 		return nil, ErrUnknownPod
 	}

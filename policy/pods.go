@@ -36,7 +36,6 @@ type containerPort struct {
 	port     uint16
 }
 
-func podKey(namespace, name string) string { return key(namespace, name) }
 
 func key(namespace, name string) string { return namespace + "/" + name }
 

@@ -84,7 +84,7 @@ func (s *state) deletePolicy(namespace, name string) {
 
 func (s *state) setPod(p *corev1.Pod) {
 	info := newPodInfo(p)
-	s.pods[podKey(p.Namespace, p.Name)] = info
+	s.pods[key(p.Namespace, p.Name)] = info
 	if s.podsNS[p.Namespace] == nil {
 		s.podsNS[p.Namespace] = map[string]*podInfo{}
 	}
@@ -92,7 +92,7 @@ func (s *state) setPod(p *corev1.Pod) {
 }
 
 func (s *state) deletePod(namespace, name string) {
-	delete(s.pods, podKey(namespace, name))
+	delete(s.pods, key(namespace, name))
 	delete(s.podsNS[namespace], name)
 }
 
@@ -120,7 +120,7 @@ func (s *state) setAttachments(atts []Attachment) {
 	for _, a := range atts {
 		id := a.ID()
 		if _, dup := s.attachments[id]; !dup {
-			pk := podKey(a.PodNamespace, a.PodName)
+			pk := key(a.PodNamespace, a.PodName)
 			s.attByPod[pk] = append(s.attByPod[pk], id)
 		}
 		s.attachments[id] = a

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"sort"
+	"strconv"
 	"strings"
 )
 
@@ -210,14 +211,29 @@ func (f *Filter) ours() bool { return !f.Foreign && bytes.Equal(f.Cookie, Cookie
 // what the kernel reports back: two filters with the same key are
 // interchangeable.
 func (f *Filter) key() string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "%s|%d|%d|%s|%s|", f.Hook, f.Chain, f.Prio, ethName(f.Protocol), f.matchString())
+	b := make([]byte, 0, 128)
+	b = append(b, byte('0'+f.Hook), '|')
+	b = strconv.AppendUint(b, uint64(f.Chain), 10)
+	b = append(b, '|')
+	b = strconv.AppendUint(b, uint64(f.Prio), 10)
+	b = append(b, '|')
+	b = strconv.AppendUint(b, uint64(f.Protocol), 16)
+	b = append(b, '|')
+	b = append(b, f.matchString()...)
+	b = append(b, '|')
 	for _, a := range f.Actions {
-		b.WriteString(a.String())
-		b.WriteByte(';')
+		b = append(b, byte('0'+a.Kind), ':')
+		b = strconv.AppendUint(b, uint64(a.Chain), 10)
+		b = append(b, ':')
+		b = strconv.AppendUint(b, uint64(a.Zone), 10)
+		if a.Commit {
+			b = append(b, 'c')
+		}
+		b = append(b, ';')
 	}
-	fmt.Fprintf(&b, "|%d", f.Flags)
-	return b.String()
+	b = append(b, '|')
+	b = strconv.AppendUint(b, uint64(f.Flags), 10)
+	return string(b)
 }
 
 // tpKey identifies the tcf_proto (chain, prio) the filter belongs to.

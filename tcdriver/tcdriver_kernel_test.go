@@ -687,3 +687,37 @@ func BenchmarkKernelRawNetlink10k(b *testing.B) {
 	b.ReportMetric(float64(len(msgs)), "filters")
 	b.ReportMetric(float64(len(msgs))*float64(b.N)/b.Elapsed().Seconds(), "filters/s")
 }
+
+// TestKernelNetdevsimRepresentor: the pipeline is accepted on a real
+// switchdev representor (netdevsim), in_hw is read back per filter (false:
+// netdevsim offloads no flower), and skip_sw is refused with an error that
+// names the representor.
+func TestKernelNetdevsimRepresentor(t *testing.T) {
+	datapath.RequireBed(t)
+	esw := datapath.NewEswitch(t, 31, 2)
+	rep, err := esw.Representor(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	datapath.Run(t, "ip", "link", "set", rep.Name, "up")
+	drv := newKernelDriver(t, Options{})
+	apply(t, drv, rep.Name, goldenRuleSets["ipv6"])
+	st, err := drv.Dump(context.Background(), rep.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inHW, total := st.InHWCount()
+	t.Logf("netdevsim representor %s (%s): %d filters, %d in_hw", rep.Name, rep.PortName, total, inHW)
+	if total != 56 || inHW != 0 {
+		t.Fatalf("want 56 filters, none in hardware; got %d/%d\n%s", inHW, total, st.Canonical())
+	}
+	if err := drv.Remove(context.Background(), rep.Name); err != nil {
+		t.Fatal(err)
+	}
+	hw := newKernelDriver(t, Options{Offload: OffloadSkipSW})
+	err = hw.Apply(context.Background(), rep.Name, goldenRuleSets["ipv6"])
+	if err == nil || !strings.Contains(err.Error(), rep.Name) {
+		t.Fatalf("skip_sw on netdevsim: want an error naming %s, got %v", rep.Name, err)
+	}
+	t.Logf("skip_sw refused: %v", err)
+}

@@ -1,0 +1,277 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/policy"
+	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/test/sandbox"
+)
+
+const allowFromA = `
+apiVersion: k8s.cni.cncf.io/v1beta1
+kind: MultiNetworkPolicy
+metadata: {name: allow, namespace: NS, annotations: {k8s.v1.cni.cncf.io/policy-for: net}}
+spec:
+  podSelector: {matchLabels: {app: server}}
+  ingress: [{from: [{podSelector: {matchLabels: {app: a}}}], ports: [{protocol: TCP, port: PORT}]}]
+`
+
+func allow(ns, port string) string {
+	return strings.NewReplacer("NS", ns, "PORT", port).Replace(allowFromA)
+}
+
+func TestPolicyUpdate(t *testing.T) {
+	w := newWorld(t)
+	w.namespace("upd", nil)
+	net := w.nad("upd", "net", "cx6dx_p0")
+	server := w.pod("upd", "server", app("server"), []attach{on(net, addrs(20, 2)...)})
+	a := w.pod("upd", "a", app("a"), []attach{on(net, addrs(20, 3)...)})
+	w.policy(allow("upd", "80"))
+	m := w.expect(net, pods(server, a), tcp80, tcp443)
+	w.want(m, a, server, tcp80, true)
+	w.want(m, a, server, tcp443, false)
+	w.policy(allow("upd", "443"))
+	m = w.expect(net, pods(server, a), tcp80, tcp443)
+	w.want(m, a, server, tcp80, false)
+	w.want(m, a, server, tcp443, true)
+	w.deletePolicy("upd", "allow")
+	m = w.expect(net, pods(server, a), tcp80, tcp443)
+	w.want(m, a, server, tcp80, true)
+}
+
+func TestPodLabelChange(t *testing.T) {
+	w := newWorld(t)
+	w.namespace("relabel", nil)
+	net := w.nad("relabel", "net", "cx6dx_p0")
+	server := w.pod("relabel", "server", app("server"), []attach{on(net, addrs(21, 2)...)})
+	b := w.pod("relabel", "b", app("b"), []attach{on(net, addrs(21, 3)...)})
+	w.policy(allow("relabel", "80"))
+	m := w.expect(net, pods(server, b), tcp80)
+	w.want(m, b, server, tcp80, false)
+	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"labels": app("a")}})
+	if _, err := sb.Clients.Kube.CoreV1().Pods("relabel").Patch(w.ctx, "b", types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	m = w.expect(net, pods(server, b), tcp80)
+	w.want(m, b, server, tcp80, true)
+}
+
+// A deleted pod's rules go with it; the next pod given the same VF gets
+// only its own rules.
+func TestPodDeletionAndVFReuse(t *testing.T) {
+	w := newWorld(t)
+	w.namespace("reuse", nil)
+	net := w.nad("reuse", "net", "cx6dx_p0")
+	a := w.pod("reuse", "a", app("a"), []attach{on(net, addrs(22, 2)...)})
+	victim := w.pod("reuse", "victim", app("server"), []attach{on(net, addrs(22, 3)...)})
+	w.policy(`
+apiVersion: k8s.cni.cncf.io/v1beta1
+kind: MultiNetworkPolicy
+metadata: {name: isolate-server, namespace: reuse, annotations: {k8s.v1.cni.cncf.io/policy-for: net}}
+spec: {podSelector: {matchLabels: {app: server}}, policyTypes: [Ingress, Egress]}
+`)
+	m := w.expect(net, pods(a, victim), tcp80)
+	w.want(m, a, victim, tcp80, false)
+	rep, vf := victim.Attachments[0].Representor, victim.Attachments[0].VFPCI
+	if filters(t, rep) == "" {
+		t.Fatalf("the isolated pod's representor %s has no filters", rep)
+	}
+	if err := sb.DeletePod(w.ctx, "reuse", "victim"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 20*time.Second, "filters of the deleted pod removed from "+rep, func() bool { return filters(t, rep) == "" })
+
+	newcomer := w.pod("reuse", "newcomer", app("newcomer"), []attach{on(net, addrs(22, 4)...)})
+	if newcomer.Attachments[0].VFPCI != vf {
+		t.Fatalf("the newcomer got VF %s, not the freed %s: the reuse case is not exercised", newcomer.Attachments[0].VFPCI, vf)
+	}
+	m = w.expect(net, pods(a, newcomer), tcp80)
+	w.want(m, a, newcomer, tcp80, true)
+	w.want(m, newcomer, a, tcp80, true)
+	if f := filters(t, rep); f != "" {
+		t.Errorf("the newcomer is not isolated but %s has filters:\n%s", rep, f)
+	}
+}
+
+// flows probes an allowed and a denied connection continuously until stop
+// is closed, and counts the allowed-flow losses and denied-flow leaks.
+type flows struct {
+	allowed, denied  int
+	lost, leaked     int
+	lostAt, leakedAt []string
+	mu               sync.Mutex
+	wg               sync.WaitGroup
+	stop             chan struct{}
+	start            time.Time
+}
+
+func probeContinuously(net policy.NetworkRef, allowedFrom, deniedFrom, to *sandbox.Pod, p sandbox.Probe) *flows {
+	f := &flows{stop: make(chan struct{}), start: time.Now()}
+	run := func(from *sandbox.Pod, allowed bool) {
+		defer f.wg.Done()
+		for {
+			select {
+			case <-f.stop:
+				return
+			default:
+			}
+			res, err := sb.ProbeOnce(net, from, to, p, probeTimeout)
+			f.mu.Lock()
+			at := time.Since(f.start).Round(10 * time.Millisecond).String()
+			switch {
+			case allowed:
+				f.allowed++
+				if err != nil || !res.Delivered {
+					f.lost++
+					f.lostAt = append(f.lostAt, at+" "+res.String())
+				}
+			default:
+				f.denied++
+				if err == nil && res.Delivered {
+					f.leaked++
+					f.leakedAt = append(f.leakedAt, at)
+				}
+			}
+			f.mu.Unlock()
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	f.wg.Add(2)
+	go run(allowedFrom, true)
+	go run(deniedFrom, false)
+	return f
+}
+
+func (f *flows) finish(t *testing.T, what string) {
+	t.Helper()
+	close(f.stop)
+	f.wg.Wait()
+	t.Logf("%s: %d allowed-flow probes (%d lost), %d denied-flow probes (%d leaked)", what, f.allowed, f.lost, f.denied, f.leaked)
+	if f.lost > 0 {
+		t.Errorf("%s: the allowed flow lost %d probe(s): %v", what, f.lost, f.lostAt)
+	}
+	if f.leaked > 0 {
+		t.Errorf("%s: the denied flow leaked %d probe(s) at %v", what, f.leaked, f.leakedAt)
+	}
+	if f.allowed < 5 || f.denied < 3 {
+		t.Errorf("%s: too few probes to tell (%d allowed, %d denied)", what, f.allowed, f.denied)
+	}
+}
+
+func restartWorld(t *testing.T, ns string, n int) (*world, policy.NetworkRef, *sandbox.Pod, *sandbox.Pod, *sandbox.Pod) {
+	w := newWorld(t)
+	w.namespace(ns, nil)
+	net := w.nad(ns, "net", "cx6dx_p0")
+	server := w.pod(ns, "server", app("server"), []attach{on(net, addrs(n, 2)...)})
+	a := w.pod(ns, "a", app("a"), []attach{on(net, addrs(n, 3)...)})
+	b := w.pod(ns, "b", app("b"), []attach{on(net, addrs(n, 4)...)})
+	w.policy(allow(ns, "80"))
+	m := w.expect(net, pods(server, a, b), tcp80)
+	w.want(m, a, server, tcp80, true)
+	w.want(m, b, server, tcp80, false)
+	return w, net, server, a, b
+}
+
+// The agent stops (SIGTERM, as in a rolling update) and crashes (SIGKILL);
+// the rules stay in the kernel meanwhile, and the new agent adopts them
+// without a gap.
+func TestAgentRestartKeepsEnforcing(t *testing.T) {
+	w, net, server, a, b := restartWorld(t, "agent-restart", 23)
+	rep := server.Attachments[0].Representor
+	before := filters(t, rep)
+	f := probeContinuously(net, a, b, server, tcp80)
+	time.Sleep(time.Second)
+	sb.StopAgent()
+	time.Sleep(2 * time.Second)
+	if after := filters(t, rep); after != before {
+		t.Errorf("the stopped agent changed %s's filters:\nbefore:\n%s\nafter:\n%s", rep, before, after)
+	}
+	if err := sb.StartAgent(w.ctx); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second)
+	sb.KillAgent()
+	time.Sleep(time.Second)
+	if err := sb.StartAgent(w.ctx); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second)
+	f.finish(t, "agent stop, start, kill, start")
+	// The new agent still follows changes.
+	w.policy(allow("agent-restart", "443"))
+	m := w.expect(net, pods(server, a, b), tcp80, tcp443)
+	w.want(m, a, server, tcp443, true)
+	w.want(m, a, server, tcp80, false)
+}
+
+// The API server goes away: enforcement stays; when it is back, the agent
+// follows changes again.
+func TestAPIServerRestart(t *testing.T) {
+	w, net, server, a, b := restartWorld(t, "api-restart", 24)
+	f := probeContinuously(net, a, b, server, tcp80)
+	time.Sleep(time.Second)
+	sb.Kube.StopAPIServer()
+	time.Sleep(5 * time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := sb.Kube.StartAPIServer(ctx); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second)
+	f.finish(t, "API server outage")
+	w.policy(allow("api-restart", "443"))
+	m := w.expect(net, pods(server, a, b), tcp80, tcp443)
+	w.want(m, a, server, tcp443, true)
+	w.want(m, a, server, tcp80, false)
+}
+
+// The kubelet's PodResources socket goes away and comes back: enforcement
+// stays, and a pod started afterwards is enforced (the agent reconnected).
+func TestKubeletRestart(t *testing.T) {
+	w, net, server, a, b := restartWorld(t, "kubelet-restart", 25)
+	f := probeContinuously(net, a, b, server, tcp80)
+	time.Sleep(time.Second)
+	if err := sb.Node.RestartPodResources(3 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second)
+	f.finish(t, "kubelet restart")
+	server2 := w.pod("kubelet-restart", "server2", app("server"), []attach{on(net, addrs(25, 5)...)})
+	m := w.expect(net, pods(server2, a, b), tcp80)
+	w.want(m, a, server2, tcp80, true)
+	w.want(m, b, server2, tcp80, false)
+}
+
+// filters is what tc shows on both hooks of dev.
+func filters(t *testing.T, dev string) string {
+	t.Helper()
+	var b strings.Builder
+	for _, hook := range []string{"ingress", "egress"} {
+		out, err := exec.Command("tc", "filter", "show", "dev", dev, hook).CombinedOutput()
+		if err != nil {
+			t.Fatalf("tc filter show dev %s %s: %v\n%s", dev, hook, err, out)
+		}
+		b.Write(out)
+	}
+	return strings.TrimSpace(b.String())
+}
+
+func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for: %s", within, what)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}

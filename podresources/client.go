@@ -203,7 +203,7 @@ func (c *Client) call(ctx context.Context, method string, rpc func(context.Conte
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return fmt.Errorf("podresources %s on %s: %w (last error: %v)", method, c.socket, ctx.Err(), err)
+			return fmt.Errorf("podresources %s on %s: %w (last error: %w)", method, c.socket, ctx.Err(), err)
 		case <-t.C:
 		}
 	}

@@ -268,7 +268,7 @@ func (k *Kubelet) RunPod(ctx context.Context, pod Pod) (Allocation, error) {
 		}
 		apps = append(apps, cr)
 	}
-	entry.Containers = append(sidecars, apps...)
+	entry.Containers = slices.Concat(sidecars, apps)
 	k.podResources.AddPod(entry)
 	return alloc, nil
 }

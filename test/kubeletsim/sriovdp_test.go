@@ -330,7 +330,7 @@ func startDevicePlugin(ctx context.Context, t *testing.T, binary, root string) c
 	exited := make(chan struct{})
 	go func() {
 		err := cmd.Wait()
-		cancel(fmt.Errorf("sriovdp exited: %v", err))
+		cancel(fmt.Errorf("sriovdp exited: %w", err))
 		close(exited)
 	}()
 	t.Cleanup(func() {

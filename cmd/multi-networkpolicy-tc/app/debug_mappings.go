@@ -254,7 +254,8 @@ func writeDebugMappings(w io.Writer, format string, rows []debugMapping) error {
 		return err
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "POD\tNETWORK\tINTERFACE\tRESOURCE\tVF PCI\tPF PCI\tUPLINK\tVF\tREPRESENTOR\tEXISTS")
+	out := &debugTableWriter{w: tw}
+	out.printf("POD\tNETWORK\tINTERFACE\tRESOURCE\tVF PCI\tPF PCI\tUPLINK\tVF\tREPRESENTOR\tEXISTS\n")
 	var problems []string
 	for _, r := range rows {
 		if r.Network == "" {
@@ -271,19 +272,36 @@ func writeDebugMappings(w io.Writer, format string, rows []debugMapping) error {
 		if r.Error != "" {
 			problems = append(problems, r.Pod+" "+r.Network+"@"+r.Interface+": "+r.Error)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Pod, r.Network, r.Interface, r.Resource,
+		out.printf("%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Pod, r.Network, r.Interface, r.Resource,
 			r.VFPCI, dash(r.PFPCI), dash(r.Uplink), index, dash(r.Representor), exists)
+	}
+	if out.err != nil {
+		return out.err
 	}
 	if err := tw.Flush(); err != nil {
 		return err
 	}
+	out.w = w
 	if len(problems) > 0 {
-		fmt.Fprintln(w, "\nPROBLEMS")
+		out.printf("\nPROBLEMS\n")
 		for _, p := range problems {
-			fmt.Fprintln(w, "  "+p)
+			out.printf("  %s\n", p)
 		}
 	}
-	return nil
+	return out.err
+}
+
+// debugTableWriter keeps the first write error, so the table code reads as
+// a table.
+type debugTableWriter struct {
+	w   io.Writer
+	err error
+}
+
+func (t *debugTableWriter) printf(format string, args ...any) {
+	if t.err == nil {
+		_, t.err = fmt.Fprintf(t.w, format, args...)
+	}
 }
 
 func dash(s string) string {

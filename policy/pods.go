@@ -36,7 +36,6 @@ type containerPort struct {
 	port     uint16
 }
 
-
 func key(namespace, name string) string { return namespace + "/" + name }
 
 func newPodInfo(p *corev1.Pod) *podInfo {

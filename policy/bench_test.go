@@ -130,7 +130,9 @@ func BenchmarkRenderNode(b *testing.B) {
 // engine which local attachments that affects, and recomputes only those.
 func BenchmarkRenderOnePodChange(b *testing.B) {
 	c := newBenchCluster(b)
-	c.engine.ComputeAll() // the agent has computed everything once
+	if _, err := c.engine.ComputeAll(); err != nil { // the agent has computed everything once
+		b.Fatal(err)
+	}
 	pod := c.pods[len(c.pods)/2+1].DeepCopy()
 	labelSets := []map[string]string{{"app": "app1", "tier": "fe"}, {"app": "app2", "tier": "be"}}
 	b.ReportAllocs()

@@ -217,8 +217,14 @@ func parsePacket(t *testing.T, s string) policy.Packet {
 
 // verify computes the attachment's rule set with the engine and checks each
 // expected verdict against both the rule set and the reference evaluator.
-// It returns the rule set and the engine's error for further checks.
-func verify(t *testing.T, objs *policy.Objects, opts policy.Options, att policy.Attachment, expects ...expect) (*policy.RuleSet, error) {
+func verify(t *testing.T, objs *policy.Objects, opts policy.Options, att policy.Attachment, expects ...expect) *policy.RuleSet {
+	t.Helper()
+	rs, _ := verifyErr(t, objs, opts, att, expects...)
+	return rs
+}
+
+// verifyErr is verify that also returns the engine's error.
+func verifyErr(t *testing.T, objs *policy.Objects, opts policy.Options, att policy.Attachment, expects ...expect) (*policy.RuleSet, error) {
 	t.Helper()
 	s := &policytest.Scenario{Objects: *objs, Options: opts}
 	for _, p := range objs.Pods {
@@ -251,23 +257,17 @@ func att(podNS, podName string, n policy.NetworkRef) policy.Attachment {
 
 // inputErrors returns the *policy.InputError values joined in err.
 func inputErrors(err error) []*policy.InputError {
-	var out []*policy.InputError
-	var walk func(error)
-	walk = func(err error) {
-		if err == nil {
-			return
+	var joined interface{ Unwrap() []error }
+	if errors.As(err, &joined) {
+		var out []*policy.InputError
+		for _, e := range joined.Unwrap() {
+			out = append(out, inputErrors(e)...)
 		}
-		var ie *policy.InputError
-		if errors.As(err, &ie) && ie == err {
-			out = append(out, ie)
-			return
-		}
-		if j, ok := err.(interface{ Unwrap() []error }); ok {
-			for _, e := range j.Unwrap() {
-				walk(e)
-			}
-		}
+		return out
 	}
-	walk(err)
-	return out
+	var ie *policy.InputError
+	if errors.As(err, &ie) {
+		return []*policy.InputError{ie}
+	}
+	return nil
 }

@@ -95,9 +95,9 @@ func refEnforced(objs *Objects, n NetworkRef, plugins []string) bool {
 func refPolicyFor(p *mnpv1beta1.MultiNetworkPolicy, n NetworkRef) bool {
 	for _, item := range strings.Split(p.Annotations[PolicyForAnnotation], ",") {
 		item = strings.ReplaceAll(strings.ReplaceAll(item, " ", ""), "\t", "")
-		ns, name := p.Namespace, item
-		if i := strings.Index(item, "/"); i >= 0 {
-			ns, name = item[:i], item[i+1:]
+		ns, name, found := strings.Cut(item, "/")
+		if !found {
+			ns, name = p.Namespace, item
 		}
 		if ns == n.Namespace && name == n.Name {
 			return true

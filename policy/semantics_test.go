@@ -110,7 +110,7 @@ func TestSemantic3_UnionOfPolicies(t *testing.T) {
 	for _, order := range [][]*mnp.MultiNetworkPolicy{{p1, p2, p3}, {p3, p2, p1}, {p2, p3, p1}} {
 		objs := fixture()
 		objs.Policies = order
-		rs, _ := verify(t, objs, policy.Options{}, att("ns1", "web", sriovA), want...)
+		rs := verify(t, objs, policy.Options{}, att("ns1", "web", sriovA), want...)
 		if first == "" {
 			first = dumpJSON(rs)
 		} else if got := dumpJSON(rs); got != first {
@@ -235,7 +235,7 @@ func TestSemantic6_IPv6AndICMP(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			objs := fixture()
 			objs.Policies = append(objs.Policies, netpol("ns1", "p", "sriov-a", spec))
-			rs, _ := verify(t, objs, c.opts, att("ns1", "web", sriovA), append(base, c.want...)...)
+			rs := verify(t, objs, c.opts, att("ns1", "web", sriovA), append(base, c.want...)...)
 			if rs.Ingress.AcceptICMP != c.opts.AcceptICMP || rs.Ingress.AcceptICMPv6 != c.opts.AcceptICMPv6 {
 				t.Errorf("echo switches not carried into the rule set: %+v", rs.Ingress)
 			}
@@ -247,7 +247,7 @@ func TestSemantic6_IPv6AndICMP(t *testing.T) {
 func TestSemantic7_Stateful(t *testing.T) {
 	objs := fixture()
 	objs.Policies = append(objs.Policies, netpol("ns1", "p", "sriov-a", denyAll))
-	rs, _ := verify(t, objs, policy.Options{}, att("ns1", "web", sriovA), deny("in 10.1.0.11 tcp 80"), deny("out 10.1.0.11 tcp 80"))
+	rs := verify(t, objs, policy.Options{}, att("ns1", "web", sriovA), deny("in 10.1.0.11 tcp 80"), deny("out 10.1.0.11 tcp 80"))
 	if !rs.Ingress.Stateful || !rs.Egress.Stateful {
 		t.Fatalf("rule sets must be stateful in both directions: %+v", rs)
 	}
@@ -291,7 +291,7 @@ func TestSemantic8_InvalidInputFailsClosed(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			objs := fixture()
 			objs.Policies = append(objs.Policies, netpol("ns1", "bad", c.policyFor, c.spec))
-			_, err := verify(t, objs, policy.Options{}, att("ns1", "web", sriovA), c.want...)
+			_, err := verifyErr(t, objs, policy.Options{}, att("ns1", "web", sriovA), c.want...)
 			errs := inputErrors(err)
 			if !slices.ContainsFunc(errs, func(e *policy.InputError) bool {
 				return e.Kind == "MultiNetworkPolicy" && e.Namespace == "ns1" && e.Name == "bad" && e.Field == c.field
@@ -306,12 +306,12 @@ func TestSemantic8_InvalidInputFailsClosed(t *testing.T) {
 		objs.Pods[1].Annotations["k8s.v1.cni.cncf.io/network-status"] = "{not json"
 		objs.Policies = append(objs.Policies, netpol("ns1", "p", "sriov-a", mnp.MultiNetworkPolicySpec{
 			Ingress: []mnp.MultiNetworkPolicyIngressRule{ingress(peers(nsPeer("")))}}))
-		_, err := verify(t, objs, policy.Options{}, att("ns1", "web", sriovA),
+		_, err := verifyErr(t, objs, policy.Options{}, att("ns1", "web", sriovA),
 			deny("in 10.1.0.11 tcp 80"), allow("in 10.1.0.20 tcp 80"))
 		if err != nil {
 			t.Fatalf("a peer's bad annotation must not be reported on another pod's attachment: %v", err)
 		}
-		_, err = verify(t, objs, policy.Options{}, att("ns1", "db", sriovA))
+		_, err = verifyErr(t, objs, policy.Options{}, att("ns1", "db", sriovA))
 		if !strings.Contains(err.Error(), "Pod ns1/db: metadata.annotations[k8s.v1.cni.cncf.io/network-status]") {
 			t.Fatalf("error should name the pod and annotation: %v", err)
 		}

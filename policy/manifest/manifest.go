@@ -106,7 +106,7 @@ func decodeDocument(objs *policy.Objects, doc []byte) error {
 			Items []map[string]any `json:"items"`
 		}
 		if err := yaml.Unmarshal(doc, &list); err != nil {
-			return fmt.Errorf("List: %w", err)
+			return fmt.Errorf("kind List: %w", err)
 		}
 		for i, item := range list.Items {
 			b, _ := yaml.Marshal(item)

@@ -150,7 +150,7 @@ func readManifests(paths []string, stdin io.Reader) (*policy.Objects, error) {
 				return nil, err
 			}
 			err = manifest.Decode(objs, name, f)
-			f.Close()
+			_ = f.Close() // read-only
 			if err != nil {
 				return nil, err
 			}

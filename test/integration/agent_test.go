@@ -5,6 +5,7 @@
 package integration
 
 import (
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -64,7 +65,7 @@ func TestAgent(t *testing.T) {
 
 	t.Run("policy converges to programmed rules", func(t *testing.T) {
 		c.createPolicy(ingressPolicy(ns, "db-from-api", network, map[string]string{"app": "db"}, map[string]string{"app": "api"}, intstr.FromString("http")))
-		eventually(t, 10*time.Second, c.expectIngress(db, "10.10.0.20", "10.10.0.10", 5432, tcdriver.Pass))
+		c.waitEnforced(t, db, "10.10.0.20", "10.10.0.21", "10.10.0.10", 5432)
 		for _, probe := range []struct {
 			src  string
 			port uint16
@@ -77,11 +78,11 @@ func TestAgent(t *testing.T) {
 			t.Errorf("cache is not selected but has %d filters", n)
 		}
 		// --pod-rules-path shows what was programmed.
-		b, err := os.ReadFile(filepath.Join(c.opts.PodRulesPath, "shop_db_shop_sriov-net.rules"))
-		mustf(t, err, "pod rules file")
-		if !strings.Contains(string(b), "shop/db-from-api") || !strings.Contains(string(b), db) {
-			t.Errorf("pod rules file lacks the policy or representor:\n%s", b)
-		}
+		eventually(t, 10*time.Second, func() (bool, string) {
+			b, err := os.ReadFile(filepath.Join(c.opts.PodRulesPath, "shop_db_shop_sriov-net.rules"))
+			return err == nil && strings.Contains(string(b), "shop/db-from-api") && strings.Contains(string(b), "dev "+db),
+				fmt.Sprintf("pod rules file lacks the policy or the tc commands for %s (%v):\n%s", db, err, b)
+		})
 	})
 
 	t.Run("peer change follows: new pod IP allowed, old one not", func(t *testing.T) {
@@ -104,7 +105,7 @@ func TestAgent(t *testing.T) {
 		before, _ := c.driver.counts()
 		opsBefore := c.tc.Stats()
 		c.createPolicy(ingressPolicy(ns, "cache-from-api", network, map[string]string{"app": "cache"}, map[string]string{"app": "api"}, intstr.FromInt32(6379)))
-		eventually(t, 10*time.Second, c.expectIngress(cache, "10.10.0.20", "10.10.0.11", 6379, tcdriver.Pass))
+		c.waitEnforced(t, cache, "10.10.0.20", "10.10.0.21", "10.10.0.11", 6379)
 		time.Sleep(300 * time.Millisecond) // let any stray work land before counting
 		after, _ := c.driver.counts()
 		if d := after[db] - before[db]; d != 0 {
@@ -149,7 +150,7 @@ func TestAgent(t *testing.T) {
 		c.mu.Lock()
 		c.nextVF = 7
 		c.mu.Unlock()
-		c.createPod(podSpec{ns: ns, name: "orphan", node: localNode, labels: map[string]string{"app": "db"}, network: network, ip: "10.10.0.12"})
+		c.createPod(podSpec{ns: ns, name: "orphan", node: localNode, labels: map[string]string{"app": "db"}, network: network, ip: "10.10.0.12", port: 5432})
 		eventually(t, 15*time.Second, func() (bool, string) {
 			evs := c.events(ns, "Pod", "orphan")
 			for _, e := range evs {
@@ -159,6 +160,13 @@ func TestAgent(t *testing.T) {
 			}
 			return false, "no RepresentorNotFound Event on shop/orphan: " + eventsText(evs)
 		})
+		if n := metricValue(t, c, "multi_networkpolicy_tc_attachments", "failed"); n != 1 {
+			t.Errorf("attachments{state=failed} = %v, want 1", n)
+		}
+		// The representor comes back: the retry programs it (orphan is
+		// app=db, so db-from-api isolates it).
+		c.resolver.addVF(7)
+		c.waitEnforced(t, repName(7), "10.10.0.20", "10.10.0.21", "10.10.0.12", 5432)
 	})
 
 	t.Run("pod deleted: its representor's rules are removed", func(t *testing.T) {
@@ -212,8 +220,9 @@ func TestDriftRepaired(t *testing.T) {
 	rep := c.createPod(podSpec{ns: ns, name: "server", node: localNode, labels: map[string]string{"app": "server"}, network: network, ip: "10.20.0.10"})
 	c.createPod(podSpec{ns: ns, name: "client", node: remoteNode, labels: map[string]string{"app": "client"}, network: network, ip: "10.20.0.20"})
 	c.createPolicy(ingressPolicy(ns, "allow-client", network, map[string]string{"app": "server"}, map[string]string{"app": "client"}, intstr.FromInt32(443)))
-	eventually(t, 10*time.Second, c.expectIngress(rep, "10.20.0.20", "10.20.0.10", 443, tcdriver.Pass))
+	c.waitEnforced(t, rep, "10.20.0.20", "10.20.0.99", "10.20.0.10", 443)
 	want := c.ourFilters(rep)
+	stBefore, _ := c.tc.Dump(ctx(), rep)
 
 	// Someone flushes our filters by hand.
 	mustf(t, c.tc.Remove(ctx(), rep), "remove by hand")
@@ -225,7 +234,8 @@ func TestDriftRepaired(t *testing.T) {
 		return n == want, "filters on " + rep + ": " + itoa(n) + ", want " + itoa(want)
 	})
 	if v := c.ingressVerdict(rep, "10.20.0.99", "10.20.0.10", 443); v != tcdriver.Drop {
-		t.Errorf("after repair, an unlisted peer: %s, want drop", v)
+		stAfter, _ := c.tc.Dump(ctx(), rep)
+		t.Errorf("after repair, an unlisted peer: %s, want drop\nbefore:\n%s\nafter:\n%s", v, stBefore.Canonical(), stAfter.Canonical())
 	}
 }
 
@@ -241,7 +251,7 @@ func TestAPIServerOutage(t *testing.T) {
 	rep := c.createPod(podSpec{ns: ns, name: "server", node: localNode, labels: map[string]string{"app": "server"}, network: network, ip: "10.30.0.10"})
 	c.createPod(podSpec{ns: ns, name: "client", node: remoteNode, labels: map[string]string{"app": "client"}, network: network, ip: "10.30.0.20"})
 	c.createPolicy(ingressPolicy(ns, "allow-client", network, map[string]string{"app": "server"}, map[string]string{"app": "client"}, intstr.FromInt32(443)))
-	eventually(t, 10*time.Second, c.expectIngress(rep, "10.30.0.20", "10.30.0.10", 443, tcdriver.Pass))
+	c.waitEnforced(t, rep, "10.30.0.20", "10.30.0.99", "10.30.0.10", 443)
 	filters := c.ourFilters(rep)
 	_, removesBefore := c.driver.counts()
 

@@ -41,6 +41,14 @@ func BenchmarkPolicyToProgrammed(b *testing.B) {
 		return n == numVFs, fmt.Sprintf("%d of %d attachments programmed", n, numVFs)
 	})
 
+	// Isolate the server first, so that each new port is dropped until its
+	// policy is programmed.
+	c.createPolicy(ingressPolicy(ns, "baseline", network, map[string]string{"app": "server"}, map[string]string{"app": "client"}, intstr.FromInt32(1)))
+	c.waitEnforced(b, rep, "10.40.2.1", "10.40.9.9", "10.40.0.10", 1)
+	if c.ingressVerdict(rep, "10.40.2.1", "10.40.0.10", 2000) != tcdriver.Drop {
+		b.Fatal("server not isolated")
+	}
+
 	lat := make([]time.Duration, 0, b.N)
 	b.ResetTimer()
 	for i := range b.N {

@@ -37,7 +37,8 @@ const (
 	numVFs     = 8
 )
 
-func vfPCI(i int) string   { return fmt.Sprintf("0000:3b:00.%d", i+2) }
+// vfPCI is VF i of the PF at 0000:3b:00.0: functions 00.2 to 00.7, then 01.0…
+func vfPCI(i int) string   { return fmt.Sprintf("0000:3b:%02x.%d", (i+2)/8, (i+2)%8) }
 func repName(i int) string { return fmt.Sprintf("pf0vf%d", i) }
 
 // lockedResolver makes sriov.Fake safe to change while the agent resolves.
@@ -56,6 +57,13 @@ func (r *lockedResolver) removeRepresentor(vf string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.f.RemoveRepresentor(vf)
+}
+
+// addVF makes VF i's representor (re)appear.
+func (r *lockedResolver) addVF(i int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.f.AddVF(pfPCI, i, vfPCI(i), repName(i))
 }
 
 // countingDriver counts the driver calls per representor, to show that a
@@ -352,6 +360,17 @@ func (c *cluster) ingressVerdict(rep, src, dst string, port uint16) tcdriver.Ver
 	pkt := tcdriver.Packet{EthType: tcdriver.EthIPv4, Src: netip.MustParseAddr(src), Dst: netip.MustParseAddr(dst),
 		IPProto: tcdriver.ProtoTCP, SrcPort: 40000, DstPort: port}
 	return tcdriver.Trace(c.tc.Filters(rep, tcdriver.HookEgress), tcdriver.HookEgress, pkt, tcdriver.NewConntrack()).Verdict
+}
+
+// waitEnforced waits until the representor allows allowed → dst:port and
+// drops denied → dst:port: a policy is programmed (a pass alone proves
+// nothing, an unisolated pod passes everything).
+func (c *cluster) waitEnforced(t testing.TB, rep, allowed, denied, dst string, port uint16) {
+	t.Helper()
+	eventually(t, 10*time.Second, func() (bool, string) {
+		a, d := c.ingressVerdict(rep, allowed, dst, port), c.ingressVerdict(rep, denied, dst, port)
+		return a == tcdriver.Pass && d == tcdriver.Drop, fmt.Sprintf("%s: %s → %s:%d: %s (want pass); %s → %s:%d: %s (want drop)", rep, allowed, dst, port, a, denied, dst, port, d)
+	})
 }
 
 // ourFilters counts the filters the driver owns on a representor.

@@ -169,6 +169,24 @@ func TestAgent(t *testing.T) {
 		c.waitEnforced(t, repName(7), "10.10.0.20", "10.10.0.21", "10.10.0.12", 5432)
 	})
 
+	t.Run("device count mismatch: Event on the pod, no rules guessed", func(t *testing.T) {
+		c.createPod(podSpec{ns: ns, name: "no-vf", node: localNode, labels: map[string]string{"app": "db"}, network: network, ip: "10.10.0.13", noDevices: true})
+		eventually(t, 15*time.Second, func() (bool, string) {
+			evs := c.events(ns, "Pod", "no-vf")
+			for _, e := range evs {
+				if e.Reason == "DeviceCountMismatch" && strings.Contains(e.Message, resource) {
+					return true, ""
+				}
+			}
+			return false, "no DeviceCountMismatch Event on shop/no-vf: " + eventsText(evs)
+		})
+		for _, a := range c.agent.Attachments() {
+			if strings.HasPrefix(a.ID, ns+"/no-vf/") {
+				t.Errorf("attachment %s exists for a pod whose VF is unknown", a.ID)
+			}
+		}
+	})
+
 	t.Run("pod deleted: its representor's rules are removed", func(t *testing.T) {
 		c.deletePod(ns, "db")
 		eventually(t, 10*time.Second, func() (bool, string) {

@@ -267,6 +267,7 @@ type podSpec struct {
 	network        string // ns/name of the one secondary network
 	ip             string // the pod's IP on it (network-status)
 	port           int32  // a named container port "http" when non-zero
+	noDevices      bool   // a local pod the kubelet gave no VF (misconfigured requests)
 }
 
 // createPod creates a running pod as multus leaves it: the networks
@@ -288,7 +289,7 @@ func (c *cluster) createPod(p podSpec) string {
 		pod.Spec.Containers[0].Ports = []corev1.ContainerPort{{Name: "http", ContainerPort: p.port, Protocol: corev1.ProtocolTCP}}
 	}
 	rep := ""
-	if p.node == localNode {
+	if p.node == localNode && !p.noDevices {
 		c.mu.Lock()
 		vf := c.nextVF
 		c.nextVF++

@@ -51,7 +51,7 @@ func (e *Engine) affectedByPod(old, cur *podInfo) []Attachment {
 	// Attachments whose peers include the pod, before or after.
 	for _, pol := range e.state.policies {
 		if e.policyReferencesPod(pol, old) || e.policyReferencesPod(pol, cur) {
-			pol.cache = resolutionCache{}
+			e.podChanged(pol, old, cur)
 			e.addSelectedBy(set, pol)
 		}
 	}
@@ -121,7 +121,25 @@ func (e *Engine) peerSelectsPod(peer *peerInfo, pod *podInfo) bool {
 	if peer.nsSelector == nil {
 		return pod.namespace == peer.policyNamespace
 	}
-	return peer.nsSelector.Matches(e.state.namespaces[pod.namespace])
+	l, known := e.state.namespaces[pod.namespace]
+	return known && peer.nsSelector.Matches(l)
+}
+
+// podChanged updates a policy's cache for a pod that changed from old to cur
+// (either may be nil): the selected-pod lists are patched in place, which
+// is much cheaper than selecting again over the cluster, and the resolved
+// address sets are dropped to be rebuilt from them.
+func (e *Engine) podChanged(pol *policyInfo, old, cur *podInfo) {
+	for peer, pods := range pol.cache.peerPods {
+		if old != nil {
+			pods = slices.DeleteFunc(pods, func(p *podInfo) bool { return p == old })
+		}
+		if cur != nil && cur.peerable && e.peerSelectsPod(peer, cur) {
+			pods = append(pods, cur)
+		}
+		pol.cache.peerPods[peer] = pods
+	}
+	pol.cache.rules = nil
 }
 
 func (e *Engine) affectedByNamespace(old, cur labels.Set) []Attachment {

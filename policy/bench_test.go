@@ -5,8 +5,8 @@ import (
 	"fmt"
 	"net/netip"
 	"syscall"
-	"time"
 	"testing"
+	"time"
 
 	mnp "github.com/k8snetworkplumbingwg/multi-networkpolicy/pkg/apis/k8s.cni.cncf.io/v1beta1"
 	nadv1 "github.com/k8snetworkplumbingwg/network-attachment-definition-client/pkg/apis/k8s.cni.cncf.io/v1"

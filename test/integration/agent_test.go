@@ -117,6 +117,26 @@ func TestAgent(t *testing.T) {
 		t.Logf("kernel operations for one new policy on one attachment: %+v", statsDelta(c.tc.Stats(), opsBefore))
 	})
 
+	t.Run("TC programming failure: Event on the pod, previous rules kept, retried", func(t *testing.T) {
+		c.tc.FailAfter(0) // the kernel refuses the next write (EBUSY)
+		c.createPolicy(ingressPolicy(ns, "cache-from-batch", network, map[string]string{"app": "cache"}, map[string]string{"app": "batch"}, intstr.FromInt32(6379)))
+		eventually(t, 10*time.Second, func() (bool, string) {
+			evs := c.events(ns, "Pod", "cache")
+			for _, e := range evs {
+				if e.Reason == "TCProgrammingFailed" && strings.Contains(e.Message, cache) {
+					return true, ""
+				}
+			}
+			return false, "no TCProgrammingFailed Event on shop/cache: " + eventsText(evs)
+		})
+		// the retry lands the new rule; the old one held throughout
+		c.waitEnforced(t, cache, "10.10.0.21", "192.0.2.1", "10.10.0.11", 6379)
+		if v := c.ingressVerdict(cache, "10.10.0.20", "10.10.0.11", 6379); v != tcdriver.Pass {
+			t.Errorf("cache-from-api's peer: %s, want pass", v)
+		}
+		c.deletePolicy(ns, "cache-from-batch")
+	})
+
 	t.Run("invalid policy: Event on the policy, selected pod stays isolated", func(t *testing.T) {
 		bad := ingressPolicy(ns, "bad-cidr", network, map[string]string{"app": "cache"}, nil, intstr.FromInt32(11211))
 		bad.Spec.Ingress[0].From = nil
@@ -255,6 +275,42 @@ func TestDriftRepaired(t *testing.T) {
 		stAfter, _ := c.tc.Dump(ctx(), rep)
 		t.Errorf("after repair, an unlisted peer: %s, want drop\nbefore:\n%s\nafter:\n%s", v, stBefore.Canonical(), stAfter.Canonical())
 	}
+}
+
+// TestRestartAdoptsRules restarts the agent over programmed representors:
+// the rules keep enforcing throughout, and the new agent adopts them
+// without a single filter added or deleted.
+func TestRestartAdoptsRules(t *testing.T) {
+	c := newCluster(t, clusterOptions{})
+	c.waitReady()
+	const ns = "restart"
+	network := ns + "/net"
+	c.createNamespace(ns, nil)
+	c.createNAD(ns, "net", "accelerated-bridge")
+	rep := c.createPod(podSpec{ns: ns, name: "server", node: localNode, labels: map[string]string{"app": "server"}, network: network, ip: "10.50.0.10"})
+	c.createPod(podSpec{ns: ns, name: "client", node: remoteNode, labels: map[string]string{"app": "client"}, network: network, ip: "10.50.0.20"})
+	c.createPolicy(ingressPolicy(ns, "allow-client", network, map[string]string{"app": "server"}, map[string]string{"app": "client"}, intstr.FromInt32(443)))
+	c.waitEnforced(t, rep, "10.50.0.20", "10.50.0.99", "10.50.0.10", 443)
+	before, _ := c.tc.Dump(ctx(), rep)
+
+	c.stopAgent()
+	if v := c.ingressVerdict(rep, "10.50.0.99", "10.50.0.10", 443); v != tcdriver.Drop {
+		t.Errorf("agent stopped: an unlisted peer: %s, want drop (rules must outlive the agent)", v)
+	}
+	ops := c.tc.Stats()
+	c.startAgent()
+	c.waitReady()
+	d := statsDelta(c.tc.Stats(), ops)
+	if d.Adds+d.Deletes+d.Replaces+d.Flushes != 0 {
+		t.Errorf("restart changed the kernel: %+v, want only dumps", d)
+	}
+	after, _ := c.tc.Dump(ctx(), rep)
+	if before.Canonical() != after.Canonical() {
+		t.Errorf("state changed across restart:\nbefore:\n%s\nafter:\n%s", before.Canonical(), after.Canonical())
+	}
+	// and the new agent enforces changes
+	c.createPod(podSpec{ns: ns, name: "client2", node: remoteNode, labels: map[string]string{"app": "client"}, network: network, ip: "10.50.0.21"})
+	c.waitEnforced(t, rep, "10.50.0.21", "10.50.0.99", "10.50.0.10", 443)
 }
 
 // TestAPIServerOutage stops the API server mid-test: the agent keeps what it

@@ -120,6 +120,9 @@ type cluster struct {
 	done     chan error
 	opts     app.AgentOptions
 
+	agentClients *app.Clients
+	logLevel     logrus.Level
+
 	mu      sync.Mutex
 	podRes  map[string]*podresourcesv1.PodResources
 	nextVF  int
@@ -177,16 +180,27 @@ func newCluster(t testing.TB, o clusterOptions) *cluster {
 	}
 	opts.PodRulesPath = o.podRulesPath
 	c.opts = opts
-	log := logrus.New()
-	log.SetLevel(logrus.WarnLevel)
+	c.logLevel = logrus.WarnLevel
 	if o.logLevel != 0 {
-		log.SetLevel(o.logLevel)
+		c.logLevel = o.logLevel
 	}
+	c.agentClients = agentClients
+	c.startAgent()
+	t.Cleanup(c.stopAgent)
+	return c
+}
+
+// startAgent starts a new agent process-equivalent: fresh caches, engine
+// and metrics, over the same node (PodResources, switch, TC state).
+func (c *cluster) startAgent() {
+	t := c.t
+	log := logrus.New()
+	log.SetLevel(c.logLevel)
 	c.registry = prometheus.NewRegistry()
 	agent, err := app.NewAgent(app.AgentConfig{
-		Options:      opts,
-		Clients:      agentClients,
-		PodResources: podResourcesClient(t, socket),
+		Options:      c.opts,
+		Clients:      c.agentClients,
+		PodResources: podResourcesClient(t, c.opts.PodResourcesSocket),
 		Resolver:     c.resolver,
 		Driver:       c.driver,
 		Registry:     c.registry,
@@ -197,8 +211,6 @@ func newCluster(t testing.TB, o clusterOptions) *cluster {
 	ctx, cancel := context.WithCancel(context.Background())
 	c.cancel, c.done = cancel, make(chan error, 1)
 	go func() { c.done <- agent.Run(ctx) }()
-	t.Cleanup(c.stopAgent)
-	return c
 }
 
 func (c *cluster) stopAgent() {

@@ -28,8 +28,8 @@ func realisticPod(i int) *corev1.Pod {
 			Name: name, Namespace: ns, UID: types.UID(fmt.Sprintf("00000000-0000-0000-0000-%012d", i)), ResourceVersion: fmt.Sprint(100000 + i),
 			Labels: map[string]string{"app": fmt.Sprintf("app-%d", i%200), "pod-template-hash": "7d9f8b6c5", "tier": "backend"},
 			Annotations: map[string]string{
-				nadv1.NetworkAttachmentAnnot: "sriov-net",
-				nadv1.NetworkStatusAnnot:     fmt.Sprintf(`[{"name":"cni0","interface":"eth0","ips":["10.244.%d.%d"],"default":true},{"name":"%s/sriov-net","interface":"net1","ips":["192.168.%d.%d"],"device-info":{"type":"pci","pci":{"pci-address":"0000:3b:00.2"}}}]`, i/250, i%250, ns, i/250, i%250),
+				nadv1.NetworkAttachmentAnnot:        "sriov-net",
+				nadv1.NetworkStatusAnnot:            fmt.Sprintf(`[{"name":"cni0","interface":"eth0","ips":["10.244.%d.%d"],"default":true},{"name":"%s/sriov-net","interface":"net1","ips":["192.168.%d.%d"],"device-info":{"type":"pci","pci":{"pci-address":"0000:3b:00.2"}}}]`, i/250, i%250, ns, i/250, i%250),
 				"kubectl.kubernetes.io/restartedAt": now.String(),
 			},
 			OwnerReferences: []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: "app-7d9f8b6c5", UID: "rs"}},

@@ -6,14 +6,14 @@
 # The bed is a User-Mode Linux kernel (a Linux kernel that runs as an ordinary
 # host process: no KVM, no QEMU) built from Debian's linux-source-6.1 with the
 # options in uml.config, plus a tiny root tree (busybox-static and the host's
-# ip/tc/devlink/bridge with their shared libraries) that the kernel mounts
-# from the host through hostfs.
+# ip/tc/devlink/bridge with their shared libraries, and init.c compiled
+# statically as /init) that the kernel mounts from the host through hostfs.
 #
 # Cache layout ($KERNEL_CACHE, default $CACHE_DIR/kernel):
 #   debs/                      downloaded .debs (linux-source-6.1, busybox-static)
 #   linux-<key>                stripped UML kernel; <key> hashes uml.config + KERNEL_REV
 #   linux-<key>.config         its final .config
-#   root-<key>/                root tree; <key> hashes init, this script and ROOT_REV
+#   root-<key>/                root tree; <key> hashes init.c, this script and ROOT_REV
 #
 # Env: KERNEL_CACHE, CACHE_DIR, KERNEL_JOBS (default nproc).
 set -euo pipefail
@@ -28,7 +28,7 @@ log() { echo "[kernel-bed] $*" >&2; }
 
 options() { sed -e 's/#.*//' -e 's/[[:space:]]//g' "$here/uml.config" | grep -v '^$'; }
 kernel_key=$( { echo "$KERNEL_REV"; options; } | sha256sum | cut -c1-12)
-root_key=$( { echo "$ROOT_REV"; cat "$here/init" "$here/build.sh"; } | sha256sum | cut -c1-12)
+root_key=$( { echo "$ROOT_REV"; cat "$here/init.c" "$here/build.sh"; } | sha256sum | cut -c1-12)
 KERNEL=$KERNEL_CACHE/linux-$kernel_key
 ROOT=$KERNEL_CACHE/root-$root_key
 
@@ -86,7 +86,7 @@ build_kernel() {
 
 build_root() {
   [[ -x $ROOT/init ]] && return 0
-  apt_install iproute2
+  apt_install iproute2 gcc libc6-dev
   apt_download busybox-static
   log "building the root tree $ROOT"
   local tmp=$ROOT.tmp a l
@@ -108,7 +108,7 @@ build_root() {
   echo 'root:x:0:' > "$tmp/etc/group"
   printf '127.0.0.1 localhost\n::1 localhost\n' > "$tmp/etc/hosts"
   printf 'sctp 132 SCTP\ntcp 6 TCP\nudp 17 UDP\nicmp 1 ICMP\nipv6-icmp 58 IPv6-ICMP\n' > "$tmp/etc/protocols"
-  install -m 0755 "$here/init" "$tmp/init"
+  gcc -static -Os -Wall -o "$tmp/init" "$here/init.c"
   rm -rf "$ROOT" && mv "$tmp" "$ROOT"
 }
 
@@ -117,9 +117,10 @@ exec 9>"$KERNEL_CACHE/.lock"
 flock 9
 build_kernel
 build_root
-# Stale builds from older keys are removed so the cache does not grow.
-for a in "$KERNEL_CACHE"/linux-* "$KERNEL_CACHE"/root-* "$KERNEL_CACHE"/src-*; do
-  case $a in "$KERNEL"|"$KERNEL.config"|"$ROOT") ;; *) [[ -e $a ]] && rm -rf "$a" ;; esac
-done
+# Builds for other keys (another checkout, an older uml.config) are removed
+# once unused for a day, so the cache does not grow; a boot of another
+# checkout may still be using a younger one (runs do not hold the lock).
+find "$KERNEL_CACHE" -mindepth 1 -maxdepth 1 \( -name 'linux-*' -o -name 'root-*' -o -name 'src-*' \) \
+  ! -path "$KERNEL" ! -path "$KERNEL.config" ! -path "$ROOT" -mmin +1440 -exec rm -rf {} +
 echo "KERNEL=$KERNEL"
 echo "ROOT=$ROOT"

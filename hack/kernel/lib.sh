@@ -8,7 +8,9 @@
 #
 # Env: BED_TIMEOUT (seconds, default 900), BED_MEM (MiB, default 1024),
 #      BED_CONSOLE_LOG (keep the kernel console in this file),
-#      BED_VERBOSE=1 (print the kernel console after the run).
+#      BED_VERBOSE=1 (print the kernel console after the run),
+#      BED_UML_ARGS (extra kernel arguments, e.g. eth0=tuntap,TAP to give the
+#      guest a network interface onto a tap device of the host).
 
 BED_RC_TIMEOUT=124
 BED_RC_CRASH=125
@@ -45,7 +47,7 @@ bed_boot() {
   TMPDIR=$memdir timeout -k 5 "${BED_TIMEOUT:-900}" "$BED_KERNEL" \
     mem="${BED_MEM:-1024}M" uml_dir="$BED_CTL" \
     root=/dev/root rootfstype=hostfs rootflags="$BED_ROOT" ro init=/init bed_ctl="$BED_CTL" \
-    quiet con=null con0=null,fd:4 con1=null,fd:1 </dev/null 4>"$console" &
+    quiet con=null con0=null,fd:4 con1=null,fd:1 ${BED_UML_ARGS:-} </dev/null 4>"$console" &
   pid=$!
   trap 'kill -TERM $pid 2>/dev/null' INT TERM
   wait "$pid"; urc=$?

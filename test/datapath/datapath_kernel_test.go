@@ -8,6 +8,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
 	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/test/datapath"
 )
 
@@ -27,6 +30,15 @@ func tcRule(t *testing.T, rule string) {
 }
 
 func clsact(t *testing.T, dev string) { t.Helper(); tc(t, "qdisc", "add", "dev", dev, "clsact") }
+
+// prio returns base for IPv4 rules and base+1 for IPv6 ones: in the kernel
+// a (prio, protocol) pair is one classifier, so the families need their own.
+func prio(proto string, base int) string {
+	if proto == "ipv6" {
+		base++
+	}
+	return fmt.Sprint(base)
+}
 
 func families(p *datapath.Pod) []netip.Addr { return []netip.Addr{p.IPv4, p.IPv6} }
 
@@ -83,7 +95,7 @@ func TestFlowerDropAndPassOnRepresentor(t *testing.T) {
 	// The representor's egress is what the pod receives: drop TCP/80 to b.
 	clsact(t, b.Rep)
 	tcRule(t, "dev "+b.Rep+" egress prio 20 protocol ip flower ip_proto tcp dst_port 80 action drop")
-	tcRule(t, "dev "+b.Rep+" egress prio 20 protocol ipv6 flower ip_proto tcp dst_port 80 action drop")
+	tcRule(t, "dev "+b.Rep+" egress prio 21 protocol ipv6 flower ip_proto tcp dst_port 80 action drop")
 	for _, dst := range families(b) {
 		res := a.Expect(t, dst, datapath.TCP, 80, datapath.Dropped)
 		if res.Reached {
@@ -96,7 +108,7 @@ func TestFlowerDropAndPassOnRepresentor(t *testing.T) {
 
 	// A pass of higher priority (lower number) for a's addresses only.
 	tcRule(t, fmt.Sprintf("dev %s egress prio 10 protocol ip flower src_ip %s ip_proto tcp action pass", b.Rep, a.IPv4))
-	tcRule(t, fmt.Sprintf("dev %s egress prio 10 protocol ipv6 flower src_ip %s ip_proto tcp action pass", b.Rep, a.IPv6))
+	tcRule(t, fmt.Sprintf("dev %s egress prio 11 protocol ipv6 flower src_ip %s ip_proto tcp action pass", b.Rep, a.IPv6))
 	for _, dst := range families(b) {
 		a.Expect(t, dst, datapath.TCP, 80, datapath.Delivered)
 		c.Expect(t, dst, datapath.TCP, 80, datapath.Dropped)
@@ -105,7 +117,7 @@ func TestFlowerDropAndPassOnRepresentor(t *testing.T) {
 	// The representor's ingress is what the pod sends: c may not send SCTP.
 	clsact(t, c.Rep)
 	tcRule(t, "dev "+c.Rep+" ingress prio 10 protocol ip flower ip_proto sctp action drop")
-	tcRule(t, "dev "+c.Rep+" ingress prio 10 protocol ipv6 flower ip_proto sctp action drop")
+	tcRule(t, "dev "+c.Rep+" ingress prio 11 protocol ipv6 flower ip_proto sctp action drop")
 	for _, dst := range families(a) {
 		c.Expect(t, dst, datapath.SCTP, 9000, datapath.Dropped)
 		c.Expect(t, dst, datapath.TCP, 9000, datapath.Delivered)
@@ -119,11 +131,11 @@ func TestGotoChain(t *testing.T) {
 	clsact(t, b.Rep)
 	// Chain 0 classifies by protocol, chain 10 decides TCP by port.
 	tcRule(t, "dev "+b.Rep+" egress chain 0 prio 10 protocol ip flower ip_proto tcp action goto chain 10")
-	tcRule(t, "dev "+b.Rep+" egress chain 0 prio 10 protocol ipv6 flower ip_proto tcp action goto chain 10")
+	tcRule(t, "dev "+b.Rep+" egress chain 0 prio 11 protocol ipv6 flower ip_proto tcp action goto chain 10")
 	tcRule(t, "dev "+b.Rep+" egress chain 10 prio 10 protocol ip flower ip_proto tcp dst_port 443 action pass")
-	tcRule(t, "dev "+b.Rep+" egress chain 10 prio 10 protocol ipv6 flower ip_proto tcp dst_port 443 action pass")
+	tcRule(t, "dev "+b.Rep+" egress chain 10 prio 11 protocol ipv6 flower ip_proto tcp dst_port 443 action pass")
 	tcRule(t, "dev "+b.Rep+" egress chain 10 prio 20 protocol ip flower action drop")
-	tcRule(t, "dev "+b.Rep+" egress chain 10 prio 20 protocol ipv6 flower action drop")
+	tcRule(t, "dev "+b.Rep+" egress chain 10 prio 21 protocol ipv6 flower action drop")
 	for _, dst := range families(b) {
 		a.Expect(t, dst, datapath.TCP, 443, datapath.Delivered)
 		a.Expect(t, dst, datapath.TCP, 80, datapath.Dropped)
@@ -139,14 +151,18 @@ func TestConntrackPipeline(t *testing.T) {
 	topo := datapath.NewTopology(t, datapath.Options{})
 	a := topo.AddPod(t, "a", datapath.PodOptions{})
 	b := topo.AddPod(t, "b", datapath.PodOptions{})
+	// Start from an empty conntrack table: earlier tests share it.
+	if err := netlink.ConntrackTableFlush(netlink.ConntrackTable); err != nil {
+		t.Fatalf("flush conntrack: %v", err)
+	}
 	clsact(t, b.Rep)
 	for _, proto := range []string{"ip", "ipv6"} {
 		for _, dir := range []string{"ingress", "egress"} {
-			tcRule(t, "dev "+b.Rep+" "+dir+" chain 0 prio 1 protocol "+proto+" flower ct_state -trk action ct pipe action goto chain 1")
-			tcRule(t, "dev "+b.Rep+" "+dir+" chain 1 prio 1 protocol "+proto+" flower ct_state +trk+est action pass")
+			tcRule(t, "dev "+b.Rep+" "+dir+" chain 0 prio "+prio(proto, 1)+" protocol "+proto+" flower ct_state -trk action ct pipe action goto chain 1")
+			tcRule(t, "dev "+b.Rep+" "+dir+" chain 1 prio "+prio(proto, 1)+" protocol "+proto+" flower ct_state +trk+est action pass")
 		}
-		tcRule(t, "dev "+b.Rep+" ingress chain 1 prio 2 protocol "+proto+" flower ct_state +trk+new action ct commit pipe action pass")
-		tcRule(t, "dev "+b.Rep+" egress chain 1 prio 2 protocol "+proto+" flower ct_state +trk+new action drop")
+		tcRule(t, "dev "+b.Rep+" ingress chain 1 prio "+prio(proto, 3)+" protocol "+proto+" flower ct_state +trk+new action ct commit pipe action pass")
+		tcRule(t, "dev "+b.Rep+" egress chain 1 prio "+prio(proto, 3)+" protocol "+proto+" flower ct_state +trk+new action drop")
 	}
 	for _, proto := range allProtos {
 		for i, dst := range families(a) {
@@ -164,9 +180,25 @@ func TestConntrackPipeline(t *testing.T) {
 			}
 		}
 	}
-	// The pipeline did commit: conntrack has b's connections.
-	if out := datapath.Run(t, "cat", "/proc/net/nf_conntrack"); !strings.Contains(out, "src="+b.IPv4.String()) {
-		t.Errorf("no conntrack entry from %s:\n%s", b.IPv4, out)
+	// The pipeline did commit b's connections, and only those (ctnetlink).
+	for _, family := range []netlink.InetFamily{unix.AF_INET, unix.AF_INET6} {
+		flows, err := netlink.ConntrackTableList(netlink.ConntrackTable, family)
+		if err != nil {
+			t.Fatalf("list conntrack: %v", err)
+		}
+		fromB := 0
+		for _, f := range flows {
+			switch f.Forward.SrcIP.String() {
+			case b.IPv4.String(), b.IPv6.String():
+				fromB++
+			case a.IPv4.String(), a.IPv6.String():
+				t.Errorf("conntrack committed a connection a opened: %s", f)
+			}
+		}
+		if fromB != len(allProtos) {
+			t.Errorf("conntrack (family %d) has %d connections from b, want one per protocol (%d):\n%v",
+				family, fromB, len(allProtos), flows)
+		}
 	}
 }
 

@@ -34,7 +34,7 @@ func probeICMP(ns netns.NsHandle, dst netip.Addr, token string, deadline time.Ti
 	}); err != nil {
 		return fmt.Errorf("icmp socket: %w", err)
 	}
-	defer conn.Close()
+	defer func() { _ = conn.Close() }()
 	if err := conn.SetDeadline(deadline); err != nil {
 		return err
 	}

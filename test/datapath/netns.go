@@ -23,7 +23,7 @@ func Do(ns netns.NsHandle, fn func() error) error {
 			errc <- fmt.Errorf("get current netns: %w", err)
 			return
 		}
-		defer orig.Close()
+		defer func() { _ = orig.Close() }()
 		if err := netns.Set(ns); err != nil {
 			runtime.UnlockOSThread()
 			errc <- fmt.Errorf("enter netns %s: %w", ns, err)
@@ -56,11 +56,11 @@ func newNamedNetns(name string) (netns.NsHandle, error) {
 			resc <- result{netns.None(), fmt.Errorf("get current netns: %w", err)}
 			return
 		}
-		defer orig.Close()
+		defer func() { _ = orig.Close() }()
 		ns, nerr := netns.NewNamed(name) // switches this thread into the new namespace
 		if err := netns.Set(orig); err != nil {
 			if nerr == nil {
-				ns.Close()
+				_ = ns.Close()
 			}
 			resc <- result{netns.None(), fmt.Errorf("restore netns: %w", err)}
 			return

@@ -189,7 +189,7 @@ func probeStream(ns netns.NsHandle, network string, to netip.AddrPort, token str
 	if err != nil {
 		return classify(fmt.Errorf("connect: %w", err))
 	}
-	defer conn.Close()
+	defer func() { _ = conn.Close() }()
 	if err := conn.SetDeadline(deadline); err != nil {
 		return err
 	}
@@ -205,7 +205,7 @@ func probeUDP(ns netns.NsHandle, to netip.AddrPort, token string, deadline time.
 	if err != nil {
 		return fmt.Errorf("socket: %w", err)
 	}
-	defer conn.Close()
+	defer func() { _ = conn.Close() }()
 	if err := conn.SetDeadline(deadline); err != nil {
 		return err
 	}

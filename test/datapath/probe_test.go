@@ -24,7 +24,7 @@ func TestProbeLoopback(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				defer srv.Close()
+				defer func() { _ = srv.Close() }()
 				res := probe(netns.None(), "host", dst, proto, srv.Port, 2*time.Second)
 				if !res.Delivered || res.Err != nil {
 					t.Fatalf("probe to a live server: %s", res.Result)
@@ -66,7 +66,7 @@ func TestProbeTimeoutIsBounded(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer pc.Close()
+	defer func() { _ = pc.Close() }()
 	port := uint16(pc.LocalAddr().(*net.UDPAddr).Port)
 	start := time.Now()
 	res := probe(netns.None(), "host", netip.MustParseAddr("127.0.0.1"), UDP, port, 300*time.Millisecond)
@@ -132,6 +132,6 @@ func hasLoopback6() bool {
 	if err != nil {
 		return false
 	}
-	ln.Close()
+	_ = ln.Close()
 	return true
 }

@@ -29,24 +29,24 @@ func listenSCTP(port uint16) (*sctpListener, error) {
 	}
 	// Dual stack: IPv4 peers arrive as v4-mapped addresses.
 	if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 0); err != nil {
-		unix.Close(fd)
+		_ = unix.Close(fd)
 		return nil, fmt.Errorf("sctp IPV6_V6ONLY: %w", err)
 	}
 	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
-		unix.Close(fd)
+		_ = unix.Close(fd)
 		return nil, fmt.Errorf("sctp SO_REUSEADDR: %w", err)
 	}
 	if err := unix.Bind(fd, &unix.SockaddrInet6{Port: int(port)}); err != nil {
-		unix.Close(fd)
+		_ = unix.Close(fd)
 		return nil, fmt.Errorf("sctp bind port %d: %w", port, err)
 	}
 	if err := unix.Listen(fd, 64); err != nil {
-		unix.Close(fd)
+		_ = unix.Close(fd)
 		return nil, fmt.Errorf("sctp listen: %w", err)
 	}
 	bound, err := unix.Getsockname(fd)
 	if err != nil {
-		unix.Close(fd)
+		_ = unix.Close(fd)
 		return nil, fmt.Errorf("sctp getsockname: %w", err)
 	}
 	port = uint16(bound.(*unix.SockaddrInet6).Port)
@@ -77,11 +77,12 @@ func (l *sctpListener) accept() (io.ReadWriteCloser, error) {
 }
 
 func probeSCTP(ns netns.NsHandle, to netip.AddrPort, token string, deadline time.Time) error {
-	family := unix.AF_INET
-	var sa unix.Sockaddr = &unix.SockaddrInet4{Port: int(to.Port()), Addr: to.Addr().As4()}
-	if to.Addr().Is6() && !to.Addr().Is4In6() {
-		family = unix.AF_INET6
-		sa = &unix.SockaddrInet6{Port: int(to.Port()), Addr: to.Addr().As16()}
+	dst := to.Addr().Unmap()
+	family := unix.AF_INET6
+	var sa unix.Sockaddr = &unix.SockaddrInet6{Port: int(to.Port()), Addr: dst.As16()}
+	if dst.Is4() {
+		family = unix.AF_INET
+		sa = &unix.SockaddrInet4{Port: int(to.Port()), Addr: dst.As4()}
 	}
 	var fd int
 	if err := inNS(ns, func() (err error) {
@@ -91,7 +92,7 @@ func probeSCTP(ns netns.NsHandle, to netip.AddrPort, token string, deadline time
 		return fmt.Errorf("sctp socket: %w", err)
 	}
 	f := os.NewFile(uintptr(fd), "sctp-probe")
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	if err := f.SetDeadline(deadline); err != nil {
 		return err
 	}
@@ -102,26 +103,28 @@ func probeSCTP(ns netns.NsHandle, to netip.AddrPort, token string, deadline time
 	if err != nil {
 		return err
 	}
-	// The first call only arms the wait for writability (connect done or failed).
-	armed := false
-	var soErr int
-	var gerr error
+	// Wait until connect is done, as the net package does: writable, then
+	// SO_ERROR, and getpeername to tell a finished connect from a spurious
+	// wake-up (a fresh socket can be reported writable before it connects).
+	var connErr error
 	err = rc.Write(func(fd uintptr) bool {
-		if !armed {
-			armed = true
-			return false
+		soErr, gerr := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_ERROR)
+		switch {
+		case gerr != nil:
+			connErr = fmt.Errorf("SO_ERROR: %w", gerr)
+			return true
+		case soErr != 0 && !errors.Is(unix.Errno(soErr), unix.EINPROGRESS):
+			connErr = unix.Errno(soErr)
+			return true
 		}
-		soErr, gerr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_ERROR)
-		return true
+		_, perr := unix.Getpeername(int(fd))
+		return perr == nil
 	})
 	if err != nil {
 		return classify(fmt.Errorf("connect: %w", err))
 	}
-	if gerr != nil {
-		return fmt.Errorf("connect: SO_ERROR: %w", gerr)
-	}
-	if soErr != 0 {
-		return fmt.Errorf("connect: %w", unix.Errno(soErr))
+	if connErr != nil {
+		return fmt.Errorf("connect: %w", connErr)
 	}
 	return exchange(f, token)
 }

@@ -154,7 +154,7 @@ func (s *Server) acceptLoop(accept func() (io.ReadWriteCloser, error)) {
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			defer conn.Close()
+			defer func() { _ = conn.Close() }()
 			if d, ok := conn.(deadliner); ok {
 				_ = d.SetDeadline(time.Now().Add(10 * time.Second))
 			}

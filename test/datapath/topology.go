@@ -198,7 +198,7 @@ func (topo *Topology) addPod(t testing.TB, name string, opts PodOptions) (*Pod, 
 		return nil, err
 	}
 	t.Cleanup(func() {
-		ns.Close()
+		_ = ns.Close()
 		if err := netns.DeleteNamed(name); err != nil {
 			t.Errorf("delete netns %s: %v", name, err)
 		}

@@ -361,7 +361,7 @@ func httpGet(t *testing.T, url string) string {
 	t.Helper()
 	resp, err := http.Get(url) //nolint:gosec,noctx // test URL on 127.0.0.1
 	mustf(t, err, "GET %s", url)
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	var b strings.Builder
 	buf := make([]byte, 32*1024)
 	for {

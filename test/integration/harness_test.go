@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
 	"path/filepath"
@@ -123,10 +124,9 @@ type cluster struct {
 	agentClients *app.Clients
 	logLevel     logrus.Level
 
-	mu      sync.Mutex
-	podRes  map[string]*podresourcesv1.PodResources
-	nextVF  int
-	localIP map[string]netip.Addr
+	mu     sync.Mutex
+	podRes map[string]*podresourcesv1.PodResources
+	nextVF int
 }
 
 type clusterOptions struct {
@@ -221,7 +221,7 @@ func (c *cluster) stopAgent() {
 	c.cancel = nil
 	select {
 	case err := <-c.done:
-		if err != nil && err != context.Canceled {
+		if err != nil && !errors.Is(err, context.Canceled) {
 			c.t.Errorf("agent.Run: %v", err)
 		}
 	case <-time.After(30 * time.Second):

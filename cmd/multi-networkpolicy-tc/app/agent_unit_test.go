@@ -112,7 +112,7 @@ func TestInputErrorsSplitsTheJoin(t *testing.T) {
 	if len(inputs) != 2 || inputs[0] != a || inputs[1] != b {
 		t.Errorf("inputs = %v", inputs)
 	}
-	if len(rest) != 1 || rest[0] != other {
+	if len(rest) != 1 || !errors.Is(rest[0], other) {
 		t.Errorf("rest = %v", rest)
 	}
 	if in, r := inputErrors(nil); in != nil || r != nil {

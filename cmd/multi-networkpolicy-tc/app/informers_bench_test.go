@@ -22,7 +22,7 @@ func realisticPod(i int) *corev1.Pod {
 	ns := fmt.Sprintf("ns-%d", i%50)
 	name := fmt.Sprintf("app-%d-7d9f8b6c5-%05d", i%200, i)
 	now := metav1.NewTime(time.Unix(1_700_000_000, 0))
-	fields := metav1.FieldsV1{Raw: []byte(strings.Repeat(`{"f:metadata":{"f:labels":{}}}`, 40))}
+	fields := metav1.NewFieldsV1(strings.Repeat(`{"f:metadata":{"f:labels":{}}}`, 40))
 	return &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{
 			Name: name, Namespace: ns, UID: types.UID(fmt.Sprintf("00000000-0000-0000-0000-%012d", i)), ResourceVersion: fmt.Sprint(100000 + i),
@@ -34,9 +34,9 @@ func realisticPod(i int) *corev1.Pod {
 			},
 			OwnerReferences: []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: "app-7d9f8b6c5", UID: "rs"}},
 			ManagedFields: []metav1.ManagedFieldsEntry{
-				{Manager: "kube-controller-manager", Operation: metav1.ManagedFieldsOperationUpdate, FieldsType: "FieldsV1", FieldsV1: &fields, Time: &now},
-				{Manager: "kubelet", Operation: metav1.ManagedFieldsOperationUpdate, FieldsType: "FieldsV1", FieldsV1: &fields, Time: &now, Subresource: "status"},
-				{Manager: "multus", Operation: metav1.ManagedFieldsOperationUpdate, FieldsType: "FieldsV1", FieldsV1: &fields, Time: &now},
+				{Manager: "kube-controller-manager", Operation: metav1.ManagedFieldsOperationUpdate, FieldsType: "FieldsV1", FieldsV1: fields, Time: &now},
+				{Manager: "kubelet", Operation: metav1.ManagedFieldsOperationUpdate, FieldsType: "FieldsV1", FieldsV1: fields, Time: &now, Subresource: "status"},
+				{Manager: "multus", Operation: metav1.ManagedFieldsOperationUpdate, FieldsType: "FieldsV1", FieldsV1: fields, Time: &now},
 			},
 		},
 		Spec: corev1.PodSpec{

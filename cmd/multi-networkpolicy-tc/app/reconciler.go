@@ -169,7 +169,9 @@ func (a *Agent) resync(ctx context.Context) error {
 		a.mu.Lock()
 		delete(a.podRes, key)
 		a.mu.Unlock()
-		a.mapPod(pod, byPod[key])
+		// A pod that does not map is reported by mapPod and retried at the
+		// next resync; the others are mapped regardless.
+		_ = a.mapPod(pod, byPod[key])
 	}
 	a.mu.Lock()
 	var gone []string

@@ -16,7 +16,7 @@ CACHE_DIR=${CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/multi-networkpolicy-tc}
 
 # Kubernetes version stamped into the binary: without it /version answers
 # v0.0.0-master+$Format and clients cannot parse the server version.
-KUBE_VERSION=$(cd "$here" && GOWORK=off GOFLAGS=-mod=mod "$GO" list -m -f '{{.Version}}' k8s.io/kubernetes)
+KUBE_VERSION=$(cd "$here" && GOWORK=off GOFLAGS=-mod=readonly "$GO" list -m -f '{{.Version}}' k8s.io/kubernetes)
 major=${KUBE_VERSION#v}; major=${major%%.*}
 minor=${KUBE_VERSION#v*.}; minor=${minor%%.*}
 

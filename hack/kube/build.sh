@@ -20,7 +20,11 @@ KUBE_VERSION=$(cd "$here" && GOWORK=off GOFLAGS=-mod=readonly "$GO" list -m -f '
 major=${KUBE_VERSION#v}; major=${major%%.*}
 minor=${KUBE_VERSION#v*.}; minor=${minor%%.*}
 
-key=$(cat "$here/go.mod" "$here/go.sum" | sha256sum | cut -c1-16)
+pkg=k8s.io/component-base/version
+ldflags="-s -w -X $pkg.gitVersion=$KUBE_VERSION -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+
+# The key covers every input of the build: the pinned modules and the flags.
+key=$({ cat "$here/go.mod" "$here/go.sum"; echo "$ldflags"; } | sha256sum | cut -c1-16)
 dest="$CACHE_DIR/kube/$key"
 mkdir -p "$CACHE_DIR/kube"
 
@@ -39,8 +43,6 @@ rm -rf "$tmp"
 mkdir -p "$tmp"
 trap 'rm -rf "$tmp"' EXIT
 
-pkg=k8s.io/component-base/version
-ldflags="-s -w -X $pkg.gitVersion=$KUBE_VERSION -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
 start=$SECONDS
 (
 	cd "$here"

@@ -320,9 +320,10 @@ func (b *builder) accept() []Action {
 
 func compileTrackOnly(h Hook, opts Options) *hookProgram {
 	b := newBuilder(h, opts)
-	// act_ct ignores non-IP packets, so one filter commits every IPv4/IPv6
-	// connection (tagged or not) and lets everything pass.
-	b.add(chainClassify, prioCommitAll, EthAll, Match{}, b.accept()...)
+	// act_ct drops what is not IPv4/IPv6, so only IP (tagged or not) goes
+	// through it; everything else passes by falling off the chain.
+	b.variants(chainClassify, prioIPv4, prioIPv4Tagged, EthIPv4, Match{}, b.accept()...)
+	b.variants(chainClassify, prioIPv6, prioIPv6Tagged, EthIPv6, Match{}, b.accept()...)
 	b.prog.roles[chainClassify] = chainRole{kind: roleFixed}
 	return b.prog
 }
@@ -391,9 +392,13 @@ func compileIsolated(h Hook, dr *policy.DirectionRules, opts Options) *hookProgr
 		} else {
 			for _, pfx := range r.Peers {
 				m := Match{}
-				if remoteIsDst {
+				switch {
+				case pfx.Bits() == 0:
+					// A /0 is the whole family: flower stores (and dumps)
+					// a zero mask as no key, so we compile it as such.
+				case remoteIsDst:
 					m.Dst = pfx
-				} else {
+				default:
 					m.Src = pfx
 				}
 				if pfx.Addr().Is4() {

@@ -78,11 +78,11 @@ const (
 	flKeyICMPv4TypeMsk = 52
 	flKeyICMPv6Type    = 55
 	flKeyICMPv6TypeMsk = 56
-	flInHWCount        = 93
-	flKeyPortDstMin    = 96
-	flKeyPortDstMax    = 97
-	flKeyCtState       = 98
-	flKeyCtStateMask   = 99
+	flInHWCount        = 86
+	flKeyPortDstMin    = 89
+	flKeyPortDstMax    = 90
+	flKeyCtState       = 91
+	flKeyCtStateMask   = 92
 )
 
 // netlinkKernel is the kernel interface over rtnetlink.
@@ -150,13 +150,9 @@ func (k *netlinkKernel) execute(typ uint16, flags netlink.HeaderFlags, data []by
 	})
 }
 
-func withExtack(err error) error {
-	var oe *netlink.OpError
-	if errors.As(err, &oe) && oe.Message != "" {
-		return fmt.Errorf("%w (kernel: %s)", err, oe.Message)
-	}
-	return err
-}
+// withExtack keeps the kernel's extended ack message, which
+// netlink.OpError already prints ("message: ...").
+func withExtack(err error) error { return err }
 
 func (k *netlinkKernel) hasClsact(dev string) (bool, error) {
 	idx, err := ifindex(dev)

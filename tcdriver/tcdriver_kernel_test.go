@@ -120,7 +120,7 @@ func TestKernelPolicySemantics(t *testing.T) {
 			{"a", "b", true, datapath.UDP, 53, datapath.Delivered},
 			{"a", "b", false, datapath.UDP, 54, datapath.Dropped},
 			{"a", "b", false, datapath.SCTP, 9999, datapath.Delivered},
-			{"a", "b", true, datapath.SCTP, 9998, datapath.Dropped},
+			{"a", "b", false, datapath.SCTP, 9998, datapath.Dropped},
 			{"a", "b", false, datapath.TCP, 8000, datapath.Delivered},
 			{"a", "b", false, datapath.TCP, 8010, datapath.Delivered},
 			{"a", "b", false, datapath.TCP, 8011, datapath.Dropped},
@@ -183,7 +183,15 @@ func TestKernelPolicySemantics(t *testing.T) {
 				if pc.v6 {
 					dst = pods[pc.to].IPv6
 				}
-				pods[pc.from].Expect(t, dst, pc.proto, pc.port, pc.want)
+				res := pods[pc.from].Probe(dst, pc.proto, pc.port)
+				if !res.Delivered && pc.want == datapath.Delivered {
+					// One retry: a first SCTP INIT lost in the bed costs
+					// a 3 s RTO, longer than the probe timeout.
+					res = pods[pc.from].Probe(dst, pc.proto, pc.port)
+				}
+				if datapath.Outcome(res.Delivered) != pc.want {
+					t.Errorf("want %s, got %s", pc.want, res)
+				}
 			}
 		})
 	}
@@ -364,16 +372,22 @@ func TestKernelMakeBeforeBreak(t *testing.T) {
 	allowed := host(peer.IPv4)
 	rng := randv2.New(randv2.NewPCG(1, 2))
 	base := policy.Rule{Peers: []netip.Prefix{allowed}, Ports: []policy.PortMatch{tcp(80)}}
+	extraPeer := func(j, i int) netip.Prefix {
+		return netip.PrefixFrom(netip.AddrFrom4([4]byte{192, 168, byte(j), byte(rng.IntN(250))}), 32)
+	}
 	mk := func(i int) *policy.RuleSet {
-		// Unrelated rules change every step; some steps reorder or add
-		// rules (generation switch), others add/remove peers (in place).
+		// Every step changes unrelated rules. Steps i%4 != 0 keep the
+		// structure and change only the peers of the other rules (applied
+		// in place); steps i%4 == 0 add, drop or reorder rules and change
+		// their ports (generation switch).
+		shape := i / 4
 		var extra []policy.Rule
-		for j := 0; j < 1+i%3; j++ {
-			extra = append(extra, policy.Rule{Peers: []netip.Prefix{netip.PrefixFrom(netip.AddrFrom4([4]byte{192, 168, byte(j), byte(rng.IntN(250))}), 32)},
-				Ports: []policy.PortMatch{tcp(uint16(1000 + i))}})
+		for j := 0; j < 1+shape%3; j++ {
+			extra = append(extra, policy.Rule{Peers: []netip.Prefix{extraPeer(j, i)},
+				Ports: []policy.PortMatch{tcp(uint16(1000 + shape))}})
 		}
 		rules := append([]policy.Rule{}, extra...)
-		if i%2 == 0 {
+		if shape%2 == 0 {
 			rules = append(rules, base)
 		} else {
 			rules = append([]policy.Rule{base}, rules...)
@@ -431,6 +445,9 @@ func TestKernelMakeBeforeBreak(t *testing.T) {
 		if rx.saw(id) {
 			leaked++
 		}
+	}
+	if switches == 0 || switches == 100 {
+		t.Errorf("want a mix of in-place updates and generation switches, got %d switches", switches)
 	}
 	t.Logf("100 updates (%d generation switches, %d in place): %d allowed frames, %d lost; %d denied frames, %d leaked",
 		switches, 100-switches, len(okIDs), lost, len(badIDs), leaked)
@@ -589,11 +606,11 @@ func TestKernelIncrementalPeerIsO1(t *testing.T) {
 	datapath.RequireBed(t)
 	vethPair(t, "rep5")
 	drv := newKernelDriver(t, Options{})
-	rs := bigRuleSet(480)
+	rs := bigRuleSet(500)
 	apply(t, drv, "rep5", rs)
 	st, _ := drv.Dump(context.Background(), "rep5")
 	n := len(st.Ours())
-	rs2 := bigRuleSet(480)
+	rs2 := bigRuleSet(500)
 	rs2.Ingress.Rules[0].Peers = append(rs2.Ingress.Rules[0].Peers, netip.MustParsePrefix("172.16.200.1/32"))
 	apply(t, drv, "rep5", rs2)
 	ops := drv.LastApply()

@@ -167,6 +167,12 @@ func Trace(filters []*Filter, h Hook, p Packet, ct *Conntrack) TraceResult {
 		for _, a := range hit.Actions {
 			switch a.Kind {
 			case ActCt:
+				if p.EthType != EthIPv4 && p.EthType != EthIPv6 {
+					// act_ct drops what it cannot track.
+					res.Path = append(res.Path, "ct: not IP")
+					res.Verdict = Drop
+					return res
+				}
 				res.CtState = ct.lookup(a.Zone, &p)
 				if a.Commit && res.CtState&CtTracked != 0 && res.CtState&CtInvalid == 0 {
 					ct.commit(a.Zone, &p)

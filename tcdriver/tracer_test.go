@@ -227,3 +227,18 @@ func copyDir(d policy.DirectionRules) policy.DirectionRules {
 	}
 	return c
 }
+
+// TestTrackOnlyHookPassesNonIP: the commit-only hook of a non-isolated
+// direction must never drop, ARP included (act_ct drops non-IP).
+func TestTrackOnlyHookPassesNonIP(t *testing.T) {
+	fake := NewFake(Options{}, dev)
+	rs := &policy.RuleSet{Ingress: policy.DirectionRules{Isolated: true, Stateful: true}}
+	if err := fake.Apply(context.Background(), dev, rs); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []Packet{{EthType: EthARP}, {EthType: 0x88CC}, {EthType: EthARP, VLANs: []uint16{Eth8021Q}}} {
+		if got := Trace(fake.Filters(dev, HookIngress), HookIngress, p, NewConntrack()); got.Verdict != Pass {
+			t.Errorf("%s: %s", p.String(), got)
+		}
+	}
+}

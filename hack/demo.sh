@@ -8,8 +8,9 @@
 #     cold ~16 min on 2 cores),
 #   - the SR-IOV device plugin (hack/tools/sriovdp/build.sh; cold ~4 min),
 #   - the demo driver (test/sandbox/demo), statically linked (~30 s),
-# then boots the bed and runs the demo inside it: etcd + kube-apiserver on
-# the guest's loopback, deploy/ installed, a fake ConnectX-6 Dx with its
+# then starts etcd + kube-apiserver on the host and boots the bed, attached
+# to them by a tap device in a private network namespace (hack/sandbox/run.sh),
+# and runs the demo inside it: deploy/ installed, a fake ConnectX-6 Dx with its
 # VF <-> representor veth pairs on a bridge, the real device plugin and the
 # kubelet simulator, the real agent binary with the DaemonSet's flags and
 # its ServiceAccount's token, the pods of docs/examples/00-cluster.yaml, and
@@ -32,16 +33,15 @@ phase "kube-apiserver + etcd (cached in $CACHE_DIR/kube; a cold build takes ~16 
 kube_assets=$(GO=$GO hack/kube/build.sh)
 phase "SR-IOV device plugin (cached in $CACHE_DIR/sriovdp; a cold build takes ~4 min)"
 sriovdp=$(GO=$GO hack/tools/sriovdp/build.sh)
-phase "demo driver test/sandbox/demo (static, for the guest)"
+phase "demo driver test/sandbox/demo (static, for the guest) and its host side test/sandbox/kubehost"
 mkdir -p bin
 CGO_ENABLED=0 "$GO" build -o bin/sandbox-demo ./test/sandbox/demo
+CGO_ENABLED=0 "$GO" build -o bin/sandbox-kubehost ./test/sandbox/kubehost
 [[ -x $BINARY ]] || CGO_ENABLED=0 "$GO" build -o "$BINARY" ./cmd/multi-networkpolicy-tc
-phase "booting the kernel test bed and running the demo in it (builds took $((SECONDS - t0)) s)"
-# The guest holds etcd, kube-apiserver, the device plugin and the agent:
-# give it 2 GiB (its /tmp is a tmpfs in that memory).
+phase "starting kube-apiserver + etcd on the host, booting the kernel test bed and running the demo in it (builds took $((SECONDS - t0)) s)"
 status=0
-BED_MEM=${BED_MEM:-2048} BED_TIMEOUT=${BED_TIMEOUT:-600} hack/kernel/run.sh bin/sandbox-demo \
-  -repo "/host$repo" -dir /tmp/sandbox \
-  -kube-assets "/host$kube_assets" -sriovdp "/host$sriovdp" -agent "/host$(realpath "$BINARY")" || status=$?
+BED_MEM=${BED_MEM:-1024} BED_TIMEOUT=${BED_TIMEOUT:-600} hack/sandbox/run.sh "$kube_assets" bin/sandbox-demo \
+  -repo "/host$repo" -dir /tmp/sandbox -kube-info @KUBE_INFO@ \
+  -sriovdp "/host$sriovdp" -agent "/host$(realpath "$BINARY")" || status=$?
 phase "demo finished with status $status in $((SECONDS - t0)) s; the guest has powered off"
 exit "$status"

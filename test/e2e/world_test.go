@@ -25,7 +25,7 @@ import (
 // (hack/make/e2e.mk), which passes the built parts as flags: the bed passes
 // arguments to the guest, not environment variables.
 var (
-	kubeAssets   = flag.String("e2e.kube-assets", "", "directory with kube-apiserver and etcd (hack/kube/build.sh)")
+	kubeInfo     = flag.String("e2e.kube-info", "", "the API server's info file (hack/sandbox/run.sh passes it)")
 	devicePlugin = flag.String("e2e.sriovdp", "", "sriov-network-device-plugin binary (hack/tools/sriovdp/build.sh)")
 	agentBinary  = flag.String("e2e.agent", "", "multi-networkpolicy-tc binary")
 )
@@ -41,7 +41,7 @@ var (
 func TestMain(m *testing.M) {
 	flag.Parse()
 	switch {
-	case *kubeAssets == "" || *devicePlugin == "" || *agentBinary == "":
+	case *kubeInfo == "" || *devicePlugin == "" || *agentBinary == "":
 		skipWhy = "the end-to-end suite runs the whole stack inside the kernel test bed: run `make test-e2e` (it builds the bed, kube-apiserver, etcd and the SR-IOV device plugin, and passes them as -e2e.* flags)"
 	case !datapath.InBed():
 		skipWhy = "the end-to-end suite rewires the network and mounts over /sys: it runs only inside the kernel test bed (`make test-e2e`)"
@@ -54,7 +54,7 @@ func TestMain(m *testing.M) {
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	sb, startErr = sandbox.Start(ctx, sandbox.Options{
-		Repo: repo, Dir: "/tmp/e2e", KubeAssets: *kubeAssets, DevicePlugin: *devicePlugin, Agent: *agentBinary,
+		Repo: repo, Dir: "/tmp/e2e", KubeInfo: *kubeInfo, DevicePlugin: *devicePlugin, Agent: *agentBinary,
 		Say: func(format string, args ...any) {
 			fmt.Printf("e2e: [%5.1fs] %s\n", time.Since(start).Seconds(), fmt.Sprintf(format, args...))
 		},

@@ -8,6 +8,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -15,6 +16,7 @@ import (
 	"math/big"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -32,20 +34,26 @@ import (
 	"k8s.io/client-go/rest"
 )
 
-// Kube is a real etcd and kube-apiserver (built by hack/kube/build.sh),
-// listening on the loopback of the kernel in which the sandbox runs. Both
-// run inside the test bed's guest, next to the agent: that keeps the
-// networking trivial (127.0.0.1) and the guest self-contained, and it was
-// measured fast enough (docs/demo.md).
+// Kube is a real etcd and kube-apiserver (built by hack/kube/build.sh).
+// They run on the host, not in the test bed's guest: in User-Mode Linux,
+// where every system call is a ptrace round trip, the API server did not
+// even become ready in four minutes, against five seconds on the host (see
+// docs/demo.md). The guest reaches the API server over a tap device (UML's
+// tuntap transport) in a private network namespace of the host; see
+// hack/sandbox/run.sh and Info.
 type Kube struct {
 	dir     string
 	assets  string
 	certDir string
 	caFile  string
+	ip      string // the API server's address
 	port    int
 	etcdURL string
 	etcdP2P string
 	admin   *rest.Config
+	// control is, for a Kube running on the other side of the bed's tap
+	// (see Info), the URL of its control endpoint.
+	control string
 
 	mu        sync.Mutex
 	apiserver *exec.Cmd
@@ -55,16 +63,17 @@ type Kube struct {
 }
 
 // StartKube starts etcd and kube-apiserver from the binaries in assets, with
-// their state under dir, and waits until the API server is ready.
-func StartKube(ctx context.Context, dir, assets string) (*Kube, error) {
-	k := &Kube{dir: dir, assets: assets, certDir: filepath.Join(dir, "pki")}
+// their state under dir, the API server listening on ip, and waits until
+// it is ready.
+func StartKube(ctx context.Context, dir, assets, ip string) (*Kube, error) {
+	k := &Kube{dir: dir, assets: assets, certDir: filepath.Join(dir, "pki"), ip: ip}
 	if err := os.MkdirAll(k.certDir, 0o700); err != nil {
 		return nil, err
 	}
 	if err := k.writePKI(); err != nil {
 		return nil, fmt.Errorf("pki: %w", err)
 	}
-	ports, err := freePorts(3)
+	ports, err := freePorts(ip, 3)
 	if err != nil {
 		return nil, err
 	}
@@ -82,7 +91,7 @@ func StartKube(ctx context.Context, dir, assets string) (*Kube, error) {
 	return k, nil
 }
 
-func freePorts(n int) ([]int, error) {
+func freePorts(ip string, n int) ([]int, error) {
 	var ports []int
 	var ls []net.Listener
 	defer func() {
@@ -91,7 +100,7 @@ func freePorts(n int) ([]int, error) {
 		}
 	}()
 	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+		l, err := net.Listen("tcp", ip+":0")
 		if err != nil {
 			return nil, err
 		}
@@ -141,9 +150,14 @@ func (k *Kube) startEtcd(ctx context.Context) error {
 // StartAPIServer (re)starts kube-apiserver on its port and waits for
 // /readyz. The port stays the same across restarts so clients reconnect.
 func (k *Kube) StartAPIServer(ctx context.Context) error {
+	if k.control != "" {
+		return k.remote(ctx, "start")
+	}
 	cmd, done, err := k.start("kube-apiserver",
 		"--etcd-servers="+k.etcdURL,
-		"--bind-address=127.0.0.1",
+		"--bind-address="+k.ip,
+		// There may be no default route to pick an address from.
+		"--advertise-address="+k.ip,
 		"--secure-port="+strconv.Itoa(k.port),
 		"--cert-dir="+k.certDir,
 		"--tls-cert-file="+filepath.Join(k.certDir, "serving.crt"),
@@ -171,6 +185,10 @@ func (k *Kube) StartAPIServer(ctx context.Context) error {
 
 // StopAPIServer stops kube-apiserver (an outage); etcd keeps the data.
 func (k *Kube) StopAPIServer() {
+	if k.control != "" {
+		_ = k.remote(context.Background(), "stop")
+		return
+	}
 	k.mu.Lock()
 	cmd, done := k.apiserver, k.apiDone
 	k.apiserver = nil
@@ -180,6 +198,9 @@ func (k *Kube) StopAPIServer() {
 
 // Stop stops both.
 func (k *Kube) Stop() {
+	if k.control != "" {
+		return // its owner on the host stops it
+	}
 	k.StopAPIServer()
 	stopProcess(k.etcd, k.etcdDone)
 	k.etcd = nil
@@ -199,7 +220,7 @@ func stopProcess(cmd *exec.Cmd, done chan struct{}) {
 }
 
 func (k *Kube) waitHealthy(ctx context.Context, name string, done chan struct{}, c *http.Client, url string) error {
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	ctx, cancel := context.WithTimeout(ctx, 4*time.Minute)
 	defer cancel()
 	var last error
 	for {
@@ -214,7 +235,7 @@ func (k *Kube) waitHealthy(ctx context.Context, name string, done chan struct{},
 		}
 		last = err
 		select {
-		case <-done:
+		case <-done: // nil for a remote one: never
 			return fmt.Errorf("%s exited:\n%s", name, k.Tail(name))
 		case <-ctx.Done():
 			return fmt.Errorf("%s not ready: %v\n%s", name, last, k.Tail(name))
@@ -233,7 +254,9 @@ func (k *Kube) Tail(name string) string {
 }
 
 // Host is the API server's URL.
-func (k *Kube) Host() string { return fmt.Sprintf("https://127.0.0.1:%d", k.port) }
+func (k *Kube) Host() string {
+	return fmt.Sprintf("https://%s", net.JoinHostPort(k.ip, strconv.Itoa(k.port)))
+}
 
 // CAFile is the cluster CA.
 func (k *Kube) CAFile() string { return k.caFile }
@@ -395,7 +418,7 @@ func (k *Kube) writePKI() error {
 	}
 	if _, _, err := issue("serving", &x509.Certificate{
 		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "kube-apiserver"},
-		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, DNSNames: []string{"localhost"},
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1"), net.ParseIP(k.ip)}, DNSNames: []string{"localhost"},
 		KeyUsage:    x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 	}); err != nil {
@@ -432,4 +455,90 @@ func (k *Kube) writePKI() error {
 
 func writePEM(path, typ string, der []byte) error {
 	return os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600)
+}
+
+// Info is what the guest needs to reach a Kube running on the host: written
+// by the host side (test/sandbox/kubehost) as JSON, read in the guest. Paths
+// are the host's; the guest sees them under /host.
+type Info struct {
+	Host      string `json:"host"`
+	CAFile    string `json:"caFile"`
+	AdminCert string `json:"adminCert"`
+	AdminKey  string `json:"adminKey"`
+	Control   string `json:"control"`
+	// GuestAddress is the address (CIDR) the guest gives its eth0.
+	GuestAddress string `json:"guestAddress"`
+}
+
+// Info describes k for the guest, with control the URL of its control
+// endpoint (see ServeControl).
+func (k *Kube) Info(control, guestAddress string) Info {
+	return Info{Host: k.Host(), CAFile: k.caFile, AdminCert: filepath.Join(k.certDir, "admin.crt"),
+		AdminKey: filepath.Join(k.certDir, "admin.key"), Control: control, GuestAddress: guestAddress}
+}
+
+// ServeControl serves POST /apiserver/stop and /apiserver/start on l, so
+// that tests in the guest can take the API server down and up.
+func (k *Kube) ServeControl(l net.Listener) error {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /apiserver/stop", func(w http.ResponseWriter, _ *http.Request) {
+		k.StopAPIServer()
+		fmt.Fprintln(w, "stopped")
+	})
+	mux.HandleFunc("POST /apiserver/start", func(w http.ResponseWriter, r *http.Request) {
+		if err := k.StartAPIServer(r.Context()); err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		fmt.Fprintln(w, "started")
+	})
+	return (&http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}).Serve(l)
+}
+
+// RemoteKube is the guest's handle on a Kube described by the JSON file at
+// path (a host path seen under root, "/host" in the bed).
+func RemoteKube(path, root string) (*Kube, Info, error) {
+	var info Info
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, info, err
+	}
+	if err := json.Unmarshal(b, &info); err != nil {
+		return nil, info, fmt.Errorf("%s: %w", path, err)
+	}
+	cert, err := os.ReadFile(root + info.AdminCert)
+	if err != nil {
+		return nil, info, err
+	}
+	key, err := os.ReadFile(root + info.AdminKey)
+	if err != nil {
+		return nil, info, err
+	}
+	u, err := url.Parse(info.Host)
+	if err != nil {
+		return nil, info, err
+	}
+	port, _ := strconv.Atoi(u.Port())
+	k := &Kube{caFile: root + info.CAFile, ip: u.Hostname(), port: port, control: info.Control,
+		admin: &rest.Config{TLSClientConfig: rest.TLSClientConfig{CAFile: root + info.CAFile, CertData: cert, KeyData: key}, QPS: 200, Burst: 400}}
+	return k, info, nil
+}
+
+func (k *Kube) remote(ctx context.Context, what string) error {
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, k.control+"/apiserver/"+what, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("%s the API server: %w", what, err)
+	}
+	defer func() { _ = resp.Body.Close() }()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s the API server: %s: %s", what, resp.Status, body)
+	}
+	return nil
 }

@@ -32,6 +32,9 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/utils/ptr"
 
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
 	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/cmd/multi-networkpolicy-tc/app"
 	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/test/datapath"
 )
@@ -48,7 +51,11 @@ type Options struct {
 	Repo string
 	// Dir holds the sandbox's state and logs (a tmpfs in the bed).
 	Dir string
-	// KubeAssets holds kube-apiserver and etcd (hack/kube/build.sh).
+	// KubeInfo is the Info file of the API server running on the host
+	// (hack/sandbox/run.sh starts it), as the guest sees it.
+	KubeInfo string
+	// KubeAssets holds kube-apiserver and etcd (hack/kube/build.sh); used
+	// only without KubeInfo, to run them next to the sandbox.
 	KubeAssets string
 	// DevicePlugin is the sriov-network-device-plugin binary.
 	DevicePlugin string
@@ -105,10 +112,26 @@ func Start(ctx context.Context, opts Options) (_ *Sandbox, err error) {
 		return nil, err
 	}
 
-	say("etcd + kube-apiserver (%s) on 127.0.0.1 inside the guest", opts.KubeAssets)
+	// UML leaves the host name "(none)", which is not a valid label value.
+	_ = unix.Sethostname([]byte(s.NodeName))
 	start := time.Now()
-	if s.Kube, err = StartKube(ctx, filepath.Join(opts.Dir, "kube"), opts.KubeAssets); err != nil {
-		return nil, err
+	if opts.KubeInfo != "" {
+		var info Info
+		if s.Kube, info, err = RemoteKube(opts.KubeInfo, "/host"); err != nil {
+			return nil, err
+		}
+		say("guest eth0 %s (UML tuntap) -> kube-apiserver on the host at %s", info.GuestAddress, info.Host)
+		if err := guestNetwork(info.GuestAddress); err != nil {
+			return nil, err
+		}
+		if err := s.Kube.waitHealthy(ctx, "kube-apiserver", nil, s.Kube.httpsClient(), s.Kube.Host()+"/readyz"); err != nil {
+			return nil, err
+		}
+	} else {
+		say("etcd + kube-apiserver (%s) on 127.0.0.1", opts.KubeAssets)
+		if s.Kube, err = StartKube(ctx, filepath.Join(opts.Dir, "kube"), opts.KubeAssets, "127.0.0.1"); err != nil {
+			return nil, err
+		}
 	}
 	say("kube-apiserver ready at %s in %.1fs", s.Kube.Host(), time.Since(start).Seconds())
 	if s.Clients, err = app.ClientsForConfig(s.Kube.Admin()); err != nil {
@@ -151,6 +174,22 @@ func Start(ctx context.Context, opts Options) (_ *Sandbox, err error) {
 		return nil, err
 	}
 	return s, nil
+}
+
+// guestNetwork gives the guest's eth0 (the UML tuntap interface) its address.
+func guestNetwork(cidr string) error {
+	addr, err := netlink.ParseAddr(cidr)
+	if err != nil {
+		return fmt.Errorf("guest address %q: %w", cidr, err)
+	}
+	eth0, err := netlink.LinkByName("eth0")
+	if err != nil {
+		return fmt.Errorf("the guest has no eth0 (boot the bed with BED_UML_ARGS=eth0=tuntap,TAP; hack/sandbox/run.sh does): %w", err)
+	}
+	if err := netlink.AddrReplace(eth0, addr); err != nil {
+		return err
+	}
+	return netlink.LinkSetUp(eth0)
 }
 
 // daemonSetArgs returns the agent container's args from deploy.yml, with

@@ -21,6 +21,8 @@ import (
 
 var begin = time.Now()
 
+var debug = flag.Bool("debug", false, "print the agent log and tc state when a matrix disagrees with the reference evaluator")
+
 func step(format string, args ...any) {
 	fmt.Printf("\n\033[1m==> [%5.1fs] %s\033[0m\n", time.Since(begin).Seconds(), fmt.Sprintf(format, args...))
 }
@@ -41,7 +43,7 @@ var probes = []sandbox.Probe{
 func main() {
 	repo := flag.String("repo", ".", "repository root")
 	dir := flag.String("dir", "/tmp/sandbox", "state and logs")
-	kube := flag.String("kube-assets", "", "directory with kube-apiserver and etcd")
+	kube := flag.String("kube-info", "", "the API server's info file (hack/sandbox/run.sh passes it)")
 	dp := flag.String("sriovdp", "", "sriov-network-device-plugin binary")
 	agent := flag.String("agent", "", "multi-networkpolicy-tc binary")
 	flag.Parse()
@@ -60,8 +62,8 @@ func run(repo, dir, kube, dp, agent string) (err error) {
 	network := policy.NetworkRef{Namespace: "blue", Name: "sriov-a"}
 	examples := filepath.Join(repo, "docs", "examples")
 
-	step("starting the sandbox inside the kernel test bed (UML guest)")
-	sb, err := sandbox.Start(ctx, sandbox.Options{Repo: repo, Dir: dir, KubeAssets: kube, DevicePlugin: dp, Agent: agent, Say: say})
+	step("starting the sandbox inside the kernel test bed (UML guest; kube-apiserver and etcd on the host)")
+	sb, err := sandbox.Start(ctx, sandbox.Options{Repo: repo, Dir: dir, KubeInfo: kube, DevicePlugin: dp, Agent: agent, Say: say})
 	if err != nil {
 		return err
 	}
@@ -117,6 +119,11 @@ func run(repo, dir, kube, dp, agent string) (err error) {
 			return err
 		}
 		say("measured %.1fs after the apply", time.Since(start).Seconds())
+		if len(m.Mismatches()) > 0 && *debug {
+			fmt.Fprintf(os.Stderr, "agent log (tail):\n%s\n", sb.AgentLog())
+			out, _ := exec.Command("tc", "filter", "show", "dev", "ens1f0npf0vf0", "egress").CombinedOutput()
+			fmt.Fprintf(os.Stderr, "tc:\n%s\n", out)
+		}
 		fmt.Print(m.Format())
 		mismatches += len(m.Mismatches())
 	}
@@ -141,6 +148,7 @@ func run(repo, dir, kube, dp, agent string) (err error) {
 	}
 	say("%s has no filters left", rep)
 	if mismatches > 0 {
+		fmt.Fprintf(os.Stderr, "agent log (tail):\n%s\n", sb.AgentLog())
 		return fmt.Errorf("%d probe(s) disagreed with the reference evaluator", mismatches)
 	}
 	return nil
@@ -196,14 +204,18 @@ func waitNoFilters(ctx context.Context, dev string, within time.Duration) error 
 	}
 }
 
+// firstComment is the file's leading comment block, on one line.
 func firstComment(path string) string {
 	b, _ := os.ReadFile(path)
+	var parts []string
 	for _, l := range strings.Split(string(b), "\n") {
-		if s, ok := strings.CutPrefix(l, "# "); ok {
-			return s
+		s, ok := strings.CutPrefix(l, "#")
+		if !ok {
+			break
 		}
+		parts = append(parts, strings.TrimSpace(s))
 	}
-	return ""
+	return strings.Join(parts, " ")
 }
 
 func indent(s string) string {

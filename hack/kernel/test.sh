@@ -19,9 +19,10 @@ bed_new_ctl
   for pair in "$@"; do
     dir=$(realpath -e "${pair%%=*}"); bin=$(realpath -e "${pair#*=}")
     name=${dir#"$PWD"/}
-    echo "echo '=== kernel-bed: $name'"
+    echo "echo '=== kernel-bed: $name'; read t0 _ </proc/uptime"
     echo "cd $(bed_quote "/host$dir") && $(bed_quote "/host$bin") -test.v -test.timeout=${KERNEL_TEST_TIMEOUT:-10m} ${KERNEL_TEST_FLAGS:-}"
-    echo "rc=\$?; if [ \$rc = 0 ]; then echo '=== kernel-bed: ok   $name'; else echo \"=== kernel-bed: FAIL $name (exit \$rc)\"; failed=\"\$failed $name\"; fi"
+    echo "rc=\$?; read t1 _ </proc/uptime; took=\"\$t0 → \$t1 s guest uptime\""
+    echo "if [ \$rc = 0 ]; then echo \"=== kernel-bed: ok   $name (\$took)\"; else echo \"=== kernel-bed: FAIL $name (exit \$rc; \$took)\"; failed=\"\$failed $name\"; fi"
   done
   echo 'if [ -n "$failed" ]; then echo "=== kernel-bed: failed:$failed"; exit 1; fi'
 } >"$BED_CTL/cmd.sh"

@@ -47,7 +47,7 @@ bed_boot() {
   TMPDIR=$memdir timeout -k 5 "${BED_TIMEOUT:-900}" "$BED_KERNEL" \
     mem="${BED_MEM:-1024}M" uml_dir="$BED_CTL" \
     root=/dev/root rootfstype=hostfs rootflags="$BED_ROOT" ro init=/init bed_ctl="$BED_CTL" \
-    quiet con=null con0=null,fd:4 con1=null,fd:1 ${BED_UML_ARGS:-} </dev/null 4>"$console" &
+    quiet dummy.numdummies=0 ifb.numifbs=0 con=null con0=null,fd:4 con1=null,fd:1 ${BED_UML_ARGS:-} </dev/null 4>"$console" &
   pid=$!
   trap 'kill -TERM $pid 2>/dev/null' INT TERM
   wait "$pid"; urc=$?

@@ -42,6 +42,11 @@ type kernel interface {
 	flushChain(dev string, h Hook, chain uint32) error
 }
 
+// pinner is implemented by kernels that resolve the device once per Apply.
+type pinner interface {
+	pin(dev string) (unpin func(), err error)
+}
+
 // Stats counts the kernel operations a reconciler issued.
 type Stats struct {
 	Adds, Replaces, Deletes, Flushes, Dumps int
@@ -97,6 +102,13 @@ func (r *reconciler) Apply(ctx context.Context, dev string, rs *policy.RuleSet) 
 	}
 	if err := ctx.Err(); err != nil {
 		return err
+	}
+	if p, ok := r.k.(pinner); ok {
+		unpin, err := p.pin(dev)
+		if err != nil {
+			return err
+		}
+		defer unpin()
 	}
 	if err := r.reconcile(dev, prog.Hooks); err != nil {
 		return err

@@ -4,13 +4,13 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"sync"
 	"syscall"
 
 	"github.com/mdlayher/netlink"
 	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
 )
 
 // This file speaks rtnetlink TC directly (over github.com/mdlayher/netlink,
@@ -89,6 +89,37 @@ const (
 type netlinkKernel struct {
 	mu   sync.Mutex
 	conn *netlink.Conn
+	// pinned holds the ifindex of the device being reconciled, resolved
+	// once per Apply rather than once per filter.
+	pinned map[string]int
+}
+
+func (k *netlinkKernel) pin(dev string) (unpin func(), err error) {
+	idx, err := ifindex(dev)
+	if err != nil {
+		return nil, err
+	}
+	k.mu.Lock()
+	if k.pinned == nil {
+		k.pinned = map[string]int{}
+	}
+	k.pinned[dev] = idx
+	k.mu.Unlock()
+	return func() {
+		k.mu.Lock()
+		delete(k.pinned, dev)
+		k.mu.Unlock()
+	}, nil
+}
+
+func (k *netlinkKernel) ifindex(dev string) (int, error) {
+	k.mu.Lock()
+	idx, ok := k.pinned[dev]
+	k.mu.Unlock()
+	if ok {
+		return idx, nil
+	}
+	return ifindex(dev)
 }
 
 // TC is the Driver that programs the kernel.
@@ -120,12 +151,38 @@ func New(opts Options, log logrus.FieldLogger, metrics *Metrics) (*TC, error) {
 // Close releases the netlink socket.
 func (t *TC) Close() error { return t.nk.conn.Close() }
 
+// ifindex resolves a device name with one SIOCGIFINDEX ioctl (the
+// standard library dumps every link of the namespace for each lookup,
+// which dominated the cost of installing thousands of filters).
 func ifindex(dev string) (int, error) {
-	ifi, err := net.InterfaceByName(dev)
+	ifr, err := unix.NewIfreq(dev)
 	if err != nil {
 		return 0, fmt.Errorf("representor %s: %w: %w", dev, ErrNoDevice, err)
 	}
-	return ifi.Index, nil
+	fd, err := ioctlSocket()
+	if err != nil {
+		return 0, err
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFINDEX, ifr); err != nil {
+		return 0, fmt.Errorf("representor %s: %w: %w", dev, ErrNoDevice, err)
+	}
+	return int(ifr.Uint32()), nil
+}
+
+var ioctlFD struct {
+	once sync.Once
+	fd   int
+	err  error
+}
+
+func ioctlSocket() (int, error) {
+	ioctlFD.once.Do(func() {
+		ioctlFD.fd, ioctlFD.err = unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		if ioctlFD.err != nil {
+			ioctlFD.err = fmt.Errorf("socket for interface ioctls: %w", ioctlFD.err)
+		}
+	})
+	return ioctlFD.fd, ioctlFD.err
 }
 
 func tcmsg(ifidx int, handle, parent, info uint32) []byte {
@@ -155,7 +212,7 @@ func (k *netlinkKernel) execute(typ uint16, flags netlink.HeaderFlags, data []by
 func withExtack(err error) error { return err }
 
 func (k *netlinkKernel) hasClsact(dev string) (bool, error) {
-	idx, err := ifindex(dev)
+	idx, err := k.ifindex(dev)
 	if err != nil {
 		return false, err
 	}
@@ -184,7 +241,7 @@ func (k *netlinkKernel) hasClsact(dev string) (bool, error) {
 }
 
 func (k *netlinkKernel) ensureClsact(dev string) error {
-	idx, err := ifindex(dev)
+	idx, err := k.ifindex(dev)
 	if err != nil {
 		return err
 	}
@@ -211,7 +268,7 @@ func (k *netlinkKernel) replace(dev string, f *Filter) error {
 }
 
 func (k *netlinkKernel) newFilter(op, dev string, f *Filter, flags netlink.HeaderFlags) error {
-	idx, err := ifindex(dev)
+	idx, err := k.ifindex(dev)
 	if err != nil {
 		return err
 	}
@@ -226,7 +283,7 @@ func (k *netlinkKernel) newFilter(op, dev string, f *Filter, flags netlink.Heade
 }
 
 func (k *netlinkKernel) del(dev string, f *Filter) error {
-	idx, err := ifindex(dev)
+	idx, err := k.ifindex(dev)
 	if err != nil {
 		return err
 	}
@@ -245,7 +302,7 @@ func (k *netlinkKernel) del(dev string, f *Filter) error {
 }
 
 func (k *netlinkKernel) flushChain(dev string, h Hook, chain uint32) error {
-	idx, err := ifindex(dev)
+	idx, err := k.ifindex(dev)
 	if err != nil {
 		return err
 	}
@@ -262,7 +319,7 @@ func (k *netlinkKernel) flushChain(dev string, h Hook, chain uint32) error {
 }
 
 func (k *netlinkKernel) list(dev string, h Hook) ([]*Filter, error) {
-	idx, err := ifindex(dev)
+	idx, err := k.ifindex(dev)
 	if err != nil {
 		return nil, err
 	}

@@ -54,6 +54,12 @@ clean:
 
 -include hack/make/*.mk
 
-# Defined last so that fragments have appended their steps.
+# Defined last so that fragments have appended their steps. Every step
+# runs even if an earlier one failed, so one run shows every failure.
 test:
-	@for t in $(TEST_TARGETS); do echo "==> make $$t"; $(MAKE) --no-print-directory $$t; done
+	@failed=(); for t in $(TEST_TARGETS); do \
+	  echo "==> make $$t"; start=$$SECONDS; \
+	  if $(MAKE) --no-print-directory $$t; then echo "<== $$t ok ($$((SECONDS-start)) s)"; \
+	  else echo "<== $$t FAILED ($$((SECONDS-start)) s)"; failed+=("$$t"); fi; \
+	done; \
+	if (($${#failed[@]})); then echo "make test: failed: $${failed[*]}"; exit 1; fi; echo "make test: all passed"

@@ -127,11 +127,11 @@ func TestFilterCountTable(t *testing.T) {
 	}
 	sort.Strings(names)
 	rows := []string{"| scenario | filters (this driver) | of which 802.1Q variants | without 802.1Q (NoVLAN) | upstream formula |", "|---|---|---|---|---|"}
-	big := thousandRules()
-	for _, n := range append(names, "1000-rules") {
+	extra := map[string]*policy.RuleSet{"1000-rules (3 peers × 2 ports each)": thousandRules(), "1 rule, 50 peers × 10 ports": peersByPorts(50, 10)}
+	for _, n := range append(names, "1 rule, 50 peers × 10 ports", "1000-rules (3 peers × 2 ports each)") {
 		rs := goldenRuleSets[n]
 		if rs == nil {
-			rs = big
+			rs = extra[n]
 		}
 		p, err := Compile(rs, Options{})
 		if err != nil {
@@ -149,4 +149,15 @@ func TestFilterCountTable(t *testing.T) {
 	for _, r := range rows {
 		t.Log(r)
 	}
+}
+
+func peersByPorts(peers, ports int) *policy.RuleSet {
+	r := policy.Rule{}
+	for i := 0; i < peers; i++ {
+		r.Peers = append(r.Peers, netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 9, 0, byte(i)}), 32))
+	}
+	for i := 0; i < ports; i++ {
+		r.Ports = append(r.Ports, policy.PortMatch{Protocol: policy.TCP, Port: uint16(8000 + i), EndPort: uint16(8000 + i)})
+	}
+	return &policy.RuleSet{Ingress: policy.DirectionRules{Isolated: true, Stateful: true, Rules: []policy.Rule{r}}}
 }

@@ -243,7 +243,7 @@ func TestKubeletRestart(t *testing.T) {
 	if err := sb.Node.RestartPodResources(3 * time.Second); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(time.Second)
+	time.Sleep(3 * time.Second)
 	f.finish(t, "kubelet restart")
 	server2 := w.pod("kubelet-restart", "server2", app("server"), []attach{on(net, addrs(25, 5)...)})
 	m := w.expect(net, pods(server2, a, b), tcp80)

@@ -129,7 +129,7 @@ func (f *frame) bytes() []byte {
 		copy(ip[24:], d[:])
 	}
 	// L4 checksums over the pseudo-header (SCTP has its own CRC).
-	if f.proto != ProtoSCTP && !(f.proto == ProtoICMP) {
+	if f.proto != ProtoSCTP && f.proto != ProtoICMP {
 		var sum uint32
 		sum = csumAdd(sum, f.src.AsSlice())
 		sum = csumAdd(sum, f.dst.AsSlice())

@@ -261,12 +261,12 @@ func (f *Filter) matchString() string {
 	if m.Dst.IsValid() {
 		parts = append(parts, "dst_ip "+m.Dst.String())
 	}
-	switch {
-	case m.DstPortMin == 0:
-	case m.DstPortMin == m.DstPortMax:
-		parts = append(parts, fmt.Sprintf("dst_port %d", m.DstPortMin))
-	default:
-		parts = append(parts, fmt.Sprintf("dst_port %d-%d", m.DstPortMin, m.DstPortMax))
+	if m.DstPortMin != 0 {
+		if m.DstPortMin == m.DstPortMax {
+			parts = append(parts, fmt.Sprintf("dst_port %d", m.DstPortMin))
+		} else {
+			parts = append(parts, fmt.Sprintf("dst_port %d-%d", m.DstPortMin, m.DstPortMax))
+		}
 	}
 	if m.HasICMPType {
 		parts = append(parts, fmt.Sprintf("type %d", m.ICMPType))

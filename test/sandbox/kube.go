@@ -238,7 +238,7 @@ func (k *Kube) waitHealthy(ctx context.Context, name string, done chan struct{},
 		case <-done: // nil for a remote one: never
 			return fmt.Errorf("%s exited:\n%s", name, k.Tail(name))
 		case <-ctx.Done():
-			return fmt.Errorf("%s not ready: %v\n%s", name, last, k.Tail(name))
+			return fmt.Errorf("%s not ready: %w\n%s", name, last, k.Tail(name))
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
@@ -366,7 +366,10 @@ func waitEstablished(ctx context.Context, dyn dynamic.Interface, name string) er
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("CRD %s not established: %v", name, err)
+			if err == nil {
+				err = ctx.Err()
+			}
+			return fmt.Errorf("CRD %s not established: %w", name, err)
 		case <-time.After(100 * time.Millisecond):
 		}
 	}

@@ -255,7 +255,7 @@ func (s *Sandbox) StartAgent(ctx context.Context) error {
 		case <-done:
 			return fmt.Errorf("agent exited:\n%s", s.AgentLog())
 		case <-ctx.Done():
-			return fmt.Errorf("agent not ready: %v\n%s", ctx.Err(), s.AgentLog())
+			return fmt.Errorf("agent not ready: %w\n%s", ctx.Err(), s.AgentLog())
 		case <-time.After(100 * time.Millisecond):
 		}
 	}

@@ -69,7 +69,7 @@ type probeCase struct {
 // between pods whose representors carry the compiled pipelines.
 func TestKernelPolicySemantics(t *testing.T) {
 	datapath.RequireBed(t)
-	topo := datapath.NewTopology(t, datapath.Options{Timeout: 400 * time.Millisecond})
+	topo := datapath.NewTopology(t, datapath.Options{Timeout: time.Second})
 	pods := map[string]*datapath.Pod{}
 	for _, n := range []string{"a", "b", "c"} {
 		pods[n] = topo.AddPod(t, n, datapath.PodOptions{})

@@ -329,7 +329,7 @@ func TestAPIServerOutage(t *testing.T) {
 	filters := c.ourFilters(rep)
 	_, removesBefore := c.driver.counts()
 
-	c.env.stopAPIServer()
+	c.env.StopAPIServer()
 	// The agent keeps running and enforcing: nothing is removed, the
 	// policy's decisions stand.
 	time.Sleep(3 * time.Second)
@@ -348,7 +348,7 @@ func TestAPIServerOutage(t *testing.T) {
 		t.Errorf("rules removed from %s during the outage", rep)
 	}
 
-	c.env.startAPIServer()
+	mustf(t, c.env.StartAPIServer(ctx()), "restarting kube-apiserver")
 	// A change made after the outage reaches the kernel.
 	c.createPod(podSpec{ns: ns, name: "client2", node: remoteNode, labels: map[string]string{"app": "client"}, network: network, ip: "10.30.0.21"})
 	eventually(t, 60*time.Second, c.expectIngress(rep, "10.30.0.21", "10.30.0.10", 443, tcdriver.Pass))

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -28,6 +29,7 @@ import (
 	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/sriov"
 	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/tcdriver"
 	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/test/kubeletsim"
+	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/test/sandbox"
 )
 
 const (
@@ -104,12 +106,40 @@ func (d *countingDriver) counts() (applies, removes map[string]int) {
 	return applies, removes
 }
 
+// startKube starts etcd and kube-apiserver (test/sandbox's Kube) on
+// 127.0.0.1 from the binaries in KUBE_ASSETS, built by hack/kube/build.sh.
+// Both are stopped when the test ends.
+func startKube(t testing.TB) *sandbox.Kube {
+	t.Helper()
+	assets := os.Getenv("KUBE_ASSETS")
+	if assets == "" {
+		t.Skip("KUBE_ASSETS is not set: run `make test-integration`, which builds kube-apiserver and etcd (hack/kube/build.sh) and sets it")
+	}
+	for _, b := range []string{"kube-apiserver", "etcd"} {
+		if _, err := os.Stat(filepath.Join(assets, b)); err != nil {
+			t.Fatalf("KUBE_ASSETS=%s: %v", assets, err)
+		}
+	}
+	k, err := sandbox.StartKube(context.Background(), t.TempDir(), assets, "127.0.0.1")
+	mustf(t, err, "starting etcd and kube-apiserver")
+	t.Cleanup(k.Stop)
+	return k
+}
+
+// repoRoot is the module root, two levels up from this package.
+func repoRoot(t testing.TB) string {
+	t.Helper()
+	abs, err := filepath.Abs(filepath.Join("..", ".."))
+	mustf(t, err, "module root")
+	return abs
+}
+
 // cluster is one API server with deploy/ installed, a node's PodResources
 // server, SR-IOV switch and TC state, and the agent running in-process as
 // the DaemonSet's ServiceAccount.
 type cluster struct {
 	t        testing.TB
-	env      *kubeEnv
+	env      *sandbox.Kube
 	admin    *app.Clients
 	prs      *kubeletsim.PodResources
 	resolver *lockedResolver
@@ -138,10 +168,9 @@ type clusterOptions struct {
 func newCluster(t testing.TB, o clusterOptions) *cluster {
 	t.Helper()
 	env := startKube(t)
-	admin := env.adminConfig()
-	installCRDs(t, admin)
-	installDeploy(t, admin)
-	adminClients, err := app.ClientsForConfig(admin)
+	_, err := env.InstallDeploy(context.Background(), repoRoot(t))
+	mustf(t, err, "installing deploy/")
+	adminClients, err := app.ClientsForConfig(env.Admin())
 	mustf(t, err, "admin clients")
 
 	c := &cluster{t: t, env: env, admin: adminClients, podRes: map[string]*podresourcesv1.PodResources{}}
@@ -163,10 +192,10 @@ func newCluster(t testing.TB, o clusterOptions) *cluster {
 
 	// The agent authenticates with a real token of the DaemonSet's
 	// ServiceAccount: RBAC missing from deploy.yml fails the test.
-	tok, err := adminClients.Kube.CoreV1().ServiceAccounts(agentNamespace).CreateToken(context.Background(), agentServiceAccount,
+	tok, err := adminClients.Kube.CoreV1().ServiceAccounts(sandbox.AgentNamespace).CreateToken(context.Background(), sandbox.AgentServiceAccount,
 		&authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: ptr.To[int64](3600)}}, metav1.CreateOptions{})
 	mustf(t, err, "token for the agent's ServiceAccount")
-	agentClients, err := app.ClientsForConfig(env.tokenConfig(tok.Status.Token))
+	agentClients, err := app.ClientsForConfig(env.TokenConfig(tok.Status.Token))
 	mustf(t, err, "agent clients")
 
 	opts := *app.NewAgentOptions()

@@ -1,6 +1,8 @@
 package integration
 
 import (
+	"fmt"
+	"net"
 	"strconv"
 	"testing"
 
@@ -8,6 +10,21 @@ import (
 
 	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/tcdriver"
 )
+
+func mustf(t testing.TB, err error, format string, args ...any) {
+	t.Helper()
+	if err != nil {
+		t.Fatalf("%s: %v", fmt.Sprintf(format, args...), err)
+	}
+}
+
+func freePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	mustf(t, err, "free port")
+	defer func() { _ = l.Close() }()
+	return l.Addr().(*net.TCPAddr).Port
+}
 
 func itoa(n int) string { return strconv.Itoa(n) }
 

@@ -305,6 +305,41 @@ var resources = map[string]schema.GroupVersionResource{
 	"DaemonSet":                {Group: "apps", Version: "v1", Resource: "daemonsets"},
 }
 
+// TokenConfig is a client configuration that authenticates with a bearer
+// token (a ServiceAccount's), for running the agent in-process.
+func (k *Kube) TokenConfig(token string) *rest.Config {
+	return &rest.Config{
+		Host:            k.Host(),
+		BearerToken:     token,
+		TLSClientConfig: rest.TLSClientConfig{CAFile: k.caFile},
+		QPS:             100, Burst: 200,
+	}
+}
+
+// InstallDeploy installs what a cluster running the agent has: the CRDs of
+// repo's deploy/crds, the NAD CRD (as multus ships it) and everything in
+// deploy/deploy.yml (namespace, ServiceAccount, RBAC, DaemonSet). It
+// returns deploy.yml's objects.
+func (k *Kube) InstallDeploy(ctx context.Context, repo string) ([]*unstructured.Unstructured, error) {
+	dir := filepath.Join(repo, "deploy", "crds")
+	crds, err := filepath.Glob(filepath.Join(dir, "*.yaml"))
+	if err != nil {
+		return nil, fmt.Errorf("CRDs in %s: %w", dir, err)
+	}
+	if len(crds) == 0 {
+		return nil, fmt.Errorf("no CRDs in %s", dir)
+	}
+	for _, f := range crds {
+		if _, err := k.ApplyFile(ctx, f); err != nil {
+			return nil, err
+		}
+	}
+	if _, err := k.ApplyYAML(ctx, "the NAD CRD", nadCRD); err != nil {
+		return nil, err
+	}
+	return k.ApplyFile(ctx, filepath.Join(repo, "deploy", "deploy.yml"))
+}
+
 // ApplyFile creates every object of a multi-document YAML file and returns
 // them; CRDs are waited for until Established.
 func (k *Kube) ApplyFile(ctx context.Context, path string) ([]*unstructured.Unstructured, error) {
@@ -312,6 +347,11 @@ func (k *Kube) ApplyFile(ctx context.Context, path string) ([]*unstructured.Unst
 	if err != nil {
 		return nil, err
 	}
+	return k.ApplyYAML(ctx, path, data)
+}
+
+// ApplyYAML is ApplyFile for data read from source (named in errors).
+func (k *Kube) ApplyYAML(ctx context.Context, source string, data []byte) ([]*unstructured.Unstructured, error) {
 	dyn, err := dynamic.NewForConfig(k.Admin())
 	if err != nil {
 		return nil, err
@@ -324,21 +364,21 @@ func (k *Kube) ApplyFile(ctx context.Context, path string) ([]*unstructured.Unst
 			if errors.Is(err, io.EOF) {
 				break
 			}
-			return nil, fmt.Errorf("%s: document %d: %w", path, doc, err)
+			return nil, fmt.Errorf("%s: document %d: %w", source, doc, err)
 		}
 		if len(obj.Object) == 0 {
 			continue
 		}
 		gvr, ok := resources[obj.GetKind()]
 		if !ok {
-			return nil, fmt.Errorf("%s: document %d: kind %s not known to the sandbox", path, doc, obj.GetKind())
+			return nil, fmt.Errorf("%s: document %d: kind %s not known to the sandbox", source, doc, obj.GetKind())
 		}
 		var ri dynamic.ResourceInterface = dyn.Resource(gvr)
 		if ns := obj.GetNamespace(); ns != "" {
 			ri = dyn.Resource(gvr).Namespace(ns)
 		}
 		if _, err := ri.Create(ctx, obj, metav1.CreateOptions{FieldValidation: "Strict"}); err != nil && !apierrors.IsAlreadyExists(err) {
-			return nil, fmt.Errorf("%s: document %d (%s %s): %w", path, doc, obj.GetKind(), obj.GetName(), err)
+			return nil, fmt.Errorf("%s: document %d (%s %s): %w", source, doc, obj.GetKind(), obj.GetName(), err)
 		}
 		out = append(out, obj)
 		if obj.GetKind() == "CustomResourceDefinition" {

@@ -139,17 +139,7 @@ func Start(ctx context.Context, opts Options) (_ *Sandbox, err error) {
 	}
 
 	say("installing deploy/crds, the NAD CRD (as multus ships it) and deploy/deploy.yml (namespace, ServiceAccount, RBAC, DaemonSet)")
-	nadPath := filepath.Join(opts.Dir, "nad-crd.yaml")
-	if err := os.WriteFile(nadPath, nadCRD, 0o644); err != nil {
-		return nil, err
-	}
-	crds, _ := filepath.Glob(filepath.Join(opts.Repo, "deploy", "crds", "*.yaml"))
-	for _, f := range append(crds, nadPath) {
-		if _, err := s.Kube.ApplyFile(ctx, f); err != nil {
-			return nil, err
-		}
-	}
-	objs, err := s.Kube.ApplyFile(ctx, filepath.Join(opts.Repo, "deploy", "deploy.yml"))
+	objs, err := s.Kube.InstallDeploy(ctx, opts.Repo)
 	if err != nil {
 		return nil, err
 	}

@@ -126,20 +126,59 @@ func (e *Engine) peerSelectsPod(peer *peerInfo, pod *podInfo) bool {
 }
 
 // podChanged updates a policy's cache for a pod that changed from old to cur
-// (either may be nil): the selected-pod lists are patched in place, which
-// is much cheaper than selecting again over the cluster, and the resolved
-// address sets are dropped to be rebuilt from them.
+// (either may be nil) instead of dropping it: selecting again over the
+// cluster and rebuilding every address set is what makes a pod change
+// expensive. The selected-pod lists are patched, then each resolved rule's
+// address counts: minus old's addresses once per peer that selected old,
+// plus cur's once per peer that selects cur.
 func (e *Engine) podChanged(pol *policyInfo, old, cur *podInfo) {
+	type membership struct{ was, is bool }
+	members := make(map[*peerInfo]membership, len(pol.cache.peerPods))
 	for peer, pods := range pol.cache.peerPods {
+		var m membership
 		if old != nil {
+			n := len(pods)
 			pods = slices.DeleteFunc(pods, func(p *podInfo) bool { return p == old })
+			m.was = len(pods) < n
 		}
 		if cur != nil && cur.peerable && e.peerSelectsPod(peer, cur) {
 			pods = append(pods, cur)
+			m.is = true
 		}
 		pol.cache.peerPods[peer] = pods
+		members[peer] = m
 	}
-	pol.cache.rules = nil
+	for k, rr := range pol.cache.rules {
+		r := k.rule
+		if len(r.namedPorts) > 0 {
+			delete(pol.cache.rules, k) // named ports: resolve again
+			continue
+		}
+		var was, is int
+		for j := range r.peers {
+			m := members[&r.peers[j]]
+			if m.was {
+				was++
+			}
+			if m.is {
+				is++
+			}
+		}
+		changed := false
+		if was > 0 {
+			for _, a := range old.ips[k.network] {
+				changed = rr.adjust(a, -was) || changed
+			}
+		}
+		if is > 0 {
+			for _, a := range cur.ips[k.network] {
+				changed = rr.adjust(a, is) || changed
+			}
+		}
+		if changed {
+			rr.rebuildPeers()
+		}
+	}
 }
 
 func (e *Engine) affectedByNamespace(old, cur labels.Set) []Attachment {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net/netip"
 	"slices"
 	"strings"
 )
@@ -123,12 +124,24 @@ func (c *computation) addRule(b *ruleBuilder, d Direction, pod *podInfo, network
 }
 
 // resolvedRule is what a rule means on one network, independent of the
-// local pod it is enforced for; computed once per computation.
+// local pod it is enforced for; computed once and cached on the policy.
 type resolvedRule struct {
+	// blocks is the union of the rule's ipBlocks; podAddrs the addresses of
+	// the pods its selectors pick, sorted, each with the number of (peer,
+	// pod) selections that contribute it, so that a pod change can patch
+	// it (podChanged) instead of resolving the rule again.
+	blocks   prefixSet
+	podAddrs []addrCount
+	// peers is blocks ∪ podAddrs.
 	peers prefixSet
 	// namedDests: for egress named ports, the destination addresses per
 	// resolved port.
 	namedDests map[PortMatch]*prefixSet
+}
+
+type addrCount struct {
+	addr netip.Addr
+	n    int
 }
 
 type ruleOnNetwork struct {
@@ -143,10 +156,21 @@ func (c *computation) resolveRule(p *policyInfo, r *ruleInfo, network NetworkRef
 	}
 	rr := &resolvedRule{}
 	if !r.anyPeer {
+		var addrs []netip.Addr
 		for i := range r.peers {
-			c.addPeerAddrs(p, &rr.peers, &r.peers[i], network)
+			switch peer := &r.peers[i]; peer.kind {
+			case peerIPBlock:
+				rr.blocks.addSet(peer.block)
+			case peerPods:
+				for _, pod := range c.selectedPods(p, peer) {
+					addrs = append(addrs, pod.ips[network]...)
+				}
+			case peerInvalid:
+			}
 		}
-		rr.peers.normalize()
+		rr.blocks.normalize()
+		rr.podAddrs = countAddrs(addrs)
+		rr.rebuildPeers()
 	}
 	if len(r.namedPorts) > 0 && (r.anyPeer || !rr.peers.empty()) {
 		rr.namedDests = c.egressNamedDests(p, r, &rr.peers, network)
@@ -156,6 +180,59 @@ func (c *computation) resolveRule(p *policyInfo, r *ruleInfo, network NetworkRef
 	}
 	p.cache.rules[k] = rr
 	return rr
+}
+
+// countAddrs sorts addresses and counts duplicates.
+func countAddrs(addrs []netip.Addr) []addrCount {
+	slices.SortFunc(addrs, netip.Addr.Compare)
+	out := make([]addrCount, 0, len(addrs))
+	for _, a := range addrs {
+		if n := len(out); n > 0 && out[n-1].addr == a {
+			out[n-1].n++
+			continue
+		}
+		out = append(out, addrCount{addr: a, n: 1})
+	}
+	return out
+}
+
+// adjust adds delta selections of addr and reports whether the set of
+// addresses changed.
+func (rr *resolvedRule) adjust(addr netip.Addr, delta int) bool {
+	i, found := slices.BinarySearchFunc(rr.podAddrs, addr, func(ac addrCount, a netip.Addr) int { return ac.addr.Compare(a) })
+	switch {
+	case found:
+		rr.podAddrs[i].n += delta
+		if rr.podAddrs[i].n > 0 {
+			return false
+		}
+		rr.podAddrs = slices.Delete(rr.podAddrs, i, i+1)
+		return true
+	case delta > 0:
+		rr.podAddrs = slices.Insert(rr.podAddrs, i, addrCount{addr: addr, n: delta})
+		return true
+	}
+	return false
+}
+
+// rebuildPeers recomputes peers from blocks and podAddrs, both sorted, in
+// linear time. The ranges buffer is reused (only computations, which hold
+// the engine lock, read it); the prefixes are not, as rule sets already
+// handed out may share them.
+func (rr *resolvedRule) rebuildPeers() {
+	ranges := slices.Grow(rr.peers.ranges[:0], len(rr.blocks.ranges)+len(rr.podAddrs))
+	bs, ps := rr.blocks.ranges, rr.podAddrs
+	for len(bs) > 0 || len(ps) > 0 {
+		if len(ps) == 0 || (len(bs) > 0 && bs[0].first.Compare(ps[0].addr) <= 0) {
+			ranges = append(ranges, bs[0])
+			bs = bs[1:]
+			continue
+		}
+		ranges = append(ranges, addrRange{first: ps[0].addr, last: ps[0].addr})
+		ps = ps[1:]
+	}
+	rr.peers = prefixSet{ranges: ranges}
+	rr.peers.coalesce()
 }
 
 // egressNamedDests resolves egress named ports against each destination
@@ -219,20 +296,6 @@ func comparePortMatch(a, b PortMatch) int {
 	return cmp.Compare(a.EndPort, b.EndPort)
 }
 
-// addPeerAddrs adds the addresses one peer stands for on network.
-func (c *computation) addPeerAddrs(p *policyInfo, set *prefixSet, peer *peerInfo, network NetworkRef) {
-	switch peer.kind {
-	case peerIPBlock:
-		set.addSet(peer.block)
-	case peerPods:
-		for _, pod := range c.selectedPods(p, peer) {
-			for _, a := range pod.ips[network] {
-				set.addAddr(a)
-			}
-		}
-	case peerInvalid:
-	}
-}
 
 // selectedPods returns the peerable pods a pod peer of policy p selects.
 func (c *computation) selectedPods(p *policyInfo, peer *peerInfo) []*podInfo {
@@ -314,7 +377,7 @@ func (b *ruleBuilder) rules() []Rule {
 		switch {
 		case pr.anyPeer:
 		case len(pr.peers) == 1:
-			r.Peers = slices.Clone(pr.peers[0].cachedPrefixes())
+			r.Peers = pr.peers[0].cachedPrefixes() // shared: rule sets are read-only
 		default:
 			var union prefixSet
 			for _, p := range pr.peers {

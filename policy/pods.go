@@ -99,6 +99,11 @@ func (p *podInfo) parseNetworkStatus(pod *corev1.Pod) {
 // parseStaticIPs fills networks that network-status does not report from
 // the static ips requested in k8s.v1.cni.cncf.io/networks.
 func (p *podInfo) parseStaticIPs(pod *corev1.Pod) {
+	// Only the JSON form can request ips; skip parsing the comma form,
+	// which the NAD client does with a regexp compiled per element.
+	if !strings.HasPrefix(strings.TrimSpace(pod.Annotations[nadv1.NetworkAttachmentAnnot]), "[") {
+		return
+	}
 	elems, err := podNetworks(pod)
 	if err != nil {
 		p.fail("metadata.annotations["+nadv1.NetworkAttachmentAnnot+"]", err)

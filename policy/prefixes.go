@@ -75,6 +75,14 @@ func (s *prefixSet) normalize() {
 		return
 	}
 	slices.SortFunc(s.ranges, func(a, b addrRange) int { return a.first.Compare(b.first) })
+	s.coalesce()
+}
+
+// coalesce merges overlapping or adjacent ranges of a sorted set.
+func (s *prefixSet) coalesce() {
+	if len(s.ranges) < 2 {
+		return
+	}
 	out := s.ranges[:1]
 	for _, r := range s.ranges[1:] {
 		cur := &out[len(out)-1]
@@ -125,7 +133,7 @@ func cut(r, x addrRange) []addrRange {
 // prefixes returns the fewest prefixes covering exactly the set, IPv4 first,
 // each family in address order. The set must be normalized.
 func (s *prefixSet) prefixes() []netip.Prefix {
-	var out []netip.Prefix
+	out := make([]netip.Prefix, 0, len(s.ranges))
 	for _, r := range s.ranges {
 		out = appendRangePrefixes(out, r)
 	}
@@ -134,6 +142,9 @@ func (s *prefixSet) prefixes() []netip.Prefix {
 
 // appendRangePrefixes splits [first, last] into maximal aligned prefixes.
 func appendRangePrefixes(out []netip.Prefix, r addrRange) []netip.Prefix {
+	if r.first == r.last { // the common case: one pod address
+		return append(out, netip.PrefixFrom(r.first, r.first.BitLen()))
+	}
 	start := r.first
 	for {
 		bits := start.BitLen()

@@ -133,7 +133,8 @@ func (p PortMatch) String() string {
 }
 
 // Rule allows new connections whose remote address is in Peers and whose
-// destination matches one of Ports.
+// destination matches one of Ports. Rule sets are read-only: their slices
+// may be shared with the engine's caches and with other rule sets.
 //
 // AnyPeer means every IPv4 and IPv6 address; otherwise Peers is a set of
 // disjoint, aggregated prefixes (never empty: a rule that would allow no

@@ -296,7 +296,6 @@ func comparePortMatch(a, b PortMatch) int {
 	return cmp.Compare(a.EndPort, b.EndPort)
 }
 
-
 // selectedPods returns the peerable pods a pod peer of policy p selects.
 func (c *computation) selectedPods(p *policyInfo, peer *peerInfo) []*podInfo {
 	if pods, ok := p.cache.peerPods[peer]; ok {

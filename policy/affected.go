@@ -48,11 +48,24 @@ func (e *Engine) affectedByPod(old, cur *podInfo) []Attachment {
 			}
 		}
 	}
-	// Attachments whose peers include the pod, before or after.
-	for _, pol := range e.state.policies {
+	// Attachments whose peers include the pod, before or after: only
+	// policies of the pod's namespace, or that look across namespaces, can.
+	ns := cur
+	if ns == nil {
+		ns = old
+	}
+	visit := func(pol *policyInfo) {
 		if e.policyReferencesPod(pol, old) || e.policyReferencesPod(pol, cur) {
 			e.podChanged(pol, old, cur)
 			e.addSelectedBy(set, pol)
+		}
+	}
+	for _, pol := range e.state.policiesNS[ns.namespace] {
+		visit(pol)
+	}
+	for _, pol := range e.state.crossNS {
+		if pol.namespace != ns.namespace {
+			visit(pol)
 		}
 	}
 	return e.attachmentsOf(set)

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 
 	mnpv1beta1 "github.com/k8snetworkplumbingwg/multi-networkpolicy/pkg/apis/k8s.cni.cncf.io/v1beta1"
@@ -28,6 +29,9 @@ type policyInfo struct {
 	rules       [2][]ruleInfo
 	errs        []error
 	cache       resolutionCache
+	// crossNamespace: pods of other namespaces can be peers (a
+	// namespaceSelector, or egress named ports resolved by address).
+	crossNamespace bool
 }
 
 // resolutionCache holds what the policy's rules resolve to on each network.
@@ -94,7 +98,23 @@ func newPolicyInfo(p *mnpv1beta1.MultiNetworkPolicy) *policyInfo {
 	if info.podSelector == nil {
 		info.rules = [2][]ruleInfo{}
 	}
+	info.crossNamespace = info.peersCrossNamespaces()
 	return info
+}
+
+func (p *policyInfo) peersCrossNamespaces() bool {
+	for d := range p.rules {
+		for _, r := range p.rules[d] {
+			if d == int(Egress) && len(r.namedPorts) > 0 &&
+				(r.anyPeer || slices.ContainsFunc(r.peers, func(peer peerInfo) bool { return peer.kind == peerIPBlock })) {
+				return true
+			}
+			if slices.ContainsFunc(r.peers, func(peer peerInfo) bool { return peer.kind == peerPods && peer.nsSelector != nil }) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func (p *policyInfo) key() string { return key(p.namespace, p.name) }

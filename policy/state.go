@@ -46,6 +46,8 @@ func nadPluginType(n *nadv1.NetworkAttachmentDefinition) (string, error) {
 type state struct {
 	policies   map[string]*policyInfo
 	policiesNS map[string]map[string]*policyInfo
+	// crossNS holds the policies whose peers may be in other namespaces.
+	crossNS map[string]*policyInfo
 	pods       map[string]*podInfo
 	podsNS     map[string]map[string]*podInfo
 	namespaces map[string]labels.Set
@@ -59,6 +61,7 @@ func newState() *state {
 	return &state{
 		policies:    map[string]*policyInfo{},
 		policiesNS:  map[string]map[string]*policyInfo{},
+		crossNS:     map[string]*policyInfo{},
 		pods:        map[string]*podInfo{},
 		podsNS:      map[string]map[string]*podInfo{},
 		namespaces:  map[string]labels.Set{},
@@ -75,11 +78,17 @@ func (s *state) setPolicy(p *mnpv1beta1.MultiNetworkPolicy) {
 		s.policiesNS[p.Namespace] = map[string]*policyInfo{}
 	}
 	s.policiesNS[p.Namespace][p.Name] = info
+	if info.crossNamespace {
+		s.crossNS[info.key()] = info
+	} else {
+		delete(s.crossNS, info.key())
+	}
 }
 
 func (s *state) deletePolicy(namespace, name string) {
 	delete(s.policies, key(namespace, name))
 	delete(s.policiesNS[namespace], name)
+	delete(s.crossNS, key(namespace, name))
 }
 
 func (s *state) setPod(p *corev1.Pod) {

@@ -47,7 +47,7 @@ type state struct {
 	policies   map[string]*policyInfo
 	policiesNS map[string]map[string]*policyInfo
 	// crossNS holds the policies whose peers may be in other namespaces.
-	crossNS map[string]*policyInfo
+	crossNS    map[string]*policyInfo
 	pods       map[string]*podInfo
 	podsNS     map[string]map[string]*podInfo
 	namespaces map[string]labels.Set

@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -272,11 +273,7 @@ func TestKernelTaggedAndQinQFrames(t *testing.T) {
 // equal the reference evaluator's (and the tracer's).
 func TestKernelDifferential(t *testing.T) {
 	datapath.RequireBed(t)
-	seed := uint64(time.Now().UnixNano())
-	if s := os.Getenv("DIFF_SEED"); s != "" {
-		_, _ = fmt.Sscan(s, &seed)
-	}
-	t.Logf("seed %d (rerun with DIFF_SEED=%d)", seed, seed)
+	seed := differentialSeed(t)
 	rng := randv2.New(randv2.NewPCG(seed, 0))
 	topo := datapath.NewTopology(t, datapath.Options{Bridge: "brd"})
 	peer := topo.AddPod(t, "dpeer", datapath.PodOptions{})
@@ -358,6 +355,28 @@ func TestKernelDifferential(t *testing.T) {
 	t.Logf("%d policy sets, %d packets: kernel == reference evaluator == tracer", sets, packets)
 }
 
+// defaultDifferentialSeed keeps `make test`'s time and outcome the same from
+// run to run. It is the seed that hung a UML kernel whose stack had no room
+// for an AMX host's FP state (docs/kernel-test-bed.md), so it also guards that.
+const defaultDifferentialSeed = 1796133933452929629
+
+// differentialSeed is DIFF_SEED: unset, the fixed default; "random", a seed
+// from the clock (fresh cases, opt-in); otherwise the number given.
+func differentialSeed(t *testing.T) uint64 {
+	seed := uint64(defaultDifferentialSeed)
+	switch s := os.Getenv("DIFF_SEED"); s {
+	case "":
+	case "random":
+		seed = uint64(time.Now().UnixNano())
+	default:
+		if _, err := fmt.Sscan(s, &seed); err != nil {
+			t.Fatalf("DIFF_SEED=%q: want a number or \"random\"", s)
+		}
+	}
+	t.Logf("seed %d (rerun: make test-kernel KERNEL_TEST_PKGS=./tcdriver KERNEL_TEST_FLAGS='-test.run TestKernelDifferential' KERNEL_TEST_ENV=DIFF_SEED=%d)", seed, seed)
+	return seed
+}
+
 // TestKernelMakeBeforeBreak: while 100 policy updates are applied (in place
 // and by generation switch), frames of an allowed connection keep passing
 // and frames of a denied one never pass.
@@ -397,6 +416,10 @@ func TestKernelMakeBeforeBreak(t *testing.T) {
 	apply(t, drv, subj.Rep, mk(0))
 	stop := make(chan struct{})
 	sentAllowed, sentDenied := make(chan []uint16, 1), make(chan []uint16, 1)
+	// pairs counts the (allowed, denied) pairs sent so far. The updates are
+	// paced by it, not by the clock, so that every update overlaps frames
+	// however fast this CPU applies filters or wakes up sleepers.
+	var pairs atomic.Int64
 	go func() {
 		var okIDs, badIDs []uint16
 		id := uint16(1)
@@ -421,11 +444,16 @@ func TestKernelMakeBeforeBreak(t *testing.T) {
 				}
 				id++
 			}
-			time.Sleep(2 * time.Millisecond)
+			pairs.Add(1)
+			time.Sleep(time.Millisecond)
 		}
 	}()
+	const pairsPerUpdate = 2
 	switches := 0
 	for i := 1; i <= 100; i++ {
+		for pairs.Load() < int64(pairsPerUpdate*i) {
+			time.Sleep(time.Millisecond)
+		}
 		apply(t, drv, subj.Rep, mk(i))
 		if drv.LastApply().Replaces > 0 {
 			switches++
@@ -454,8 +482,8 @@ func TestKernelMakeBeforeBreak(t *testing.T) {
 	if lost != 0 || leaked != 0 {
 		t.Fatalf("make-before-break violated: %d allowed frames lost, %d denied frames leaked", lost, leaked)
 	}
-	if len(okIDs) < 100 {
-		t.Fatalf("only %d frames sent during the updates", len(okIDs))
+	if len(okIDs) < pairsPerUpdate*100 {
+		t.Fatalf("only %d allowed frames sent during 100 updates, want at least %d", len(okIDs), pairsPerUpdate*100)
 	}
 }
 

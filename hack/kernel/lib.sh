@@ -20,12 +20,56 @@ bed_here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # bed_quote ARG: ARG quoted for sh.
 bed_quote() { printf "'%s'" "${1//\'/\'\\\'\'}"; }
 
-# bed_ensure: builds the bed if needed; sets BED_KERNEL and BED_ROOT.
+# bed_ensure: builds the bed if needed, sets BED_KERNEL, BED_ROOT and
+# BED_XSAVE_PROBE, and runs bed_preflight.
 bed_ensure() {
   local out
   out=$("$bed_here/build.sh") || { echo "kernel-bed: building the bed failed" >&2; return 1; }
   BED_KERNEL=$(sed -n 's/^KERNEL=//p' <<<"$out")
   BED_ROOT=$(sed -n 's/^ROOT=//p' <<<"$out")
+  BED_XSAVE_PROBE=$(sed -n 's/^XSAVE_PROBE=//p' <<<"$out")
+  bed_preflight
+}
+
+# bed_cannot_run CAUSE FIX: the one line that says why the bed cannot run here.
+bed_cannot_run() { echo "kernel-bed: cannot run on this host: $1; fix: $2" >&2; return 1; }
+
+# bed_preflight: checks, before booting, what a UML kernel needs of the host,
+# so that a host it cannot run on gets one line naming the cause and the fix
+# rather than a kernel panic 40 lines deep. Needs BED_KERNEL (and its .meta,
+# written by build.sh) and BED_XSAVE_PROBE.
+bed_preflight() {
+  local arch size built out
+  arch=$(uname -m)
+  [[ $arch == x86_64 ]] ||
+    bed_cannot_run "the bed is an x86-64 User-Mode Linux kernel and this host is $arch" \
+      "run make test-kernel on an x86-64 host" || return
+  # The probe asks the host kernel, through ptrace, for the FP state size
+  # its ptrace accepts; a failure means UML's ptrace would fail too.
+  out=$("$BED_XSAVE_PROBE" 2>&1) ||
+    bed_cannot_run "${out#xsave-size: }" "run as root where ptrace is allowed, on an x86-64 CPU with XSAVE" || return
+  size=$out
+  built=$(sed -n 's/^xsave_size=//p' "$BED_KERNEL.meta" 2>/dev/null)
+  [[ -n $built ]] ||
+    bed_cannot_run "$BED_KERNEL has no $BED_KERNEL.meta saying which host it was built for" \
+      "remove it and run hack/kernel/build.sh" || return
+  [[ $size == "$built" ]] ||
+    bed_cannot_run "$BED_KERNEL saves ${built}-byte FP state, this CPU's XSAVE area is ${size} bytes (the host's ptrace refuses any other size: EFAULT)" \
+      "run hack/kernel/build.sh without BED_HOST_XSAVE_SIZE to build the kernel for this host" || return
+  [[ -r /dev/net/tun || -z ${BED_UML_ARGS:-} ]] ||
+    bed_cannot_run "BED_UML_ARGS asks for a network device and /dev/net/tun is missing" "modprobe tun, or run where /dev/net/tun exists" || return
+}
+
+# bed_explain_crash CONSOLE: one line naming the cause of a known UML crash.
+bed_explain_crash() {
+  local c=$1
+  if grep -q 'ptrace set fp regs failed\|ptrace get fp regs failed\|fp regs failed, errno = 14' "$c"; then
+    echo "kernel-bed: UML could not move FP state through ptrace (its HOST_FP_SIZE is not this host's XSAVE size); fix: rebuild with hack/kernel/build.sh on this host" >&2
+  elif grep -q 'corrupted stack end detected' "$c"; then
+    echo "kernel-bed: a kernel stack overflowed in the guest; fix: raise stack_order in hack/kernel/build.sh" >&2
+  elif grep -q 'Out of memory\|oom-kill' "$c"; then
+    echo "kernel-bed: the guest ran out of memory; fix: raise BED_MEM (MiB, now ${BED_MEM:-1024})" >&2
+  fi
 }
 
 # bed_new_ctl: creates the per-boot control directory in BED_CTL (removed on exit).
@@ -34,14 +78,25 @@ bed_new_ctl() {
   trap 'rm -rf "$BED_CTL"' EXIT
 }
 
+# bed_memdir: where UML's guest memory file goes: /dev/shm when it is a
+# tmpfs with room for BED_MEM, else the control directory's file system.
+bed_memdir() {
+  local need=$(( (${BED_MEM:-1024} + 64) * 1024 )) d
+  for d in /dev/shm "$BED_CTL"; do
+    [[ $d == /dev/shm && $(stat -f -c %T /dev/shm 2>/dev/null) != tmpfs ]] && continue
+    (( $(df --output=avail -k "$d" | tail -n1) >= need )) && { echo "$d"; return 0; }
+  done
+  bed_cannot_run "no room for ${BED_MEM:-1024} MiB of guest memory in /dev/shm or $BED_CTL" \
+    "free space there, point TMPDIR elsewhere, or lower BED_MEM"
+}
+
 bed_boot() {
   local cmd=$1 memdir console rc urc pid
   cp "$cmd" "$BED_CTL/cmd"
   console=${BED_CONSOLE_LOG:-$BED_CTL/console.log}
   # UML backs guest memory with a file in TMPDIR: use tmpfs when there is one.
-  memdir=$BED_CTL
   ulimit -c 0 # a UML kernel panic aborts the process: no core files
-  [[ $(stat -f -c %T /dev/shm 2>/dev/null) == tmpfs ]] && memdir=/dev/shm
+  memdir=$(bed_memdir) || return
   # timeout (not --foreground) kills UML's whole process group on expiry;
   # we forward our own INT/TERM to it so no guest outlives this script.
   TMPDIR=$memdir timeout -k 5 "${BED_TIMEOUT:-900}" "$BED_KERNEL" \
@@ -69,5 +124,6 @@ bed_boot() {
     rc=$BED_RC_CRASH
   fi
   tr -d '\r' <"$console" | tail -n 40 >&2
+  bed_explain_crash "$console"
   return "$rc"
 }

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # test-all.sh: `make test-kernel`. Finds every package with kernel tests
 # (a *_test.go file constrained by `//go:build kernel`), compiles each into a
-# static test binary, and runs them all in one boot of the kernel test bed.
+# static test binary, and runs them all in one boot of the kernel test bed,
+# each within its time budget (a `// kernel-test-budget: Ns` line in one of
+# its kernel test files, else test.sh's default).
 #
 # Env: GO (default go), KERNEL_TEST_BIN (where binaries go, default
 #      bin/kernel-tests), KERNEL_TEST_PKGS (override discovery, e.g.
-#      "./tcdriver"), plus test.sh's KERNEL_TEST_FLAGS/KERNEL_TEST_TIMEOUT.
+#      "./tcdriver"), plus test.sh's KERNEL_TEST_FLAGS/KERNEL_TEST_BUDGET/KERNEL_TEST_ENV.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cd "$here/../.."
@@ -31,7 +33,10 @@ for p in "${pkgs[@]}"; do
   CGO_ENABLED=0 "$GO" test -c -tags kernel -o "$bin" "$p"
   # A package whose kernel tests are all in an external package still builds;
   # one without any test produces no binary: nothing to run.
-  [[ -f $bin ]] && pairs+=("$p=$bin")
+  # A package states its time budget in a kernel test file:
+  #   // kernel-test-budget: 480s
+  budget=$(grep -rhoE '^// kernel-test-budget: [0-9]+s' --include='*_test.go' "$p" | head -n1 | tr -dc 0-9 || true)
+  [[ -f $bin ]] && pairs+=("$p=$bin${budget:+=$budget}")
 done
 ((${#pairs[@]})) || { echo "kernel-bed: no test binaries built"; exit 0; }
 exec "$here/test.sh" "${pairs[@]}"

@@ -1,5 +1,9 @@
 //go:build kernel
 
+// kernel-test-budget: 480s
+// (the package takes about 50 s on an idle 2-core machine and up to six
+// minutes under heavy load: the budget stops a hang, not a slow machine)
+
 package tcdriver
 
 import (

@@ -63,7 +63,7 @@ bed_preflight() {
 # bed_explain_crash CONSOLE: one line naming the cause of a known UML crash.
 bed_explain_crash() {
   local c=$1
-  if grep -q 'ptrace set fp regs failed\|ptrace get fp regs failed\|fp regs failed, errno = 14' "$c"; then
+  if grep -q 'fp regs failed' "$c"; then
     echo "kernel-bed: UML could not move FP state through ptrace (its HOST_FP_SIZE is not this host's XSAVE size); fix: rebuild with hack/kernel/build.sh on this host" >&2
   elif grep -q 'corrupted stack end detected' "$c"; then
     echo "kernel-bed: a kernel stack overflowed in the guest; fix: raise stack_order in hack/kernel/build.sh" >&2

@@ -8,6 +8,7 @@ package kernelbed
 
 import (
 	"bytes"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -68,7 +69,8 @@ func run(t *testing.T, env []string, name string, args ...string) (stdout, stder
 	var o, e bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &o, &e
 	err := cmd.Run()
-	if _, exit := err.(*exec.ExitError); err != nil && !exit {
+	var exit *exec.ExitError
+	if err != nil && !errors.As(err, &exit) {
 		t.Fatalf("%s: %v", name, err)
 	}
 	return o.String(), e.String(), err == nil
@@ -93,16 +95,14 @@ func plan(t *testing.T, dir, cache string, xsave int) map[string]string {
 func TestPlanFollowsTheHostXSAVESize(t *testing.T) {
 	dir, cache := bedCopy(t, "6.1.172-1")
 	for _, tc := range []struct {
-		name        string
-		xsave       int
-		stackOrder  string
-		stackBytes  int
-		freeAtLeast int
+		name       string
+		xsave      int
+		stackOrder string
 	}{
 		// Three FP areas (thread_info, the host's signal frame, the
 		// handler's uml_pt_regs) and 16 KiB of calls must fit.
-		{"AVX-512 host", avx512Host, "3", 32 << 10, 3*avx512Host + 16<<10},
-		{"AMX host", amxHost, "4", 64 << 10, 3*amxHost + 16<<10},
+		{"AVX-512 host", avx512Host, "3"}, // 32 KiB ≥ 3×2696 + 16 KiB
+		{"AMX host", amxHost, "4"},        // 64 KiB ≥ 3×11008 + 16 KiB
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := plan(t, dir, cache, tc.xsave)
@@ -110,10 +110,7 @@ func TestPlanFollowsTheHostXSAVESize(t *testing.T) {
 				t.Errorf("XSAVE_SIZE = %q, want %d", p["XSAVE_SIZE"], tc.xsave)
 			}
 			if p["STACK_ORDER"] != tc.stackOrder {
-				t.Errorf("STACK_ORDER = %q, want %s (%d-byte stacks)", p["STACK_ORDER"], tc.stackOrder, tc.stackBytes)
-			}
-			if tc.stackBytes < tc.freeAtLeast {
-				t.Fatalf("test table: %d-byte stack cannot hold %d bytes", tc.stackBytes, tc.freeAtLeast)
+				t.Errorf("STACK_ORDER = %q, want %s", p["STACK_ORDER"], tc.stackOrder)
 			}
 			if p["SOURCE"] != "linux-source-6.1_6.1.172-1_all.deb" {
 				t.Errorf("SOURCE = %q", p["SOURCE"])

@@ -330,3 +330,26 @@ func copyTree(t *testing.T, from, to string) {
 		return nil
 	})
 }
+
+// A guest that dies without an exit code gets, after the console's tail, one
+// line naming the cause when the console shows a known one.
+func TestCrashExplained(t *testing.T) {
+	for _, tc := range []struct {
+		console, want string
+	}{
+		{"userspace - ptrace set fp regs failed, errno = 14\nKernel panic - not syncing: Attempted to kill init! exitcode=0x0000000b\n",
+			"kernel-bed: UML could not move FP state through ptrace"},
+		{"Kernel panic - not syncing: corrupted stack end detected inside scheduler\n", "kernel-bed: a kernel stack overflowed"},
+		{"Out of memory: Killed process 42 (tcdriver.test)\n", "kernel-bed: the guest ran out of memory"},
+		{"Kernel panic - not syncing: something new\n", ""},
+	} {
+		f := filepath.Join(t.TempDir(), "console.log")
+		if err := os.WriteFile(f, []byte(tc.console), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		_, errOut, _ := run(t, []string{"LIB=" + filepath.Join(kernelDir, "lib.sh"), "CONSOLE=" + f}, "bash", "-c", `. "$LIB"; bed_explain_crash "$CONSOLE"`)
+		if lines := strings.Count(errOut, "\n"); (tc.want == "" && errOut != "") || (tc.want != "" && (lines != 1 || !strings.HasPrefix(errOut, tc.want) || !strings.Contains(errOut, "fix: "))) {
+			t.Errorf("console %q: said %q, want one line starting %q with a fix", tc.console, errOut, tc.want)
+		}
+	}
+}

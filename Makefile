@@ -25,7 +25,7 @@ TEST_TARGETS := lint test-unit
 all: build
 
 build:
-	CGO_ENABLED=0 $(GO) build -o $(BINARY) ./cmd/multi-networkpolicy-tc
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(GO_LDFLAGS)" -o $(BINARY) ./cmd/multi-networkpolicy-tc
 
 test-unit:
 	$(GO) vet ./...

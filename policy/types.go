@@ -181,7 +181,7 @@ func (r *Rule) MatchesPort(proto Protocol, port uint16) bool {
 // When Isolated is false nothing is enforced: every packet passes and the
 // datapath installs no filter. When Isolated is true:
 //   - ARP and IPv6 neighbour discovery (ICMPv6 133-136) always pass;
-//   - ICMP echo passes when AcceptICMP, ICMPv6 echo when AcceptICMPv6;
+//   - new ICMP (any type) passes when AcceptICMP, ICMPv6 when AcceptICMPv6;
 //   - packets of established or related connections pass (Stateful: replies
 //     to connections allowed in either direction are never dropped);
 //   - a new IP connection passes when any Rule allows it (rules are a
@@ -235,6 +235,6 @@ func (rs *RuleSet) Allows(p Packet) bool {
 			return true
 		}
 	}
-	// Echo: the pipeline accepts all ICMP echo when the switch is on.
+	// The pipeline accepts every new ICMP packet when the switch is on.
 	return (p.Protocol == ICMP && d.AcceptICMP) || (p.Protocol == ICMPv6 && d.AcceptICMPv6)
 }

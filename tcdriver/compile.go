@@ -355,12 +355,15 @@ func compileIsolated(h Hook, dr *policy.DirectionRules, opts Options) *hookProgr
 	b.add(chainState, prioNewConn, EthAll, Match{CtState: CtTracked | CtNew, CtStateMask: CtTracked | CtNew}, gotoC(chainNew))
 	b.add(chainState, prioCatchAll, EthAll, Match{}, drop)
 
-	// New: ICMP echo per the flags, then the rules in order.
+	// New: every new ICMP/ICMPv6 packet per the flags, as
+	// multi-networkpolicy-iptables' --accept-icmp accepts all ICMP (no
+	// type match, which mlx5 offloads only with its flex parser), then the
+	// rules in order.
 	if dr.AcceptICMP {
-		b.variants(chainNew, prioEcho, prioEchoTagged, EthIPv4, Match{IPProto: ProtoICMP, HasICMPType: true, ICMPType: 8}, b.accept()...)
+		b.variants(chainNew, prioEcho, prioEchoTagged, EthIPv4, Match{IPProto: ProtoICMP}, b.accept()...)
 	}
 	if dr.AcceptICMPv6 {
-		b.variants(chainNew, prioEcho6, prioEcho6Tagged, EthIPv6, Match{IPProto: ProtoICMPv6, HasICMPType: true, ICMPType: 128}, b.accept()...)
+		b.variants(chainNew, prioEcho6, prioEcho6Tagged, EthIPv6, Match{IPProto: ProtoICMPv6}, b.accept()...)
 	}
 	next := func(i int) Action {
 		if i+1 < len(dr.Rules) {

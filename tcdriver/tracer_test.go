@@ -87,6 +87,41 @@ func TestAlwaysAllowedAndAlwaysDropped(t *testing.T) {
 	}
 }
 
+// TestAcceptICMPAcceptsEveryType: --accept-icmp/--accept-icmpv6 accept all
+// ICMP, as multi-networkpolicy-iptables' flags do, not only echo; other
+// protocols are still denied.
+func TestAcceptICMPAcceptsEveryType(t *testing.T) {
+	d := policy.DirectionRules{Isolated: true, Stateful: true, AcceptICMP: true, AcceptICMPv6: true}
+	fake := NewFake(Options{}, dev)
+	if err := fake.Apply(context.Background(), dev, &policy.RuleSet{Ingress: d, Egress: d}); err != nil {
+		t.Fatal(err)
+	}
+	icmp := func(t uint8) Packet {
+		return Packet{EthType: EthIPv4, IPProto: ProtoICMP, ICMPType: t, Src: podIPv4, Dst: podIPv4}
+	}
+	icmp6 := func(t uint8) Packet {
+		return Packet{EthType: EthIPv6, IPProto: ProtoICMPv6, ICMPType: t, Src: podIPv6, Dst: podIPv6}
+	}
+	for _, tc := range []struct {
+		name string
+		p    Packet
+		want Verdict
+	}{
+		{"echo request", icmp(8), Pass},
+		{"timestamp request", icmp(13), Pass},
+		{"tagged echo request", func() Packet { p := icmp(8); p.VLANs = []uint16{Eth8021Q}; return p }(), Pass},
+		{"icmpv6 echo request", icmp6(128), Pass},
+		{"icmpv6 node information query", icmp6(139), Pass},
+		{"udp still denied", Packet{EthType: EthIPv4, IPProto: ProtoUDP, SrcPort: 1, DstPort: 53, Src: podIPv4, Dst: podIPv4}, Drop},
+	} {
+		for _, h := range Hooks {
+			if got := Trace(fake.Filters(dev, h), h, tc.p, NewConntrack()); got.Verdict != tc.want {
+				t.Errorf("%s on %s: %s, want %s", tc.name, h, got, tc.want)
+			}
+		}
+	}
+}
+
 // TestRepliesPass: a connection allowed in one direction has its replies
 // pass the other hook even when that direction denies everything, and also
 // when the allowed direction is not isolated at all (its hook only

@@ -92,7 +92,7 @@ func newAgentMetrics(reg prometheus.Registerer) *agentMetrics {
 // the default one has, without the global state.
 func newRegistry() *prometheus.Registry {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), collectors.NewGoCollector())
+	reg.MustRegister(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), collectors.NewGoCollector(), newBuildInfoGauge())
 	return reg
 }
 

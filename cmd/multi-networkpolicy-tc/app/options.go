@@ -68,8 +68,8 @@ func (o *AgentOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.ResyncPeriod, "resync-period", o.ResyncPeriod, "how often to re-read PodResources and the kernel's TC state and repair drift")
 	fs.StringVar(&o.MetricsBindAddress, "metrics-bind-address", o.MetricsBindAddress, "host:port serving Prometheus metrics on /metrics; 0 disables")
 	fs.StringVar(&o.HealthProbeBindAddress, "health-probe-bind-address", o.HealthProbeBindAddress, "host:port serving /healthz and /readyz; 0 disables")
-	fs.BoolVar(&o.AcceptICMP, "accept-icmp", o.AcceptICMP, "always allow ICMP echo request/reply on isolated IPv4 attachments")
-	fs.BoolVar(&o.AcceptICMPv6, "accept-icmpv6", o.AcceptICMPv6, "always allow ICMPv6 echo request/reply on isolated attachments (neighbour discovery is always allowed)")
+	fs.BoolVar(&o.AcceptICMP, "accept-icmp", o.AcceptICMP, "always allow ICMP (every type, as multi-networkpolicy-iptables) on isolated attachments")
+	fs.BoolVar(&o.AcceptICMPv6, "accept-icmpv6", o.AcceptICMPv6, "always allow ICMPv6 (every type) on isolated attachments; neighbour discovery always passes")
 	fs.StringVar(&o.TCOffload, "tc-offload", o.TCOffload, "hardware offload of the TC filters: auto (no skip flag), skip-sw (hardware only) or skip-hw (software only)")
 	fs.IntVar(&o.Workers, "workers", o.Workers, "attachments computed in parallel (programming the kernel is serialized)")
 }

@@ -58,8 +58,8 @@ stderr; their faulty parts allow nothing).`,
 	f.StringVarP(&o.output, "output", "o", "text", "output format: text, json or tc (tc -batch commands)")
 	f.StringVar(&o.dev, "dev", "REPRESENTOR", "representor name used in -o tc output")
 	f.StringSliceVar(&o.networkPlugins, "network-plugins", policy.DefaultNetworkPlugins, "CNI plugin types whose networks are enforced")
-	f.BoolVar(&o.acceptICMP, "accept-icmp", false, "always accept ICMP echo in isolated directions")
-	f.BoolVar(&o.acceptICMPv6, "accept-icmpv6", false, "always accept ICMPv6 echo in isolated directions")
+	f.BoolVar(&o.acceptICMP, "accept-icmp", false, "always accept ICMP (every type) in isolated directions")
+	f.BoolVar(&o.acceptICMPv6, "accept-icmpv6", false, "always accept ICMPv6 (every type) in isolated directions")
 	_ = cmd.MarkFlagRequired("filename")
 	return cmd
 }
@@ -198,10 +198,10 @@ func writeRuleSetText(w io.Writer, rs *policy.RuleSet, enforced bool) {
 		}
 		echo := []string{}
 		if dr.AcceptICMP {
-			echo = append(echo, "ICMP echo")
+			echo = append(echo, "ICMP")
 		}
 		if dr.AcceptICMPv6 {
-			echo = append(echo, "ICMPv6 echo")
+			echo = append(echo, "ICMPv6")
 		}
 		always := "ARP, IPv6 ND"
 		if len(echo) > 0 {

@@ -41,7 +41,7 @@ func (o *logOptions) apply(stderr io.Writer) error {
 	default:
 		return fmt.Errorf("--log-format %q: must be text or json", o.format)
 	}
-	lvl, err := logrus.ParseLevel(o.level)
+	lvl, err := parseLogLevel(o.level)
 	if err != nil {
 		return fmt.Errorf("--log-level: %w", err)
 	}
@@ -58,24 +58,40 @@ func NewRootCommand(stdout, stderr io.Writer) *cobra.Command {
 		Short:         "Enforce MultiNetworkPolicy on SR-IOV VF representors with TC flower",
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		// --version: cobra's flag, printing what `version` prints.
+		Version: currentVersion().String(),
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
 			return logs.apply(stderr)
 		},
 	}
+	root.SetVersionTemplate("{{.Version}}\n")
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	pf := root.PersistentFlags()
 	pf.StringVar(&logs.format, "log-format", "text", "log format: text or json")
-	pf.StringVarP(&logs.level, "log-level", "v", "info", "log level: panic, fatal, error, warn, info, debug or trace")
+	pf.StringVarP(&logs.level, "log-level", "v", "info", "log level: panic, fatal, error, warn, info, debug or trace, or a klog verbosity (0-3 info, 4 debug, 5+ trace)")
+	// klog's --v, as upstream DaemonSets spell it (-v is the shorthand above).
+	pf.StringVar(&logs.level, "v", "info", "same as --log-level")
+	_ = pf.MarkHidden("v")
 
 	// The agent is the default command: `multi-networkpolicy-tc --flags`
 	// runs it, as upstream's DaemonSets invoke it.
 	agentOpts := NewAgentOptions()
 	agentOpts.AddFlags(root.Flags())
-	root.RunE = newAgentCommandRunner(agentOpts)
+	compat := &compatFlags{}
+	addCompatFlags(root.Flags(), compat)
+	runAgent := newAgentCommandRunner(agentOpts)
+	root.RunE = func(cmd *cobra.Command, args []string) error {
+		logrus.WithFields(versionFields()).Info("multi-networkpolicy-tc")
+		if err := applyCompatFlags(cmd.Flags(), compat, agentOpts, logrus.StandardLogger()); err != nil {
+			return &ExitError{Code: exitBadInput, Err: err}
+		}
+		return runAgent(cmd, args)
+	}
 
 	root.AddCommand(newRenderCommand(stdout))
 	root.AddCommand(newDebugCommand(stdout))
+	root.AddCommand(newVersionCommand(stdout))
 	return root
 }
 

@@ -318,7 +318,7 @@ func (k *Kube) TokenConfig(token string) *rest.Config {
 
 // InstallDeploy installs what a cluster running the agent has: the CRDs of
 // repo's deploy/crds, the NAD CRD (as multus ships it) and everything in
-// deploy/deploy.yml (namespace, ServiceAccount, RBAC, DaemonSet). It
+// deploy/agent/deploy.yml (namespace, ServiceAccount, RBAC, DaemonSet). It
 // returns deploy.yml's objects.
 func (k *Kube) InstallDeploy(ctx context.Context, repo string) ([]*unstructured.Unstructured, error) {
 	dir := filepath.Join(repo, "deploy", "crds")
@@ -337,7 +337,7 @@ func (k *Kube) InstallDeploy(ctx context.Context, repo string) ([]*unstructured.
 	if _, err := k.ApplyYAML(ctx, "the NAD CRD", nadCRD); err != nil {
 		return nil, err
 	}
-	return k.ApplyFile(ctx, filepath.Join(repo, "deploy", "deploy.yml"))
+	return k.ApplyFile(ctx, filepath.Join(repo, "deploy", "agent", "deploy.yml"))
 }
 
 // ApplyFile creates every object of a multi-document YAML file and returns

@@ -86,7 +86,7 @@ type Sandbox struct {
 	servers map[serverKey]*datapath.Server
 }
 
-// Namespace and ServiceAccount of the agent in deploy/deploy.yml.
+// Namespace and ServiceAccount of the agent in deploy/agent/deploy.yml.
 const (
 	AgentNamespace      = "multi-networkpolicy-tc"
 	AgentServiceAccount = "multi-networkpolicy-tc"
@@ -138,7 +138,7 @@ func Start(ctx context.Context, opts Options) (_ *Sandbox, err error) {
 		return nil, err
 	}
 
-	say("installing deploy/crds, the NAD CRD (as multus ships it) and deploy/deploy.yml (namespace, ServiceAccount, RBAC, DaemonSet)")
+	say("installing deploy/crds, the NAD CRD (as multus ships it) and deploy/agent/deploy.yml (namespace, ServiceAccount, RBAC, DaemonSet)")
 	objs, err := s.Kube.InstallDeploy(ctx, opts.Repo)
 	if err != nil {
 		return nil, err
@@ -200,7 +200,7 @@ func daemonSetArgs(objs []*unstructured.Unstructured, node string) ([]string, er
 		}
 		return args, nil
 	}
-	return nil, errors.New("deploy/deploy.yml has no DaemonSet with a container")
+	return nil, errors.New("deploy/agent/deploy.yml has no DaemonSet with a container")
 }
 
 // AgentCommandLine is how the agent is started.

@@ -92,6 +92,7 @@ func NewRootCommand(stdout, stderr io.Writer) *cobra.Command {
 	root.AddCommand(newRenderCommand(stdout))
 	root.AddCommand(newDebugCommand(stdout))
 	root.AddCommand(newVersionCommand(stdout))
+	root.AddCommand(newCleanupCommand(stdout))
 	return root
 }
 

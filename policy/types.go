@@ -14,8 +14,8 @@ import (
 
 // NetworkRef names a NetworkAttachmentDefinition as namespace/name.
 type NetworkRef struct {
-	Namespace string
-	Name      string
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
 }
 
 func (n NetworkRef) String() string { return n.Namespace + "/" + n.Name }
@@ -38,11 +38,11 @@ func ParseNetworkRef(s, defaultNamespace string) (NetworkRef, error) {
 // agent fills it with what locates the datapath (VF PCI address and
 // representor) and the TC driver uses it to find the port.
 type Attachment struct {
-	PodNamespace string
-	PodName      string
-	Network      NetworkRef
-	Interface    string
-	Key          string
+	PodNamespace string     `json:"podNamespace"`
+	PodName      string     `json:"podName"`
+	Network      NetworkRef `json:"network"`
+	Interface    string     `json:"interface"`
+	Key          string     `json:"key,omitempty"`
 }
 
 // ID identifies the attachment independently of where it is enforced.

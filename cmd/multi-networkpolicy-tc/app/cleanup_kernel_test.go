@@ -40,7 +40,7 @@ func TestKernelCleanupRemovesOnlyOurs(t *testing.T) {
 	}
 	defer func() { _ = drv.Close() }()
 	rs := &policy.RuleSet{
-		Ingress: policy.DirectionRules{Isolated: true, Stateful: true, AcceptICMP: true, Rules: []policy.Rule{{AnyPeer: true, Ports: []policy.PortMatch{{Protocol: "TCP", Port: 80}}}}},
+		Ingress: policy.DirectionRules{Isolated: true, Stateful: true, AcceptICMP: true, Rules: []policy.Rule{{AnyPeer: true, Ports: []policy.PortMatch{{Protocol: policy.TCP, Port: 80, EndPort: 80}}}}},
 		Egress:  policy.DirectionRules{Isolated: true, Stateful: true},
 	}
 	for _, dev := range []string{"cln0", "cln1"} {

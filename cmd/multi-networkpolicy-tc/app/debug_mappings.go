@@ -37,6 +37,7 @@ func newDebugCommand(stdout io.Writer) *cobra.Command {
 		Short: "Show what the agent sees on this node",
 	}
 	debug.AddCommand(newDebugMappingsCommand(stdout))
+	debug.AddCommand(newDebugPodResourcesCommand(stdout))
 	return debug
 }
 
@@ -45,8 +46,10 @@ type debugMappingsOptions struct {
 	kubeconfig string
 	offline    bool
 	files      []string
-	output     string
-	timeout    time.Duration
+	// podResourcesFile replaces the kubelet with a saved List answer.
+	podResourcesFile string
+	output           string
+	timeout          time.Duration
 }
 
 func newDebugMappingsCommand(stdout io.Writer) *cobra.Command {
@@ -62,12 +65,17 @@ the VF representor the TC rules go on, and whether that netdev exists.
 Pods and NetworkAttachmentDefinitions come from the API server (--kubeconfig,
 else $KUBECONFIG, else in-cluster), or with --offline from manifest files
 (-f, repeatable; multi-document YAML or JSON, List kinds accepted).
+With --offline --podresources-file (the answer "debug podresources -o json"
+saved on the node) nothing of the node is read: the pod -> network -> VF
+mapping is shown, and the PF, uplink and representor columns, which need the
+node's /sys, are "-".
 
 It exits 1 when an attachment cannot be mapped or resolved, after printing
 what it could, and when the pod-resources socket is missing.`,
 		Example: `  multi-networkpolicy-tc debug mappings
   multi-networkpolicy-tc debug mappings -o json
-  multi-networkpolicy-tc debug mappings --offline -f pods.yaml -f nads.yaml`,
+  multi-networkpolicy-tc debug mappings --offline -f pods.yaml -f nads.yaml
+  multi-networkpolicy-tc debug mappings --offline -f pods.yaml -f nads.yaml --podresources-file podresources.json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := o.validate(); err != nil {
@@ -75,6 +83,9 @@ what it could, and when the pod-resources socket is missing.`,
 			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), o.timeout)
 			defer cancel()
+			if o.podResourcesFile != "" {
+				return runDebugMappings(ctx, o, unresolvedOffline{}, nil, stdout)
+			}
 			return runDebugMappings(ctx, o, sriov.NewSysfsResolver(), sriov.NetdevExists, stdout)
 		},
 	}
@@ -83,6 +94,7 @@ what it could, and when the pod-resources socket is missing.`,
 	f.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig file (default: $KUBECONFIG, then in-cluster)")
 	f.BoolVar(&o.offline, "offline", false, "read pods and NetworkAttachmentDefinitions from -f files instead of the API server")
 	f.StringArrayVarP(&o.files, "filename", "f", nil, "manifest file with Pods and NetworkAttachmentDefinitions (with --offline; repeatable)")
+	f.StringVar(&o.podResourcesFile, "podresources-file", "", "with --offline: read the kubelet's answer from this file (debug podresources -o json) instead of the socket, and leave /sys alone")
 	f.StringVarP(&o.output, "output", "o", "table", "output format: table, json or yaml")
 	f.DurationVar(&o.timeout, "timeout", 30*time.Second, "overall time limit")
 	return cmd
@@ -99,6 +111,9 @@ func (o *debugMappingsOptions) validate() error {
 	}
 	if !o.offline && len(o.files) > 0 {
 		return errors.New("-f is only read with --offline")
+	}
+	if !o.offline && o.podResourcesFile != "" {
+		return errors.New("--podresources-file is only read with --offline")
 	}
 	if o.timeout <= 0 {
 		return fmt.Errorf("--timeout %s: must be positive", o.timeout)
@@ -120,6 +135,8 @@ type debugMapping struct {
 	Representor       string `json:"representor,omitempty"`
 	RepresentorExists bool   `json:"representorExists"`
 	Error             string `json:"error,omitempty"`
+	// unresolved: offline from files, /sys was not read.
+	unresolved bool
 }
 
 // debugMappingsSource answers the two questions the API server answers.
@@ -135,8 +152,10 @@ func runDebugMappings(ctx context.Context, o *debugMappingsOptions, resolver sri
 ) error {
 	// The socket first: without it nothing else matters, and its message
 	// is the most useful one.
-	if err := podresources.CheckSocket(o.socket); err != nil {
-		return err
+	if o.podResourcesFile == "" {
+		if err := podresources.CheckSocket(o.socket); err != nil {
+			return err
+		}
 	}
 	var src debugMappingsSource
 	var err error
@@ -151,13 +170,12 @@ func runDebugMappings(ctx context.Context, o *debugMappingsOptions, resolver sri
 			return err
 		}
 	}
-	client, err := podresources.New(o.socket, podresources.Options{})
-	if err != nil {
-		return err
-	}
-	defer func() { _ = client.Close() }()
-	entries, err := client.List(ctx)
-	if err != nil {
+	var entries []*podresourcesv1.PodResources
+	if o.podResourcesFile != "" {
+		if entries, err = readPodResourcesFile(o.podResourcesFile); err != nil {
+			return &ExitError{Code: exitBadInput, Err: err}
+		}
+	} else if entries, err = listPodResources(ctx, o.socket); err != nil {
 		return err
 	}
 	rows := debugMappingRows(ctx, entries, src, resolver, netdevExists)
@@ -206,6 +224,11 @@ func debugMappingRows(ctx context.Context, entries []*podresourcesv1.PodResource
 		for _, a := range atts {
 			row := debugMapping{Pod: name, Network: a.Network(), Interface: a.Interface, Resource: a.ResourceName, VFPCI: a.DeviceID}
 			vf, err := resolver.Resolve(a.DeviceID)
+			if errors.Is(err, errNotResolvedOffline) {
+				row.unresolved = true
+				rows = append(rows, row)
+				continue
+			}
 			if err != nil {
 				row.Error = err.Error()
 				rows = append(rows, row)
@@ -268,6 +291,8 @@ func writeDebugMappings(w io.Writer, format string, rows []debugMapping) error {
 		}
 		if r.RepresentorExists {
 			exists = "yes"
+		} else if r.unresolved {
+			exists = "-"
 		}
 		if r.Error != "" {
 			problems = append(problems, r.Pod+" "+r.Network+"@"+r.Interface+": "+r.Error)

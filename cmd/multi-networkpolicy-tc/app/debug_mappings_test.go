@@ -154,3 +154,45 @@ func TestDebugMappingsCommandLine(t *testing.T) {
 		})
 	}
 }
+
+// TestDebugMappingsFromFilesAlone: the PodResources answer saved by `debug
+// podresources` on one machine is mapped elsewhere with no kubelet and no
+// /sys; bad files are refused naming the file.
+func TestDebugMappingsFromFilesAlone(t *testing.T) {
+	const p0, p1 = "example.com/cx6dx_p0", "example.com/cx6dx_p1"
+	socket := serveDebugPodResources(t,
+		&podresourcesv1.PodResources{Namespace: "tenant-a", Name: "web", Containers: []*podresourcesv1.ContainerResources{
+			debugContainer("app", p0, "0000:3b:00.3", "0000:3b:00.2")}},
+		&podresourcesv1.PodResources{Namespace: "tenant-b", Name: "broken", Containers: []*podresourcesv1.ContainerResources{
+			debugContainer("app", p1, "0000:3b:08.3", "0000:3b:08.4")}},
+	)
+	saved, errOut, code := runCLI(t, "debug", "podresources", "--podresources-socket", socket)
+	if code != 0 {
+		t.Fatalf("debug podresources: exit %d: %s", code, errOut)
+	}
+	dir := t.TempDir()
+	file := filepath.Join(dir, "podresources.json")
+	if err := os.WriteFile(file, []byte(saved), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, code := runCLI(t, "debug", "mappings", "--offline", "-f", "testdata/debug-mappings-manifests.yaml",
+		"--podresources-file", file, "--podresources-socket", "/nonexistent/kubelet.sock")
+	if code != exitFailure || !strings.Contains(errOut, "1 attachment problem(s)") {
+		t.Errorf("exit %d, stderr %q; want 1 and the broken pod", code, errOut)
+	}
+	checkDebugGolden(t, "debug-mappings-files.table.golden", []byte(out))
+
+	bad := filepath.Join(dir, "bad.json")
+	for content, want := range map[string]string{
+		`{"pods": []}`:                       "not a PodResources List answer",
+		`{"pod_resources": [{"name": "x"}]}`: "pod_resources[0]: namespace and name are required",
+	} {
+		if err := os.WriteFile(bad, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		_, errOut, code := runCLI(t, "debug", "mappings", "--offline", "-f", "testdata/debug-mappings-manifests.yaml", "--podresources-file", bad)
+		if code != exitBadInput || !strings.Contains(errOut, bad) || !strings.Contains(errOut, want) {
+			t.Errorf("%s: exit %d, stderr %q; want %d naming the file and %q", content, code, errOut, exitBadInput, want)
+		}
+	}
+}

@@ -44,8 +44,8 @@ annotation.
 Exit codes: 0 ok; 2 unreadable input (bad YAML, unknown kind, unknown field,
 unknown --pod); 3 rendered, but some objects have invalid fields (listed on
 stderr; their faulty parts allow nothing).`,
-		Example: `  multi-networkpolicy-tc render -f docs/examples/default-deny.yaml
-  multi-networkpolicy-tc render -f docs/examples/ -o json --pod ns1/web
+		Example: `  multi-networkpolicy-tc render -f docs/examples/01-default-deny.yaml -f docs/examples/00-cluster.yaml
+  multi-networkpolicy-tc render -f docs/examples/ -o json --pod blue/server
   multi-networkpolicy-tc render -f policy.yaml -f pods.yaml -o tc --dev eth5`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {

@@ -2,9 +2,12 @@ package app
 
 import (
 	"bytes"
+	"encoding/json"
 	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -46,6 +49,37 @@ func TestRenderExamples(t *testing.T) {
 			golden(t, "examples."+format, out)
 		})
 	}
+}
+
+// TestRenderJSONFieldNames: every key of render -o json is lowerCamelCase,
+// as Kubernetes API objects are.
+func TestRenderJSONFieldNames(t *testing.T) {
+	out, errOut, code := runCLI(t, "render", "-f", "../../../docs/examples", "-o", "json")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	var doc any
+	if err := json.Unmarshal([]byte(out), &doc); err != nil {
+		t.Fatal(err)
+	}
+	camel := regexp.MustCompile(`^[a-z][a-zA-Z0-9]*$`)
+	var walk func(path string, v any)
+	walk = func(path string, v any) {
+		switch v := v.(type) {
+		case map[string]any:
+			for k, e := range v {
+				if !camel.MatchString(k) {
+					t.Errorf("%s.%s: not lowerCamelCase", path, k)
+				}
+				walk(path+"."+k, e)
+			}
+		case []any:
+			for i, e := range v {
+				walk(fmt.Sprintf("%s[%d]", path, i), e)
+			}
+		}
+	}
+	walk("", doc)
 }
 
 func TestRenderOnePod(t *testing.T) {

@@ -5,6 +5,7 @@ package app
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os/exec"
 	"strings"
 	"testing"
@@ -76,6 +77,16 @@ func TestKernelCleanupRemovesOnlyOurs(t *testing.T) {
 		}
 		return tcdriver.CleanupResult{Dev: "absent"}
 	}
+
+	var text, textErr strings.Builder
+	if code := Main([]string{"cleanup", "--dry-run", "--dev", "cln0", "--dev", "cln1", "--dev", "cln2"}, &text, &textErr); code != 0 {
+		t.Fatalf("cleanup --dry-run: exit %d: %s", code, textErr.String())
+	}
+	wantLast := fmt.Sprintf("would remove %d filters of ours from 2 devices; 4 foreign filters kept\n", 2*ours)
+	if !strings.HasSuffix(text.String(), wantLast) {
+		t.Errorf("cleanup --dry-run printed:\n%s\nwant it to end with %q", text.String(), wantLast)
+	}
+	t.Logf("cleanup --dry-run:\n%s", text.String())
 
 	dry := run("--dry-run")
 	if got := find(dry, "cln0"); got.Removed != ours || got.Kept != 2 {

@@ -119,35 +119,17 @@ func randPacket(rng *rand.Rand) (policy.Packet, Packet) {
 }
 
 // toTC builds the frame of a policy packet as the hook enforcing its
-// direction sees it.
+// direction sees it, with the test pod's address.
 func toTC(pp policy.Packet, srcPort uint16) Packet {
 	pod := podIPv4
-	eth := EthIPv4
 	if pp.Remote.Is6() {
-		pod, eth = podIPv6, EthIPv6
+		pod = podIPv6
 	}
-	p := Packet{EthType: eth, IPProto: pp.Protocol.IPProto(), SrcPort: srcPort, DstPort: pp.Port}
-	switch pp.Protocol {
-	case policy.ICMP: // the first packet of an ICMP "connection": echo request
-		p.IPProto, p.ICMPType, p.SrcPort, p.DstPort = ProtoICMP, 8, 0, 0
-	case policy.ICMPv6:
-		p.IPProto, p.ICMPType, p.SrcPort, p.DstPort = ProtoICMPv6, 128, 0, 0
-	}
-	if pp.Direction == policy.Ingress {
-		p.Src, p.Dst = pp.Remote, pod
-	} else {
-		p.Src, p.Dst = pod, pp.Remote
-	}
-	return p
+	return FrameFor(pp, pod, srcPort)
 }
 
 // hookOf is the representor hook that enforces a pod direction.
-func hookOf(d policy.Direction) Hook {
-	if d == policy.Egress {
-		return HookIngress
-	}
-	return HookEgress
-}
+func hookOf(d policy.Direction) Hook { return HookFor(d) }
 
 // reply is the first reply packet of p's connection.
 func reply(p Packet) Packet {

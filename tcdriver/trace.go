@@ -64,6 +64,9 @@ type TraceResult struct {
 	Verdict Verdict
 	// Path lists the filters that matched, in order.
 	Path []string
+	// Hits are the filters that matched, in order (Path without the
+	// no-match and ct steps).
+	Hits []*Filter
 	// CtState is the conntrack state the packet carried at the end.
 	CtState uint16
 }
@@ -163,6 +166,7 @@ func Trace(filters []*Filter, h Hook, p Packet, ct *Conntrack) TraceResult {
 			return res
 		}
 		res.Path = append(res.Path, fmt.Sprintf("chain %d pref %d", hit.Chain, hit.Prio))
+		res.Hits = append(res.Hits, hit)
 		next, done := false, false
 		for _, a := range hit.Actions {
 			switch a.Kind {

@@ -210,28 +210,33 @@ func writeRuleSetText(w io.Writer, rs *policy.RuleSet, enforced bool) {
 		fmt.Fprintf(w, "  %s: isolated by %s\n", d, strings.Join(dr.Policies, ", "))
 		fmt.Fprintf(w, "    always allowed: %s; replies of allowed connections (stateful)\n", always)
 		peerWord := map[policy.Direction]string{policy.Ingress: "from", policy.Egress: "to"}[d]
-		for _, r := range dr.Rules {
-			peers := "any address"
-			if !r.AnyPeer {
-				ps := make([]string, len(r.Peers))
-				for i, p := range r.Peers {
-					ps[i] = p.String()
-				}
-				peers = strings.Join(ps, ", ")
-			}
-			ports := "all protocols and ports"
-			if len(r.Ports) > 0 {
-				ps := make([]string, len(r.Ports))
-				for i, p := range r.Ports {
-					ps[i] = p.String()
-				}
-				ports = strings.Join(ps, ", ")
-			}
-			fmt.Fprintf(w, "    allow %s %s on %s   # %s\n", peerWord, peers, ports, strings.Join(r.Origins, "; "))
+		for i := range dr.Rules {
+			fmt.Fprintf(w, "    %s   # %s\n", ruleText(&dr.Rules[i], peerWord), strings.Join(dr.Rules[i].Origins, "; "))
 		}
 		if len(dr.Rules) == 0 {
 			fmt.Fprintf(w, "    allow nothing else (deny all)\n")
 		}
 	}
 	fmt.Fprintln(w)
+}
+
+// ruleText renders a rule as "allow from PEERS on PORTS".
+func ruleText(r *policy.Rule, peerWord string) string {
+	peers := "any address"
+	if !r.AnyPeer {
+		ps := make([]string, len(r.Peers))
+		for i, p := range r.Peers {
+			ps[i] = p.String()
+		}
+		peers = strings.Join(ps, ", ")
+	}
+	ports := "all protocols and ports"
+	if len(r.Ports) > 0 {
+		ps := make([]string, len(r.Ports))
+		for i, p := range r.Ports {
+			ps[i] = p.String()
+		}
+		ports = strings.Join(ps, ", ")
+	}
+	return fmt.Sprintf("allow %s %s on %s", peerWord, peers, ports)
 }

@@ -23,7 +23,7 @@ func runCLI(t *testing.T, args ...string) (stdout, stderr string, code int) {
 
 func golden(t *testing.T, name, got string) {
 	t.Helper()
-	path := filepath.Join("testdata", "render", name)
+	path := filepath.Join("testdata", name)
 	if *updateGolden {
 		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
 			t.Fatal(err)
@@ -46,7 +46,7 @@ func TestRenderExamples(t *testing.T) {
 			if code != 0 {
 				t.Fatalf("exit %d: %s", code, errOut)
 			}
-			golden(t, "examples."+format, out)
+			golden(t, "render/examples."+format, out)
 		})
 	}
 }

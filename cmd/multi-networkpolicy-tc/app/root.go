@@ -93,6 +93,7 @@ func NewRootCommand(stdout, stderr io.Writer) *cobra.Command {
 	root.AddCommand(newDebugCommand(stdout))
 	root.AddCommand(newVersionCommand(stdout))
 	root.AddCommand(newCleanupCommand(stdout))
+	root.AddCommand(newExplainCommand(stdout))
 	return root
 }
 

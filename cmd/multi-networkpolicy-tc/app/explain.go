@@ -1,0 +1,350 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/sirupsen/logrus"
+	"github.com/spf13/cobra"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/policy"
+	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/tcdriver"
+)
+
+// exitDisagreement: explain found the installed filters, the computed
+// rules or the reference evaluator disagreeing on the verdict.
+const exitDisagreement = 4
+
+type explainOptions struct {
+	files          []string
+	kubeconfig     string
+	pod            string
+	network        string
+	from, to       string
+	proto          string
+	port           int
+	dev            string
+	networkPlugins []string
+	acceptICMP     bool
+	acceptICMPv6   bool
+}
+
+func newExplainCommand(stdout io.Writer) *cobra.Command {
+	o := &explainOptions{}
+	cmd := &cobra.Command{
+		Use:   "explain --pod NS/NAME (--from ADDR | --to ADDR) [--proto tcp --port 80]",
+		Short: "Say whether a connection to or from a pod is allowed, by which policy rule, and its path through the TC filters",
+		Long: `explain decides one new connection of a pod's secondary network the way the
+agent enforces it, and says why:
+
+  - the verdict, and the policy rules that allow it (e.g. "blue/allow-from-red
+    ingress[0]") or the policies that isolate the pod when it is denied;
+  - the path of its first packet through the TC filters computed for the
+    attachment (the representor hook, each chain and filter it matches);
+  - with --dev, the path through the filters installed on that representor
+    of this node, with each filter's in_hw (offloaded) flag;
+  - any disagreement between the installed filters, the computed rules and
+    the reference evaluator (policy.Evaluate, which reads the API objects
+    directly). A disagreement exits 4.
+
+Policies, pods, namespaces and NADs come from manifests (-f, as render reads
+them) or, without -f, from the API server (--kubeconfig, else $KUBECONFIG,
+else in-cluster). Pass the agent's --network-plugins and --accept-icmp flags
+so that the rules are the agent's.
+
+Exit codes: 0 explained (allowed or denied); 2 bad input; 4 disagreement.`,
+		Example: `  multi-networkpolicy-tc explain -f docs/examples/ --pod blue/server --from 10.10.0.20 --proto tcp --port 8080
+  multi-networkpolicy-tc explain -f docs/examples/ --pod blue/client --to 10.10.0.11 --proto udp --port 53
+  multi-networkpolicy-tc explain --pod blue/server --from 10.10.0.20 --port 8080 --dev ens1f0npf0vf0`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runExplain(cmd.Context(), o, cmd.InOrStdin(), stdout)
+		},
+	}
+	f := cmd.Flags()
+	f.StringSliceVarP(&o.files, "filename", "f", nil, "manifest file or directory (repeatable; - for stdin); default: the API server")
+	f.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig file, without -f (default: $KUBECONFIG, then in-cluster)")
+	f.StringVar(&o.pod, "pod", "", "the pod (namespace/name)")
+	f.StringVar(&o.network, "network", "", "only this network of the pod (namespace/name of its NAD)")
+	f.StringVar(&o.from, "from", "", "a connection to the pod from this address (the pod's ingress)")
+	f.StringVar(&o.to, "to", "", "a connection from the pod to this address (the pod's egress)")
+	f.StringVar(&o.proto, "proto", "tcp", "tcp, udp, sctp, icmp or icmpv6")
+	f.IntVar(&o.port, "port", 0, "the destination port (tcp, udp, sctp)")
+	f.StringVar(&o.dev, "dev", "", "also trace through the filters installed on this representor of this node")
+	f.StringSliceVar(&o.networkPlugins, "network-plugins", policy.DefaultNetworkPlugins, "CNI plugin types whose networks are enforced (the agent's flag)")
+	f.BoolVar(&o.acceptICMP, "accept-icmp", false, "the agent's --accept-icmp")
+	f.BoolVar(&o.acceptICMPv6, "accept-icmpv6", false, "the agent's --accept-icmpv6")
+	return cmd
+}
+
+// explainPacket parses the connection of the command line.
+func (o *explainOptions) packet() (policy.Packet, error) {
+	var pp policy.Packet
+	if (o.from == "") == (o.to == "") {
+		return pp, errors.New("give exactly one of --from (to the pod) and --to (from the pod)")
+	}
+	addr, dir, flag := o.from, policy.Ingress, "--from"
+	if o.to != "" {
+		addr, dir, flag = o.to, policy.Egress, "--to"
+	}
+	remote, err := netip.ParseAddr(addr)
+	if err != nil {
+		return pp, fmt.Errorf("%s %q: not an IP address", flag, addr)
+	}
+	pp.Direction, pp.Remote = dir, remote.Unmap()
+	switch strings.ToLower(o.proto) {
+	case "tcp":
+		pp.Protocol = policy.TCP
+	case "udp":
+		pp.Protocol = policy.UDP
+	case "sctp":
+		pp.Protocol = policy.SCTP
+	case "icmp":
+		pp.Protocol = policy.ICMP
+	case "icmpv6":
+		pp.Protocol = policy.ICMPv6
+	default:
+		return pp, fmt.Errorf("--proto %q: want tcp, udp, sctp, icmp or icmpv6", o.proto)
+	}
+	icmp := pp.Protocol == policy.ICMP || pp.Protocol == policy.ICMPv6
+	switch {
+	case icmp && o.port != 0:
+		return pp, fmt.Errorf("--port %d: %s has no ports", o.port, o.proto)
+	case !icmp && (o.port < 1 || o.port > 65535):
+		return pp, fmt.Errorf("--port %d: %s needs a port 1-65535", o.port, o.proto)
+	case pp.Protocol == policy.ICMP && pp.Remote.Is6(), pp.Protocol == policy.ICMPv6 && pp.Remote.Is4():
+		return pp, fmt.Errorf("--proto %s with the address %s of the other family", o.proto, pp.Remote)
+	}
+	pp.Port = uint16(o.port)
+	return pp, nil
+}
+
+func runExplain(ctx context.Context, o *explainOptions, stdin io.Reader, stdout io.Writer) error {
+	pp, err := o.packet()
+	if err != nil {
+		return badInput(err)
+	}
+	ns, name, ok := strings.Cut(o.pod, "/")
+	if !ok || ns == "" || name == "" {
+		return badInput(fmt.Errorf("--pod %q: want namespace/name", o.pod))
+	}
+	var objs *policy.Objects
+	if len(o.files) > 0 {
+		if objs, err = readManifests(o.files, stdin); err != nil {
+			return badInput(err)
+		}
+	} else if objs, err = listObjects(ctx, o.kubeconfig); err != nil {
+		return err
+	}
+	opts := policy.Options{NetworkPlugins: o.networkPlugins, AcceptICMP: o.acceptICMP, AcceptICMPv6: o.acceptICMPv6}
+	engine := policy.NewEngine(opts)
+	atts, _ := loadEngine(engine, objs)
+	atts = slices.DeleteFunc(atts, func(a policy.Attachment) bool {
+		return a.PodNamespace != ns || a.PodName != name || (o.network != "" && a.Network.String() != o.network)
+	})
+	if len(atts) == 0 {
+		return badInput(fmt.Errorf("--pod %s: no such pod with a secondary network%s", o.pod, map[bool]string{true: " " + o.network, false: ""}[o.network != ""]))
+	}
+	engine.SetAttachments(atts)
+	var installed *tcdriver.State
+	if o.dev != "" {
+		drv, err := tcdriver.New(tcdriver.Options{}, logrus.StandardLogger(), nil)
+		if err != nil {
+			return err
+		}
+		installed, err = drv.Dump(ctx, o.dev)
+		_ = drv.Close()
+		if err != nil {
+			return err
+		}
+	}
+	disagree := false
+	for _, att := range atts {
+		rs, _ := engine.Compute(att)
+		e := explanation{att: att, pp: pp, rs: rs, enforced: engine.Enforced(att.Network),
+			reference: policy.Evaluate(objs, opts, att, pp), installed: installed, dev: o.dev}
+		if err := e.write(ctx, stdout); err != nil {
+			return err
+		}
+		disagree = disagree || e.disagree
+	}
+	if disagree {
+		return &ExitError{Code: exitDisagreement, Err: errors.New("the verdicts disagree; see above")}
+	}
+	return nil
+}
+
+// explanation is one attachment's answer.
+type explanation struct {
+	att       policy.Attachment
+	pp        policy.Packet
+	rs        *policy.RuleSet
+	enforced  bool
+	reference bool
+	installed *tcdriver.State
+	dev       string
+	disagree  bool
+}
+
+func verdictWord(allowed bool) string {
+	if allowed {
+		return "allowed"
+	}
+	return "denied"
+}
+
+func (e *explanation) write(ctx context.Context, w io.Writer) error {
+	dir, peerWord, remoteWord := "ingress", "from", "from"
+	if e.pp.Direction == policy.Egress {
+		dir, peerWord, remoteWord = "egress", "to", "to"
+	}
+	conn := strings.ToLower(string(e.pp.Protocol))
+	if e.pp.Port != 0 {
+		conn += "/" + strconv.Itoa(int(e.pp.Port))
+	}
+	p := &debugTableWriter{w: w}
+	p.printf("%s: %s %s %s %s\n", e.att, dir, remoteWord, e.pp.Remote, conn)
+	allowed := !e.enforced || e.rs.Allows(e.pp)
+	p.printf("  verdict: %s\n", verdictWord(allowed))
+	d := e.rs.Direction(e.pp.Direction)
+	switch {
+	case !e.enforced:
+		p.printf("  not enforced: the network's NAD is unknown or its plugin type is not in --network-plugins\n")
+	case !d.Isolated:
+		p.printf("  not isolated: no MultiNetworkPolicy selects this pod for %s on this network\n", dir)
+	default:
+		p.printf("  isolated by %s\n", strings.Join(d.Policies, ", "))
+		matched := false
+		for i := range d.Rules {
+			r := &d.Rules[i]
+			if r.MatchesPeer(e.pp.Remote) && r.MatchesPort(e.pp.Protocol, e.pp.Port) {
+				matched = true
+				p.printf("  allowed by %s: %s\n", strings.Join(r.Origins, "; "), ruleText(r, peerWord))
+			}
+		}
+		if !matched && allowed {
+			p.printf("  allowed by --accept-%s\n", strings.ToLower(string(e.pp.Protocol)))
+		}
+		if !allowed {
+			p.printf("  no rule of these policies allows it\n")
+		}
+	}
+	if e.reference != allowed {
+		e.disagree = true
+		p.printf("  DISAGREEMENT: the reference evaluator says %s\n", verdictWord(e.reference))
+	} else {
+		p.printf("  the reference evaluator agrees\n")
+	}
+	if !e.enforced {
+		p.printf("\n")
+		return p.err
+	}
+
+	hook := tcdriver.HookFor(e.pp.Direction)
+	frame := tcdriver.FrameFor(e.pp, unspecified(e.pp.Remote), 40000)
+	computed := tcdriver.NewFake(tcdriver.Options{}, "computed")
+	if err := computed.Apply(ctx, "computed", e.rs); err != nil {
+		return fmt.Errorf("%s: compiling the rules: %w", e.att, err)
+	}
+	st, _ := computed.Dump(ctx, "computed")
+	res := tcdriver.Trace(st.Filters, hook, frame, tcdriver.NewConntrack())
+	p.printf("  computed filters, representor %s hook: %s\n", hook, res.Verdict)
+	writeHits(p, res, false)
+	if (res.Verdict == tcdriver.Pass) != allowed {
+		e.disagree = true
+		p.printf("  DISAGREEMENT: the computed filters %s what the rules %s\n", map[bool]string{true: "pass", false: "drop"}[res.Verdict == tcdriver.Pass], verdictWord(allowed))
+	}
+	if e.installed != nil {
+		got := tcdriver.Trace(e.installed.Filters, hook, frame, tcdriver.NewConntrack())
+		inHW, total := e.installed.InHWCount()
+		p.printf("  installed on %s (%d filters of ours, %d in hardware): %s\n", e.dev, total, inHW, got.Verdict)
+		writeHits(p, got, true)
+		for _, f := range e.installed.Filters {
+			if f.Foreign && f.Hook == hook && f.Chain == 0 {
+				p.printf("  note: a foreign filter runs in chain 0 (%s); explain cannot evaluate it, and if it ends classification first our filters do not see the packet\n", f)
+			}
+		}
+		switch {
+		case total == 0:
+			e.disagree = true
+			p.printf("  DISAGREEMENT: no filter of ours is installed on %s\n", e.dev)
+		case got.Verdict != res.Verdict:
+			e.disagree = true
+			p.printf("  DISAGREEMENT: the installed filters %s, the computed ones %s\n", got.Verdict, res.Verdict)
+		}
+	}
+	p.printf("\n")
+	return p.err
+}
+
+func writeHits(p *debugTableWriter, res tcdriver.TraceResult, inHW bool) {
+	for _, f := range res.Hits {
+		hw := ""
+		if inHW {
+			hw = map[bool]string{true: "  [in_hw]", false: "  [not_in_hw]"}[f.InHW]
+		}
+		p.printf("    %s%s\n", f, hw)
+	}
+	if n := len(res.Path); n > 0 && strings.HasSuffix(res.Path[n-1], "no match") {
+		p.printf("    %s: pass\n", res.Path[n-1])
+	}
+}
+
+func unspecified(like netip.Addr) netip.Addr {
+	if like.Is6() {
+		return netip.IPv6Unspecified()
+	}
+	return netip.IPv4Unspecified()
+}
+
+// listObjects reads what policy depends on from the API server.
+func listObjects(ctx context.Context, kubeconfig string) (*policy.Objects, error) {
+	rules := clientcmd.NewDefaultClientConfigLoadingRules()
+	rules.ExplicitPath = kubeconfig
+	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{}).ClientConfig()
+	if err != nil {
+		return nil, fmt.Errorf("API server config (--kubeconfig, $KUBECONFIG or in-cluster; or use -f): %w", err)
+	}
+	c, err := ClientsForConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	objs := &policy.Objects{}
+	pods, err := c.Kube.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("listing pods: %w", err)
+	}
+	for i := range pods.Items {
+		objs.Pods = append(objs.Pods, &pods.Items[i])
+	}
+	nss, err := c.Kube.CoreV1().Namespaces().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("listing namespaces: %w", err)
+	}
+	for i := range nss.Items {
+		objs.Namespaces = append(objs.Namespaces, &nss.Items[i])
+	}
+	nads, err := c.NAD.K8sCniCncfIoV1().NetworkAttachmentDefinitions("").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("listing NetworkAttachmentDefinitions: %w", err)
+	}
+	for i := range nads.Items {
+		objs.NADs = append(objs.NADs, &nads.Items[i])
+	}
+	mnps, err := c.MNP.K8sCniCncfIoV1beta1().MultiNetworkPolicies("").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("listing MultiNetworkPolicies: %w", err)
+	}
+	for i := range mnps.Items {
+		objs.Policies = append(objs.Policies, &mnps.Items[i])
+	}
+	return objs, nil
+}

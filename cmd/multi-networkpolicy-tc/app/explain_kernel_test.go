@@ -1,0 +1,81 @@
+//go:build kernel
+
+package app
+
+import (
+	"context"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/policy"
+	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/tcdriver"
+	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/test/datapath"
+)
+
+// TestKernelExplainInstalled runs `explain --dev` against filters the real
+// driver installed on a representor: it agrees while they are the
+// computed ones, reports each filter's in_hw, and exits 4 naming the
+// disagreement when the installed filters drift or are gone.
+func TestKernelExplainInstalled(t *testing.T) {
+	datapath.RequireBed(t)
+	ctx := context.Background()
+	datapath.Run(t, "ip", "link", "add", "exp0", "type", "veth", "peer", "name", "exp0p")
+	datapath.Run(t, "ip", "link", "set", "exp0", "up")
+	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", "exp0").Run() })
+
+	objs, err := readManifests([]string{"../../../docs/examples"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	engine := policy.NewEngine(policy.Options{})
+	atts, _ := loadEngine(engine, objs)
+	engine.SetAttachments(atts)
+	var server *policy.RuleSet
+	for _, a := range atts {
+		if a.PodNamespace == "blue" && a.PodName == "server" {
+			server, _ = engine.Compute(a)
+		}
+	}
+	if server == nil {
+		t.Fatal("no blue/server attachment in docs/examples")
+	}
+	drv, err := tcdriver.New(tcdriver.Options{}, logrus.StandardLogger(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = drv.Close() }()
+	explain := func() (string, int) {
+		out, errOut, code := runCLI(t, "explain", "-f", "../../../docs/examples", "--pod", "blue/server",
+			"--from", "10.10.0.20", "--proto", "tcp", "--port", "8080", "--dev", "exp0")
+		return out + errOut, code
+	}
+
+	if err := drv.Apply(ctx, "exp0", server); err != nil {
+		t.Fatal(err)
+	}
+	out, code := explain()
+	if code != 0 || !strings.Contains(out, "installed on exp0 (") || !strings.Contains(out, "[not_in_hw]") || strings.Contains(out, "DISAGREEMENT") {
+		t.Errorf("installed = computed: exit %d:\n%s", code, out)
+	}
+	t.Logf("explain --dev:\n%s", out)
+
+	denyAll := &policy.RuleSet{Ingress: policy.DirectionRules{Isolated: true, Stateful: true}}
+	if err := drv.Apply(ctx, "exp0", denyAll); err != nil {
+		t.Fatal(err)
+	}
+	out, code = explain()
+	if code != exitDisagreement || !strings.Contains(out, "DISAGREEMENT: the installed filters drop, the computed ones pass") {
+		t.Errorf("drifted filters: exit %d:\n%s", code, out)
+	}
+
+	if err := drv.Remove(ctx, "exp0"); err != nil {
+		t.Fatal(err)
+	}
+	out, code = explain()
+	if code != exitDisagreement || !strings.Contains(out, "DISAGREEMENT: no filter of ours is installed on exp0") {
+		t.Errorf("no filters: exit %d:\n%s", code, out)
+	}
+}

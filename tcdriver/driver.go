@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"sort"
+	"sync"
 
 	"github.com/sirupsen/logrus"
 
@@ -67,6 +69,12 @@ type reconciler struct {
 	stats   Stats
 	last    Stats
 	metrics *Metrics
+
+	// applied is the rule set each representor enforces since the last
+	// successful Apply, for the counters collector (which scrapes from
+	// another goroutine).
+	appliedMu sync.Mutex
+	applied   map[string]*policy.RuleSet
 }
 
 func newReconciler(k kernel, opts Options, log logrus.FieldLogger) *reconciler {
@@ -75,7 +83,7 @@ func newReconciler(k kernel, opts Options, log logrus.FieldLogger) *reconciler {
 		l.SetLevel(logrus.WarnLevel)
 		log = l
 	}
-	return &reconciler{k: k, opts: opts.withDefaults(), log: log}
+	return &reconciler{k: k, opts: opts.withDefaults(), log: log, applied: map[string]*policy.RuleSet{}}
 }
 
 // Stats returns the cumulative kernel operations.
@@ -116,7 +124,26 @@ func (r *reconciler) Apply(ctx context.Context, dev string, rs *policy.RuleSet) 
 	if d := r.stats.sub(start); d.Adds+d.Replaces+d.Deletes+d.Flushes > 0 {
 		r.reportOffload(dev)
 	}
+	r.setApplied(dev, rs)
 	return nil
+}
+
+func (r *reconciler) setApplied(dev string, rs *policy.RuleSet) {
+	r.appliedMu.Lock()
+	defer r.appliedMu.Unlock()
+	if rs == nil {
+		delete(r.applied, dev)
+	} else {
+		r.applied[dev] = rs
+	}
+}
+
+// Applied returns the rule set each representor enforces, as of the last
+// successful Apply (Remove forgets it). Safe to call concurrently.
+func (r *reconciler) Applied() map[string]*policy.RuleSet {
+	r.appliedMu.Lock()
+	defer r.appliedMu.Unlock()
+	return maps.Clone(r.applied)
 }
 
 // hookState is what the kernel holds on one hook, split by ownership.
@@ -553,6 +580,7 @@ func (r *reconciler) del(dev string, f *Filter) error {
 }
 
 func (r *reconciler) Remove(ctx context.Context, dev string) error {
+	r.setApplied(dev, nil) // its counters stop being reported now
 	start := r.stats
 	defer func() { r.last = r.stats.sub(start) }()
 	ok, err := r.k.hasClsact(dev)

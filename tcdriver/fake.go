@@ -253,3 +253,20 @@ func opError(op, dev string, f *Filter, err error) error {
 	return fmt.Errorf("tc filter %s on representor %s %s chain %d pref %d protocol %s handle 0x%x: %w",
 		op, dev, f.Hook, f.Chain, f.Prio, ethName(f.Protocol), f.Handle, err)
 }
+
+// Send runs a packet through hook h of dev as the kernel would (Trace) and
+// counts it on every filter it matched, as the kernel's action counters
+// do, so that tests of counters read what traffic did.
+func (f *Fake) Send(dev string, h Hook, p Packet, ct *Conntrack) (TraceResult, error) {
+	f.k.mu.Lock()
+	defer f.k.mu.Unlock()
+	d, err := f.k.dev(dev)
+	if err != nil {
+		return TraceResult{}, err
+	}
+	res := Trace(d.filters, h, p, ct)
+	for _, hit := range res.Hits {
+		hit.Packets++
+	}
+	return res, nil
+}

@@ -1,7 +1,15 @@
 package tcdriver
 
 import (
+	"context"
+	"errors"
+	"slices"
+	"strings"
+
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/sirupsen/logrus"
+
+	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/policy"
 )
 
 // Metrics exports how many of the driver's filters are offloaded.
@@ -33,3 +41,90 @@ func (m *Metrics) forget(dev string) {
 
 // Collector returns the gauge, for tests and custom registries.
 func (m *Metrics) Collector() prometheus.Collector { return m.filters }
+
+// RuleSetSource tells the counters collector which rule set each
+// representor enforces; the driver's Applied does.
+type RuleSetSource interface {
+	Applied() map[string]*policy.RuleSet
+}
+
+// CountersCollector exports the packet counters of our filters per
+// attachment and per policy rule. It reads them at scrape time with one
+// dump per representor, through its own Driver (its own netlink socket, so
+// a scrape never waits for or races with programming). Labels, and why
+// their number is bounded (docs/troubleshooting.md#metrics): a series per
+// local attachment and direction (namespace, pod, network, direction,
+// verdict), and one per rule of an isolated direction (plus rule, the
+// policy rules it came from, e.g. "blue/allow-from-red ingress[0]"). Both
+// are bounded by this node's pods and the policies selecting them. The
+// values are the kernel's counters: they restart from zero when a rule's
+// filters are replaced, which Prometheus' rate() treats as a reset.
+type CountersCollector struct {
+	source RuleSetSource
+	dumper Driver
+	opts   Options
+	log    logrus.FieldLogger
+
+	packets, rulePackets *prometheus.Desc
+}
+
+// NewCountersCollector returns the collector; dumper reads the kernel.
+func NewCountersCollector(source RuleSetSource, dumper Driver, opts Options, log logrus.FieldLogger) *CountersCollector {
+	if log == nil {
+		log = logrus.StandardLogger()
+	}
+	labels := []string{"namespace", "pod", "network", "direction"}
+	return &CountersCollector{source: source, dumper: dumper, opts: opts, log: log,
+		packets: prometheus.NewDesc("multi_networkpolicy_tc_packets_total",
+			"Packets our filters decided per attachment and direction: verdict allowed counts the first packets of new connections a rule or --accept-icmp allowed; dropped counts every packet dropped.",
+			append(labels, "verdict"), nil),
+		rulePackets: prometheus.NewDesc("multi_networkpolicy_tc_rule_packets_total",
+			"First packets of new connections allowed by each rule of an isolated direction; rule names the policy rules it came from, or accept-icmp.",
+			append(labels, "rule"), nil),
+	}
+}
+
+// Describe implements prometheus.Collector.
+func (c *CountersCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.packets
+	ch <- c.rulePackets
+}
+
+// Collect implements prometheus.Collector.
+func (c *CountersCollector) Collect(ch chan<- prometheus.Metric) {
+	for dev, rs := range c.source.Applied() {
+		st, err := c.dumper.Dump(context.Background(), dev)
+		if err != nil {
+			if !errors.Is(err, ErrNoDevice) {
+				c.log.WithError(err).WithField("representor", dev).Warn("reading filter counters")
+			}
+			continue
+		}
+		att := rs.Attachment
+		for _, d := range []policy.Direction{policy.Ingress, policy.Egress} {
+			dr := rs.Direction(d)
+			cnt, ok := CountersOf(st, HookFor(d), dr, c.opts)
+			if !ok {
+				continue
+			}
+			labels := []string{att.PodNamespace, att.PodName, att.Network.String(), d.String()}
+			with := func(v string) []string { return append(slices.Clip(labels), v) }
+			ch <- prometheus.MustNewConstMetric(c.packets, prometheus.CounterValue, float64(cnt.Allowed()), with("allowed")...)
+			ch <- prometheus.MustNewConstMetric(c.packets, prometheus.CounterValue, float64(cnt.Dropped), with("dropped")...)
+			if !dr.Isolated {
+				continue
+			}
+			// Rules with the same origins share a series.
+			byRule := map[string]uint64{}
+			for i, n := range cnt.Rules {
+				byRule[strings.Join(dr.Rules[i].Origins, "; ")] += n
+			}
+			if dr.AcceptICMP || dr.AcceptICMPv6 {
+				byRule["accept-icmp"] += cnt.ICMP
+			}
+			for rule, n := range byRule {
+				ch <- prometheus.MustNewConstMetric(c.rulePackets, prometheus.CounterValue, float64(n), with(rule)...)
+			}
+		}
+	}
+}

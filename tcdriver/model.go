@@ -195,6 +195,9 @@ type Filter struct {
 	Cookie []byte
 	// InHW is read back from the kernel: the filter is offloaded to hardware.
 	InHW bool
+	// Packets and Bytes are read back from the kernel: what the filter
+	// matched, in software and in hardware.
+	Packets, Bytes uint64
 	// Foreign marks a filter the driver did not install (or cannot parse);
 	// it is never modified.
 	Foreign bool

@@ -41,7 +41,11 @@ const (
 
 	tcaActKind    = 1
 	tcaActOptions = 2
+	tcaActStats   = 4
 	tcaActCookie  = 6
+
+	// struct gnet_stats_basic inside TCA_ACT_STATS: u64 bytes, u32 packets.
+	tcaStatsBasic = 1
 
 	tcaGactParms = 2
 
@@ -653,7 +657,12 @@ func decodeActions(data []byte, f *Filter) bool {
 		return false
 	}
 	ok := true
-	for ad.Next() {
+	for first := true; ad.Next(); first = false {
+		if first {
+			// Every packet the filter matches runs its first action, so
+			// that action's counters are the filter's.
+			f.Packets, f.Bytes = actionCounters(ad.Bytes())
+		}
 		a, cookie, good := decodeAction(ad.Bytes())
 		if !good {
 			ok = false
@@ -738,3 +747,28 @@ func decodeAction(data []byte) (Action, []byte, bool) {
 
 // netlinkCreateExcl are the flags of `tc filter add`.
 const netlinkCreateExcl = netlink.Acknowledge | netlink.Create | netlink.Excl
+
+// actionCounters reads an action's packet and byte counters (TCA_ACT_STATS
+// -> TCA_STATS_BASIC): software and, where the driver reports them at dump
+// time (flower refreshes offloaded filters' stats then), hardware hits.
+func actionCounters(data []byte) (packets, bytes uint64) {
+	ad, err := netlink.NewAttributeDecoder(data)
+	if err != nil {
+		return 0, 0
+	}
+	for ad.Next() {
+		if ad.Type() != tcaActStats {
+			continue
+		}
+		sd, err := netlink.NewAttributeDecoder(ad.Bytes())
+		if err != nil {
+			return 0, 0
+		}
+		for sd.Next() {
+			if b := sd.Bytes(); sd.Type() == tcaStatsBasic && len(b) >= 12 {
+				return uint64(binary.NativeEndian.Uint32(b[8:12])), binary.NativeEndian.Uint64(b[0:8])
+			}
+		}
+	}
+	return 0, 0
+}

@@ -372,6 +372,13 @@ func newAgentCommandRunner(opts *AgentOptions) func(*cobra.Command, []string) er
 			return err
 		}
 		defer func() { _ = drv.Close() }()
+		// The counters collector reads the filters through its own socket.
+		counters, err := tcdriver.New(tcdriver.Options{}, logrus.StandardLogger(), nil)
+		if err != nil {
+			return err
+		}
+		defer func() { _ = counters.Close() }()
+		reg.MustRegister(tcdriver.NewCountersCollector(drv, counters, tcdriver.Options{}, logrus.StandardLogger()))
 		agent, err := NewAgent(AgentConfig{
 			Options:      *opts,
 			Clients:      clients,

@@ -267,6 +267,15 @@ func (e *explanation) write(ctx context.Context, w io.Writer) error {
 		inHW, total := e.installed.InHWCount()
 		p.printf("  installed on %s (%d filters of ours, %d in hardware): %s\n", e.dev, total, inHW, got.Verdict)
 		writeHits(p, got, true)
+		if cnt, ok := tcdriver.CountersOf(e.installed, hook, d, tcdriver.Options{}); ok {
+			p.printf("  counters on %s since its filters were installed: %d new connections allowed, %d packets dropped\n", e.dev, cnt.Allowed(), cnt.Dropped)
+			for i, n := range cnt.Rules {
+				p.printf("    %d  %s\n", n, strings.Join(d.Rules[i].Origins, "; "))
+			}
+			if d.AcceptICMP || d.AcceptICMPv6 {
+				p.printf("    %d  --accept-icmp\n", cnt.ICMP)
+			}
+		}
 		for _, f := range e.installed.Filters {
 			if f.Foreign && f.Hook == hook && f.Chain == 0 {
 				p.printf("  note: a foreign filter runs in chain 0 (%s); explain cannot evaluate it, and if it ends classification first our filters do not see the packet\n", f)
@@ -289,7 +298,7 @@ func writeHits(p *debugTableWriter, res tcdriver.TraceResult, inHW bool) {
 	for _, f := range res.Hits {
 		hw := ""
 		if inHW {
-			hw = map[bool]string{true: "  [in_hw]", false: "  [not_in_hw]"}[f.InHW]
+			hw = fmt.Sprintf("  [%s, %d packets]", map[bool]string{true: "in_hw", false: "not_in_hw"}[f.InHW], f.Packets)
 		}
 		p.printf("    %s%s\n", f, hw)
 	}

@@ -4,9 +4,13 @@ package app
 
 import (
 	"context"
+	"net"
+	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/sirupsen/logrus"
 
@@ -57,10 +61,38 @@ func TestKernelExplainInstalled(t *testing.T) {
 		t.Fatal(err)
 	}
 	out, code := explain()
-	if code != 0 || !strings.Contains(out, "installed on exp0 (") || !strings.Contains(out, "[not_in_hw]") || strings.Contains(out, "DISAGREEMENT") {
+	if code != 0 || !strings.Contains(out, "installed on exp0 (") || !strings.Contains(out, "[not_in_hw, 0 packets]") || strings.Contains(out, "DISAGREEMENT") {
 		t.Errorf("installed = computed: exit %d:\n%s", code, out)
 	}
-	t.Logf("explain --dev:\n%s", out)
+
+	// Traffic: the host sends through exp0's egress hook (the pod's
+	// ingress) one SYN that rule blue/allow-from-red ingress[0] allows
+	// and one that no rule allows; the kernel's counters must show both.
+	mac, err := os.ReadFile("/sys/class/net/exp0p/address")
+	if err != nil {
+		t.Fatal(err)
+	}
+	datapath.Run(t, "ip", "addr", "add", "10.10.0.20/24", "dev", "exp0")
+	datapath.Run(t, "ip", "neigh", "add", "10.10.0.99", "lladdr", strings.TrimSpace(string(mac)), "dev", "exp0")
+	for _, port := range []string{"8080", "5005"} {
+		if c, err := net.DialTimeout("tcp", "10.10.0.99:"+port, 300*time.Millisecond); err == nil {
+			_ = c.Close() // nothing listens behind exp0p; the SYN is what counts
+		}
+	}
+	st, err := drv.Dump(ctx, "exp0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cnt, ok := tcdriver.CountersOf(st, tcdriver.HookFor(policy.Ingress), &server.Ingress, tcdriver.Options{})
+	rule := slices.IndexFunc(server.Ingress.Rules, func(r policy.Rule) bool { return slices.Contains(r.Origins, "blue/allow-from-red ingress[0]") })
+	if !ok || rule < 0 || cnt.Rules[rule] < 1 || cnt.Dropped < 1 {
+		t.Errorf("counters %+v (active %v); want blue/allow-from-red ingress[0] (rule %d) and dropped at least 1", cnt, ok, rule)
+	}
+	out, code = explain()
+	if code != 0 || !strings.Contains(out, "counters on exp0 since its filters were installed:") || strings.Contains(out, "0 new connections allowed") {
+		t.Errorf("explain after traffic: exit %d:\n%s", code, out)
+	}
+	t.Logf("explain --dev after traffic:\n%s", out)
 
 	denyAll := &policy.RuleSet{Ingress: policy.DirectionRules{Isolated: true, Stateful: true}}
 	if err := drv.Apply(ctx, "exp0", denyAll); err != nil {

@@ -10,12 +10,17 @@ import (
 	"strconv"
 	"strings"
 
+	nadv1 "github.com/k8snetworkplumbingwg/network-attachment-definition-client/pkg/apis/k8s.cni.cncf.io/v1"
 	"github.com/sirupsen/logrus"
 	"github.com/spf13/cobra"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/clientcmd"
+	podresourcesv1 "k8s.io/kubelet/pkg/apis/podresources/v1"
 
+	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/podresources"
 	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/policy"
+	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/sriov"
 	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/tcdriver"
 )
 
@@ -32,6 +37,8 @@ type explainOptions struct {
 	proto          string
 	port           int
 	dev            string
+	onNode         bool
+	socket         string
 	networkPlugins []string
 	acceptICMP     bool
 	acceptICMPv6   bool
@@ -49,8 +56,10 @@ agent enforces it, and says why:
     ingress[0]") or the policies that isolate the pod when it is denied;
   - the path of its first packet through the TC filters computed for the
     attachment (the representor hook, each chain and filter it matches);
-  - with --dev, the path through the filters installed on that representor
-    of this node, with each filter's in_hw (offloaded) flag;
+  - on the pod's node (--on-node, or --dev naming the representor), the path
+    through the filters installed on its representor, with each filter's
+    in_hw (offloaded) flag and packet counter, and the direction's counters
+    per rule;
   - any disagreement between the installed filters, the computed rules and
     the reference evaluator (policy.Evaluate, which reads the API objects
     directly). A disagreement exits 4.
@@ -63,10 +72,28 @@ so that the rules are the agent's.
 Exit codes: 0 explained (allowed or denied); 2 bad input; 4 disagreement.`,
 		Example: `  multi-networkpolicy-tc explain -f docs/examples/ --pod blue/server --from 10.10.0.20 --proto tcp --port 8080
   multi-networkpolicy-tc explain -f docs/examples/ --pod blue/client --to 10.10.0.11 --proto udp --port 53
+  multi-networkpolicy-tc explain --pod blue/server --from 10.10.0.20 --port 8080 --on-node
   multi-networkpolicy-tc explain --pod blue/server --from 10.10.0.20 --port 8080 --dev ens1f0npf0vf0`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return runExplain(cmd.Context(), o, cmd.InOrStdin(), stdout)
+			node := &explainNode{
+				podResources: func(ctx context.Context) ([]*podresourcesv1.PodResources, error) {
+					if err := podresources.CheckSocket(o.socket); err != nil {
+						return nil, err
+					}
+					return listPodResources(ctx, o.socket)
+				},
+				resolver: sriov.NewSysfsResolver(),
+			}
+			if o.onNode || o.dev != "" {
+				drv, err := tcdriver.New(tcdriver.Options{}, logrus.StandardLogger(), nil)
+				if err != nil {
+					return err
+				}
+				defer func() { _ = drv.Close() }()
+				node.driver = drv
+			}
+			return runExplain(cmd.Context(), o, node, cmd.InOrStdin(), stdout)
 		},
 	}
 	f := cmd.Flags()
@@ -79,6 +106,8 @@ Exit codes: 0 explained (allowed or denied); 2 bad input; 4 disagreement.`,
 	f.StringVar(&o.proto, "proto", "tcp", "tcp, udp, sctp, icmp or icmpv6")
 	f.IntVar(&o.port, "port", 0, "the destination port (tcp, udp, sctp)")
 	f.StringVar(&o.dev, "dev", "", "also trace through the filters installed on this representor of this node")
+	f.BoolVar(&o.onNode, "on-node", false, "find the pod's representors on this node (PodResources and sysfs, as debug mappings) and trace through their installed filters")
+	f.StringVar(&o.socket, "podresources-socket", podresources.DefaultSocket, "the kubelet's PodResources socket (with --on-node)")
 	f.StringSliceVar(&o.networkPlugins, "network-plugins", policy.DefaultNetworkPlugins, "CNI plugin types whose networks are enforced (the agent's flag)")
 	f.BoolVar(&o.acceptICMP, "accept-icmp", false, "the agent's --accept-icmp")
 	f.BoolVar(&o.acceptICMPv6, "accept-icmpv6", false, "the agent's --accept-icmpv6")
@@ -127,7 +156,7 @@ func (o *explainOptions) packet() (policy.Packet, error) {
 	return pp, nil
 }
 
-func runExplain(ctx context.Context, o *explainOptions, stdin io.Reader, stdout io.Writer) error {
+func runExplain(ctx context.Context, o *explainOptions, node *explainNode, stdin io.Reader, stdout io.Writer) error {
 	pp, err := o.packet()
 	if err != nil {
 		return badInput(err)
@@ -154,33 +183,90 @@ func runExplain(ctx context.Context, o *explainOptions, stdin io.Reader, stdout 
 		return badInput(fmt.Errorf("--pod %s: no such pod with a secondary network%s", o.pod, map[bool]string{true: " " + o.network, false: ""}[o.network != ""]))
 	}
 	engine.SetAttachments(atts)
-	var installed *tcdriver.State
-	if o.dev != "" {
-		drv, err := tcdriver.New(tcdriver.Options{}, logrus.StandardLogger(), nil)
-		if err != nil {
-			return err
-		}
-		installed, err = drv.Dump(ctx, o.dev)
-		_ = drv.Close()
-		if err != nil {
+	var reps map[string]representorOf
+	if o.onNode && o.dev == "" {
+		if reps, err = node.representors(ctx, objs); err != nil {
 			return err
 		}
 	}
 	disagree := false
+	var nodeErrs []error
 	for _, att := range atts {
 		rs, _ := engine.Compute(att)
 		e := explanation{att: att, pp: pp, rs: rs, enforced: engine.Enforced(att.Network),
-			reference: policy.Evaluate(objs, opts, att, pp), installed: installed, dev: o.dev}
+			reference: policy.Evaluate(objs, opts, att, pp), dev: o.dev}
+		if r, ok := reps[nodeKey(att)]; o.onNode && o.dev == "" {
+			if !ok {
+				r.err = fmt.Errorf("%s: not in this node's PodResources (is the pod on this node?)", att)
+			}
+			e.dev = r.dev
+			if r.err != nil {
+				nodeErrs = append(nodeErrs, r.err)
+				e.dev = ""
+			}
+		}
+		if e.dev != "" {
+			if e.installed, err = node.driver.Dump(ctx, e.dev); err != nil {
+				return err
+			}
+		}
 		if err := e.write(ctx, stdout); err != nil {
 			return err
 		}
 		disagree = disagree || e.disagree
+	}
+	if err := errors.Join(nodeErrs...); err != nil {
+		return fmt.Errorf("finding the representors on this node: %w", err)
 	}
 	if disagree {
 		return &ExitError{Code: exitDisagreement, Err: errors.New("the verdicts disagree; see above")}
 	}
 	return nil
 }
+
+// explainNode is what explain reads of the node: the kubelet's PodResources,
+// sysfs (VF -> representor) and the installed filters.
+type explainNode struct {
+	podResources func(ctx context.Context) ([]*podresourcesv1.PodResources, error)
+	resolver     sriov.Resolver
+	driver       tcdriver.Driver
+}
+
+type representorOf struct {
+	dev string
+	err error
+}
+
+// representors maps each local attachment to its VF's representor, as the
+// agent and `debug mappings` do.
+func (n *explainNode) representors(ctx context.Context, objs *policy.Objects) (map[string]representorOf, error) {
+	entries, err := n.podResources(ctx)
+	if err != nil {
+		return nil, err
+	}
+	src := &debugManifests{pods: map[string]*corev1.Pod{}, nads: map[string]*nadv1.NetworkAttachmentDefinition{}}
+	for _, p := range objs.Pods {
+		src.pods[p.Namespace+"/"+p.Name] = p
+	}
+	for _, d := range objs.NADs {
+		src.nads[d.Namespace+"/"+d.Name] = d
+	}
+	out := map[string]representorOf{}
+	for _, row := range debugMappingRows(ctx, entries, src, n.resolver, func(string) (bool, error) { return true, nil }) {
+		ns, name, _ := strings.Cut(row.Pod, "/")
+		netNS, netName, _ := strings.Cut(row.Network, "/")
+		att := policy.Attachment{PodNamespace: ns, PodName: name, Network: policy.NetworkRef{Namespace: netNS, Name: netName}, Interface: row.Interface}
+		r := representorOf{dev: row.Representor}
+		if row.Error != "" {
+			r.err = fmt.Errorf("%s: %s", row.Pod, row.Error)
+		}
+		out[nodeKey(att)] = r
+	}
+	return out, nil
+}
+
+// nodeKey identifies an attachment by pod, network and interface.
+func nodeKey(a policy.Attachment) string { return a.ID() + "@" + a.Interface }
 
 // explanation is one attachment's answer.
 type explanation struct {

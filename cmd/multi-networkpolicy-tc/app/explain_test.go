@@ -1,8 +1,15 @@
 package app
 
 import (
+	"context"
 	"strings"
 	"testing"
+
+	podresourcesv1 "k8s.io/kubelet/pkg/apis/podresources/v1"
+
+	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/policy"
+	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/sriov/sriovtest"
+	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/tcdriver"
 )
 
 // TestExplainExamples explains connections of the docs/examples scenarios:
@@ -52,5 +59,54 @@ func TestExplainBadInput(t *testing.T) {
 		if code != exitBadInput || !strings.Contains(errOut, tt.want) {
 			t.Errorf("%v: exit %d, stderr %q; want %d and %q", tt.args, code, errOut, exitBadInput, tt.want)
 		}
+	}
+}
+
+// TestExplainOnNode: with --on-node, explain finds the pod's representor
+// through PodResources and sysfs as the agent does, traces the filters
+// installed there, and reports a pod that is not on this node.
+func TestExplainOnNode(t *testing.T) {
+	ctx := context.Background()
+	objs, err := readManifests([]string{"../../../docs/examples"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	engine := policy.NewEngine(policy.Options{})
+	atts, _ := loadEngine(engine, objs)
+	engine.SetAttachments(atts)
+	var server *policy.RuleSet
+	for _, a := range atts {
+		if a.PodNamespace == "blue" && a.PodName == "server" {
+			server, _ = engine.Compute(a)
+		}
+	}
+	nic := sriovtest.ConnectX6Dx()
+	const rep = "ens1f0npf0vf0" // the representor of VF 0000:3b:00.2
+	drv := tcdriver.NewFake(tcdriver.Options{}, rep)
+	if err := drv.Apply(ctx, rep, server); err != nil {
+		t.Fatal(err)
+	}
+	node := &explainNode{
+		podResources: func(context.Context) ([]*podresourcesv1.PodResources, error) {
+			return []*podresourcesv1.PodResources{{Namespace: "blue", Name: "server", Containers: []*podresourcesv1.ContainerResources{
+				debugContainer("server", "mellanox.com/cx6dx_p0", "0000:3b:00.2")}}}, nil
+		},
+		resolver: nic.Fake(),
+		driver:   drv,
+	}
+	explain := func(pod string) (string, error) {
+		o := &explainOptions{files: []string{"../../../docs/examples"}, pod: pod, from: "10.10.0.20", proto: "tcp", port: 8080,
+			onNode: true, networkPlugins: policy.DefaultNetworkPlugins}
+		var out strings.Builder
+		err := runExplain(ctx, o, node, nil, &out)
+		return out.String(), err
+	}
+	out, err := explain("blue/server")
+	if err != nil || !strings.Contains(out, "installed on "+rep+" (") || strings.Contains(out, "DISAGREEMENT") {
+		t.Errorf("blue/server: %v\n%s", err, out)
+	}
+	out, err = explain("blue/client")
+	if err == nil || !strings.Contains(err.Error(), "blue/client net1 (network blue/sriov-a): not in this node's PodResources") || strings.Contains(out, "installed on") {
+		t.Errorf("blue/client (not on this node): %v\n%s", err, out)
 	}
 }

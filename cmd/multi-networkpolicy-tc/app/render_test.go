@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -132,5 +133,30 @@ func TestRenderBadInput(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestHelpExamplesRun runs every example of --help that reads docs/examples
+// (from the repository root), so that the help never shows a path or pod
+// that does not exist.
+func TestHelpExamplesRun(t *testing.T) {
+	n := 0
+	for _, cmd := range NewRootCommand(io.Discard, io.Discard).Commands() {
+		for line := range strings.SplitSeq(cmd.Example, "\n") {
+			args := strings.Fields(line)
+			if len(args) < 2 || args[0] != "multi-networkpolicy-tc" || !strings.Contains(line, "docs/examples") {
+				continue
+			}
+			for i, a := range args {
+				args[i] = strings.ReplaceAll(a, "docs/examples", "../../../docs/examples")
+			}
+			n++
+			if _, errOut, code := runCLI(t, args[1:]...); code != 0 {
+				t.Errorf("%s: exit %d: %s", line, code, errOut)
+			}
+		}
+	}
+	if n < 4 {
+		t.Errorf("ran %d examples; want the render and explain ones", n)
 	}
 }

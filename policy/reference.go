@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
@@ -302,4 +303,71 @@ func refPodExposes(p *corev1.Pod, name string, proto Protocol, port uint16) bool
 		}
 	}
 	return false
+}
+
+// AllowedBy names, the way the reference evaluator reads the API objects,
+// every policy rule that allows pkt for att, down to the peer and port
+// that match: "ns/name ingress[i] from[j] ports[k]" (from[j] is left out
+// when the rule has no peers, ports[k] when it has no ports). It is empty
+// when no rule allows the packet (it may still pass: not isolated, not
+// enforced, or an accept-ICMP flag). explain prints it beside the
+// engine's answer.
+func AllowedBy(objs *Objects, opts Options, att Attachment, pkt Packet) []string {
+	pod := refFindPod(objs, att.PodNamespace, att.PodName)
+	if pod == nil {
+		return nil
+	}
+	var out []string
+	for _, p := range objs.Policies {
+		if p.Namespace != pod.Namespace || !refPolicyFor(p, att.Network) || !refPolicyIsolates(p, pkt.Direction) {
+			continue
+		}
+		sel, err := metav1.LabelSelectorAsSelector(&p.Spec.PodSelector)
+		if err != nil || !sel.Matches(labels.Set(pod.Labels)) {
+			continue
+		}
+		type rule struct {
+			peers []mnpv1beta1.MultiNetworkPolicyPeer
+			ports []mnpv1beta1.MultiNetworkPolicyPort
+		}
+		dir, peerWord := "ingress", "from"
+		var rules []rule
+		if pkt.Direction == Ingress {
+			for _, r := range p.Spec.Ingress {
+				rules = append(rules, rule{r.From, r.Ports})
+			}
+		} else {
+			dir, peerWord = "egress", "to"
+			for _, r := range p.Spec.Egress {
+				rules = append(rules, rule{r.To, r.Ports})
+			}
+		}
+		for i, r := range rules {
+			peers, ports := r.peers, r.ports
+			var peerIdx []string
+			if len(peers) == 0 {
+				peerIdx = []string{""}
+			}
+			for j := range peers {
+				if refPeerMatches(objs, p.Namespace, &peers[j], att.Network, pkt.Remote) {
+					peerIdx = append(peerIdx, fmt.Sprintf(" %s[%d]", peerWord, j))
+				}
+			}
+			var portIdx []string
+			if len(ports) == 0 {
+				portIdx = []string{""}
+			}
+			for k, port := range ports {
+				if refPortMatches(objs, pod, att.Network, port, pkt) {
+					portIdx = append(portIdx, fmt.Sprintf(" ports[%d]", k))
+				}
+			}
+			for _, pi := range peerIdx {
+				for _, ki := range portIdx {
+					out = append(out, fmt.Sprintf("%s/%s %s[%d]%s%s", p.Namespace, p.Name, dir, i, pi, ki))
+				}
+			}
+		}
+	}
+	return out
 }

@@ -194,7 +194,7 @@ func runExplain(ctx context.Context, o *explainOptions, node *explainNode, stdin
 	for _, att := range atts {
 		rs, _ := engine.Compute(att)
 		e := explanation{att: att, pp: pp, rs: rs, enforced: engine.Enforced(att.Network),
-			reference: policy.Evaluate(objs, opts, att, pp), dev: o.dev}
+			reference: policy.Evaluate(objs, opts, att, pp), referenceRules: policy.AllowedBy(objs, opts, att, pp), dev: o.dev}
 		if r, ok := reps[nodeKey(att)]; o.onNode && o.dev == "" {
 			if !ok {
 				r.err = fmt.Errorf("%s: not in this node's PodResources (is the pod on this node?)", att)
@@ -275,9 +275,12 @@ type explanation struct {
 	rs        *policy.RuleSet
 	enforced  bool
 	reference bool
-	installed *tcdriver.State
-	dev       string
-	disagree  bool
+	// referenceRules are the policy rules, peers and ports that allow the
+	// packet, as the reference evaluator reads the objects.
+	referenceRules []string
+	installed      *tcdriver.State
+	dev            string
+	disagree       bool
 }
 
 func verdictWord(allowed bool) string {
@@ -323,10 +326,13 @@ func (e *explanation) write(ctx context.Context, w io.Writer) error {
 			p.printf("  no rule of these policies allows it\n")
 		}
 	}
-	if e.reference != allowed {
+	switch {
+	case e.reference != allowed:
 		e.disagree = true
 		p.printf("  DISAGREEMENT: the reference evaluator says %s\n", verdictWord(e.reference))
-	} else {
+	case len(e.referenceRules) > 0:
+		p.printf("  the reference evaluator agrees: allowed by %s\n", strings.Join(e.referenceRules, ", "))
+	default:
 		p.printf("  the reference evaluator agrees\n")
 	}
 	if !e.enforced {

@@ -99,15 +99,18 @@ func TestUpstreamDaemonSetArguments(t *testing.T) {
 			// Read the log up to the health server's address.
 			lines := bufio.NewScanner(stderr)
 			var logged []map[string]any
-			healthAddr := ""
+			healthAddr, metricsAddr := "", ""
 			for healthAddr == "" && lines.Scan() {
 				var entry map[string]any
 				if err := json.Unmarshal(lines.Bytes(), &entry); err != nil {
 					t.Fatalf("log line is not JSON (%v): %s", err, lines.Text())
 				}
 				logged = append(logged, entry)
-				if entry["msg"] == "serving health probes" {
+				switch entry["msg"] {
+				case "serving health probes":
 					healthAddr, _ = entry["address"].(string)
+				case "serving metrics":
+					metricsAddr, _ = entry["address"].(string)
 				}
 			}
 			if healthAddr == "" {
@@ -122,6 +125,10 @@ func TestUpstreamDaemonSetArguments(t *testing.T) {
 			_ = resp.Body.Close()
 			if resp.StatusCode != http.StatusOK {
 				t.Errorf("/healthz: %s", resp.Status)
+			}
+			if metrics := get(t, "http://"+metricsAddr+"/metrics"); !strings.Contains(metrics, `multi_networkpolicy_tc_build_info{build_date="2026-01-02T03:04:05Z",commit="0123abc",go_version="`) ||
+				!strings.Contains(metrics, `version="v9.8.7-test"} 1`) {
+				t.Errorf("/metrics has no build_info of this build:\n%s", metrics)
 			}
 
 			for _, arg := range upstream {
@@ -152,6 +159,20 @@ func TestUpstreamDaemonSetArguments(t *testing.T) {
 			}
 		})
 	}
+}
+
+func get(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = resp.Body.Close() }()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(body)
 }
 
 func readArgs(t *testing.T, file string) []string {

@@ -66,8 +66,9 @@ func TestVersion(t *testing.T) {
 // (nothing listens there, so the informers keep retrying, as they do when
 // the API server is down), a PodResources socket, free ports and a node
 // name. It asserts the agent starts and stays up (its liveness probe
-// answers), logs each upstream flag once as mapped or ignored, and exits on
-// SIGTERM.
+// answers), logs each upstream flag once as mapped or ignored, exports its
+// build on /metrics, says that the kubelet's socket is missing, and exits
+// on SIGTERM.
 func TestUpstreamDaemonSetArguments(t *testing.T) {
 	files, err := filepath.Glob("testdata/upstream/*.args")
 	if err != nil || len(files) < 3 {
@@ -145,6 +146,14 @@ func TestUpstreamDaemonSetArguments(t *testing.T) {
 				if n != 1 {
 					t.Errorf("%s: logged %d times as mapped or ignored, want once; log: %v", arg, n, logged)
 				}
+			}
+			// Nothing serves the test's PodResources socket: the agent keeps
+			// running (the kubelet may come later) but says so at once.
+			if !slices.ContainsFunc(logged, func(e map[string]any) bool {
+				msg, _ := e["msg"].(string)
+				return e["level"] == "error" && strings.Contains(msg, "mount the kubelet's pod-resources directory")
+			}) {
+				t.Errorf("no error about the missing PodResources socket: %v", logged)
 			}
 			if !slices.ContainsFunc(logged, func(e map[string]any) bool { return e["version"] == "v9.8.7-test" }) {
 				t.Errorf("the version is not logged at start: %v", logged)

@@ -360,6 +360,12 @@ func newAgentCommandRunner(opts *AgentOptions) func(*cobra.Command, []string) er
 		if err != nil {
 			return err
 		}
+		// The kubelet may still be starting, so this is no reason to exit;
+		// but a DaemonSet that does not mount the socket (upstream
+		// multi-networkpolicy-tc's) must say so at once.
+		if err := podresources.CheckSocket(opts.PodResourcesSocket); err != nil {
+			logrus.WithError(err).Error("no pod is mapped to its VF, and so none is enforced, until the socket is there: mount the kubelet's pod-resources directory (docs/deployment.md)")
+		}
 		pr, err := podresources.New(opts.PodResourcesSocket, podresources.Options{})
 		if err != nil {
 			return err

@@ -2,12 +2,15 @@ package app
 
 import (
 	"fmt"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/sirupsen/logrus"
 	"github.com/spf13/pflag"
+
+	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/podresources"
 )
 
 // Drop-in compatibility: every flag that the DaemonSets of upstream
@@ -43,7 +46,6 @@ const (
 
 var legacyFlags = []legacyFlag{
 	// multi-networkpolicy-iptables.
-	{"host-prefix", legacyString, "the agent reads only /sys and the PodResources socket, mounted at their own paths"},
 	{"container-runtime", legacyString, insteadRuntime},
 	{"container-runtime-endpoint", legacyString, insteadRuntime},
 	{"allow-ipv6-src-prefix", legacyString, insteadIPv6},
@@ -75,6 +77,7 @@ var legacyFlags = []legacyFlag{
 type compatFlags struct {
 	syncPeriodSeconds int
 	podIPTables       string
+	hostPrefix        string
 }
 
 // addCompatFlags registers the agent's upstream flags on fs, hidden from
@@ -85,6 +88,8 @@ func addCompatFlags(fs *pflag.FlagSet, c *compatFlags) {
 	hidden("sync-period")
 	fs.StringVar(&c.podIPTables, "pod-iptables", "", "multi-networkpolicy-iptables' rule dump directory; same as --pod-rules-path")
 	hidden("pod-iptables")
+	fs.StringVar(&c.hostPrefix, "host-prefix", "", "multi-networkpolicy-iptables' host file system mount; the PodResources socket is looked for under it")
+	hidden("host-prefix")
 	for _, l := range legacyFlags {
 		switch l.kind {
 		case legacyBool:
@@ -117,6 +122,16 @@ func applyCompatFlags(fs *pflag.FlagSet, c *compatFlags, o *AgentOptions, log lo
 		} else {
 			o.PodRulesPath = c.podIPTables
 			log.Warnf("flag --pod-iptables is deprecated: read as --pod-rules-path=%s", c.podIPTables)
+		}
+	}
+	// multi-networkpolicy-iptables' DaemonSet mounts the host's / at
+	// --host-prefix and nothing else of ours: the kubelet's socket is there.
+	if fs.Changed("host-prefix") {
+		if fs.Changed("podresources-socket") {
+			log.Warnf("flag --host-prefix is ignored: --podresources-socket=%s is set", o.PodResourcesSocket)
+		} else {
+			o.PodResourcesSocket = filepath.Join(c.hostPrefix, podresources.DefaultSocket)
+			log.Warnf("flag --host-prefix=%s is deprecated: read as --podresources-socket=%s", c.hostPrefix, o.PodResourcesSocket)
 		}
 	}
 	for _, l := range legacyFlags {

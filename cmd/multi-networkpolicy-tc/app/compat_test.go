@@ -8,6 +8,8 @@ import (
 	"github.com/sirupsen/logrus"
 	"github.com/sirupsen/logrus/hooks/test"
 	"github.com/spf13/pflag"
+
+	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/podresources"
 )
 
 func TestParseLogLevelReadsNamesAndKlogVerbosity(t *testing.T) {
@@ -54,6 +56,7 @@ func TestCompatFlagsMapOntoOurs(t *testing.T) {
 		args     []string
 		resync   time.Duration
 		rules    string
+		socket   string
 		warnings []string
 		err      string
 	}{
@@ -64,9 +67,13 @@ func TestCompatFlagsMapOntoOurs(t *testing.T) {
 		{name: "sync-period zero", args: []string{"--sync-period=0"}, err: "--sync-period=0: must be at least 1 (seconds)"},
 		{name: "pod-iptables", args: []string{"--pod-iptables=/var/lib/x"}, resync: DefaultResyncPeriod, rules: "/var/lib/x",
 			warnings: []string{"flag --pod-iptables is deprecated: read as --pod-rules-path=/var/lib/x"}},
-		{name: "ignored flags", args: []string{"--host-prefix=/host", "--logtostderr", "--log_file_max_size=1800"}, resync: DefaultResyncPeriod,
+		{name: "host-prefix", args: []string{"--host-prefix=/host"}, resync: DefaultResyncPeriod, socket: "/host/var/lib/kubelet/pod-resources/kubelet.sock",
+			warnings: []string{"flag --host-prefix=/host is deprecated: read as --podresources-socket=/host/var/lib/kubelet/pod-resources/kubelet.sock"}},
+		{name: "host-prefix with our socket flag", args: []string{"--host-prefix=/host", "--podresources-socket=/run/k.sock"}, resync: DefaultResyncPeriod, socket: "/run/k.sock",
+			warnings: []string{"flag --host-prefix is ignored: --podresources-socket=/run/k.sock is set"}},
+		{name: "ignored flags", args: []string{"--container-runtime=docker", "--logtostderr", "--log_file_max_size=1800"}, resync: DefaultResyncPeriod,
 			warnings: []string{
-				"flag --host-prefix is ignored: the agent reads only /sys and the PodResources socket, mounted at their own paths",
+				"flag --container-runtime is ignored: " + insteadRuntime,
 				"flag --logtostderr is ignored: " + insteadLogging,
 				"flag --log_file_max_size is ignored: " + insteadLogging,
 			}},
@@ -92,8 +99,11 @@ func TestCompatFlagsMapOntoOurs(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if opts.ResyncPeriod != tt.resync || opts.PodRulesPath != tt.rules {
-				t.Errorf("resync %s, pod rules %q; want %s, %q", opts.ResyncPeriod, opts.PodRulesPath, tt.resync, tt.rules)
+			if tt.socket == "" {
+				tt.socket = podresources.DefaultSocket
+			}
+			if opts.ResyncPeriod != tt.resync || opts.PodRulesPath != tt.rules || opts.PodResourcesSocket != tt.socket {
+				t.Errorf("resync %s, pod rules %q, socket %q; want %s, %q, %q", opts.ResyncPeriod, opts.PodRulesPath, opts.PodResourcesSocket, tt.resync, tt.rules, tt.socket)
 			}
 			var got []string
 			for _, e := range hook.AllEntries() {

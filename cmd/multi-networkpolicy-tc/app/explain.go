@@ -69,7 +69,8 @@ them) or, without -f, from the API server (--kubeconfig, else $KUBECONFIG,
 else in-cluster). Pass the agent's --network-plugins and --accept-icmp flags
 so that the rules are the agent's.
 
-Exit codes: 0 explained (allowed or denied); 2 bad input; 4 disagreement.`,
+Exit codes: 0 explained (allowed or denied); 1 the pod or its VF not found on
+this node (--on-node); 2 bad input; 4 disagreement.`,
 		Example: `  multi-networkpolicy-tc explain -f docs/examples/ --pod blue/server --from 10.10.0.20 --proto tcp --port 8080
   multi-networkpolicy-tc explain -f docs/examples/ --pod blue/client --to 10.10.0.11 --proto udp --port 53
   multi-networkpolicy-tc explain --pod blue/server --from 10.10.0.20 --port 8080 --on-node
@@ -196,7 +197,9 @@ func runExplain(ctx context.Context, o *explainOptions, node *explainNode, stdin
 		e := explanation{att: att, pp: pp, rs: rs, enforced: engine.Enforced(att.Network),
 			reference: policy.Evaluate(objs, opts, att, pp), referenceRules: policy.AllowedBy(objs, opts, att, pp), dev: o.dev}
 		if r, ok := reps[nodeKey(att)]; o.onNode && o.dev == "" {
-			if !ok {
+			if podErr, found := reps[att.PodNamespace+"/"+att.PodName]; !ok && found {
+				r = podErr // the pod could not be mapped at all
+			} else if !ok {
 				r.err = fmt.Errorf("%s: not in this node's PodResources (is the pod on this node?)", att)
 			}
 			e.dev = r.dev
@@ -237,8 +240,9 @@ type representorOf struct {
 	err error
 }
 
-// representors maps each local attachment to its VF's representor, as the
-// agent and `debug mappings` do.
+// representors maps each local attachment (nodeKey) to its VF's
+// representor, as the agent and `debug mappings` do; a pod that cannot be
+// mapped at all is under its namespace/name, with the error.
 func (n *explainNode) representors(ctx context.Context, objs *policy.Objects) (map[string]representorOf, error) {
 	entries, err := n.podResources(ctx)
 	if err != nil {
@@ -259,6 +263,10 @@ func (n *explainNode) representors(ctx context.Context, objs *policy.Objects) (m
 		r := representorOf{dev: row.Representor}
 		if row.Error != "" {
 			r.err = fmt.Errorf("%s: %s", row.Pod, row.Error)
+		}
+		if row.Network == "" {
+			out[row.Pod] = representorOf{err: errors.New(row.Error)} // the error names the pod
+			continue
 		}
 		out[nodeKey(att)] = r
 	}

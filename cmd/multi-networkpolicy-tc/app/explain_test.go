@@ -105,6 +105,16 @@ func TestExplainOnNode(t *testing.T) {
 	if err != nil || !strings.Contains(out, "installed on "+rep+" (") || strings.Contains(out, "DISAGREEMENT") {
 		t.Errorf("blue/server: %v\n%s", err, out)
 	}
+	// Two VFs for one network: the mapping's own error, naming the pod.
+	entries := node.podResources
+	node.podResources = func(context.Context) ([]*podresourcesv1.PodResources, error) {
+		return []*podresourcesv1.PodResources{{Namespace: "blue", Name: "server", Containers: []*podresourcesv1.ContainerResources{
+			debugContainer("server", "mellanox.com/cx6dx_p0", "0000:3b:00.2", "0000:3b:00.3")}}}, nil
+	}
+	if _, err := explain("blue/server"); err == nil || !strings.Contains(err.Error(), ": pod blue/server: resource mellanox.com/cx6dx_p0: device count does not match networks") {
+		t.Errorf("blue/server with two VFs: %v", err)
+	}
+	node.podResources = entries
 	out, err = explain("blue/client")
 	if err == nil || !strings.Contains(err.Error(), "blue/client net1 (network blue/sriov-a): not in this node's PodResources") || strings.Contains(out, "installed on") {
 		t.Errorf("blue/client (not on this node): %v\n%s", err, out)

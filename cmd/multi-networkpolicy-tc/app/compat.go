@@ -19,7 +19,7 @@ import (
 // image of an existing DaemonSet never ends in "unknown flag". A flag with a
 // meaning here is mapped onto ours; the others are accepted, hidden from
 // --help, and logged once as ignored, naming what to use instead.
-// docs/deployment.md#drop-in lists them; TestUpstreamDaemonSetArguments
+// docs/deployment.md#drop-in-for-upstream-daemonsets lists them; TestUpstreamDaemonSetArguments
 // runs the binary with both DaemonSets' argument lists.
 
 // legacyFlag is a flag accepted for compatibility and then ignored.
@@ -104,36 +104,34 @@ func addCompatFlags(fs *pflag.FlagSet, c *compatFlags) {
 // applyCompatFlags folds the mapped upstream flags into o and logs one line
 // for each upstream flag that was set. Our own spelling wins when both are.
 func applyCompatFlags(fs *pflag.FlagSet, c *compatFlags, o *AgentOptions, log logrus.FieldLogger) error {
-	if fs.Changed("sync-period") {
-		if c.syncPeriodSeconds < 1 {
-			return fmt.Errorf("--sync-period=%d: must be at least 1 (seconds)", c.syncPeriodSeconds)
-		}
-		d := time.Duration(c.syncPeriodSeconds) * time.Second
-		if fs.Changed("resync-period") {
-			log.Warnf("flag --sync-period is ignored: --resync-period=%s is set", o.ResyncPeriod)
-		} else {
-			o.ResyncPeriod = d
-			log.Warnf("flag --sync-period=%d is deprecated: read as --resync-period=%s", c.syncPeriodSeconds, d)
+	if fs.Changed("sync-period") && c.syncPeriodSeconds < 1 {
+		return fmt.Errorf("--sync-period=%d: must be at least 1 (seconds)", c.syncPeriodSeconds)
+	}
+	// mapOnto reads upstream flag as ours; set stores it and returns the
+	// value it gave ours.
+	mapOnto := func(upstream, ours string, set func() string) {
+		switch {
+		case !fs.Changed(upstream):
+		case fs.Changed(ours):
+			log.Warnf("flag --%s is ignored: --%s=%s is set", upstream, ours, fs.Lookup(ours).Value)
+		default:
+			log.Warnf("flag --%s=%s is deprecated: read as --%s=%s", upstream, fs.Lookup(upstream).Value, ours, set())
 		}
 	}
-	if fs.Changed("pod-iptables") {
-		if fs.Changed("pod-rules-path") {
-			log.Warnf("flag --pod-iptables is ignored: --pod-rules-path=%s is set", o.PodRulesPath)
-		} else {
-			o.PodRulesPath = c.podIPTables
-			log.Warnf("flag --pod-iptables is deprecated: read as --pod-rules-path=%s", c.podIPTables)
-		}
-	}
+	mapOnto("sync-period", "resync-period", func() string {
+		o.ResyncPeriod = time.Duration(c.syncPeriodSeconds) * time.Second
+		return o.ResyncPeriod.String()
+	})
+	mapOnto("pod-iptables", "pod-rules-path", func() string {
+		o.PodRulesPath = c.podIPTables
+		return o.PodRulesPath
+	})
 	// multi-networkpolicy-iptables' DaemonSet mounts the host's / at
 	// --host-prefix and nothing else of ours: the kubelet's socket is there.
-	if fs.Changed("host-prefix") {
-		if fs.Changed("podresources-socket") {
-			log.Warnf("flag --host-prefix is ignored: --podresources-socket=%s is set", o.PodResourcesSocket)
-		} else {
-			o.PodResourcesSocket = filepath.Join(c.hostPrefix, podresources.DefaultSocket)
-			log.Warnf("flag --host-prefix=%s is deprecated: read as --podresources-socket=%s", c.hostPrefix, o.PodResourcesSocket)
-		}
-	}
+	mapOnto("host-prefix", "podresources-socket", func() string {
+		o.PodResourcesSocket = filepath.Join(c.hostPrefix, podresources.DefaultSocket)
+		return o.PodResourcesSocket
+	})
 	for _, l := range legacyFlags {
 		if fs.Changed(l.name) {
 			log.Warnf("flag --%s is ignored: %s", l.name, l.instead)

@@ -66,7 +66,7 @@ func TestCompatFlagsMapOntoOurs(t *testing.T) {
 			warnings: []string{"flag --sync-period is ignored: --resync-period=2m0s is set"}},
 		{name: "sync-period zero", args: []string{"--sync-period=0"}, err: "--sync-period=0: must be at least 1 (seconds)"},
 		{name: "pod-iptables", args: []string{"--pod-iptables=/var/lib/x"}, resync: DefaultResyncPeriod, rules: "/var/lib/x",
-			warnings: []string{"flag --pod-iptables is deprecated: read as --pod-rules-path=/var/lib/x"}},
+			warnings: []string{"flag --pod-iptables=/var/lib/x is deprecated: read as --pod-rules-path=/var/lib/x"}},
 		{name: "host-prefix", args: []string{"--host-prefix=/host"}, resync: DefaultResyncPeriod, socket: "/host/var/lib/kubelet/pod-resources/kubelet.sock",
 			warnings: []string{"flag --host-prefix=/host is deprecated: read as --podresources-socket=/host/var/lib/kubelet/pod-resources/kubelet.sock"}},
 		{name: "host-prefix with our socket flag", args: []string{"--host-prefix=/host", "--podresources-socket=/run/k.sock"}, resync: DefaultResyncPeriod, socket: "/run/k.sock",

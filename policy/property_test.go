@@ -45,6 +45,15 @@ func TestRuleSetsMatchReferenceEvaluator(t *testing.T) {
 					t.Fatalf("seed %d (rerun: -property.seed=%d -property.scenarios=1): %s %+v: rule set says %v, reference says %v\nrule set: %s\npolicies: %s",
 						seed, seed, att, pkt, got, want, dumpJSON(rs), dumpJSON(s.Objects.Policies))
 				}
+				// explain's "allowed by": a named rule means allowed, and an
+				// isolated direction allowed other than by an ICMP flag
+				// has one.
+				by := policy.AllowedBy(&s.Objects, s.Options, att, pkt)
+				icmpFlag := (pkt.Protocol == policy.ICMP && s.Options.AcceptICMP) || (pkt.Protocol == policy.ICMPv6 && s.Options.AcceptICMPv6)
+				if (len(by) > 0 && !want) || (want && rs.Direction(pkt.Direction).Isolated && !icmpFlag && len(by) == 0) {
+					t.Fatalf("seed %d (rerun: -property.seed=%d -property.scenarios=1): %s %+v: allowed %v but AllowedBy %q\nrule set: %s",
+						seed, seed, att, pkt, want, by, dumpJSON(rs))
+				}
 			}
 		}
 	}

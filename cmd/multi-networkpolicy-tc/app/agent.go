@@ -105,6 +105,9 @@ type localAttachment struct {
 	att     policy.Attachment
 	podUID  types.UID
 	devices []string
+	// unmapped: VFs of the pod whose networks could not be read, isolated
+	// both ways (see unmappedAttachment); not known to the policy engine.
+	unmapped bool
 }
 
 type cachedResources struct {
@@ -116,6 +119,9 @@ type programmedState struct {
 	// reps maps VF PCI to the representor we programmed for it.
 	reps  map[string]string
 	state string
+	// good is the last rule set programmed from valid input, which a held
+	// attachment keeps (nil: none this run).
+	good *policy.RuleSet
 }
 
 // NewAgent validates the configuration and returns an agent ready to Run.

@@ -29,9 +29,12 @@ const (
 	statePending    = "pending"
 	stateProgrammed = "programmed"
 	stateFailed     = "failed"
+	// stateHeld: the attachment's input is unusable; it keeps its last
+	// good rules or is isolated both ways, and an Event says why.
+	stateHeld = "held"
 )
 
-var attachmentStates = []string{statePending, stateProgrammed, stateFailed}
+var attachmentStates = []string{statePending, stateProgrammed, stateFailed, stateHeld}
 
 // agentMetrics are the agent's Prometheus metrics. The TC driver exports
 // its own (filters per representor, split by in_hw) on the same registry.

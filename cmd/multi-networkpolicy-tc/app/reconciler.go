@@ -256,27 +256,43 @@ func needsDevices(pod *corev1.Pod) bool {
 }
 
 // mapPod maps a local pod's networks to the VFs the kubelet assigned it and
-// replaces its attachments. On error the pod keeps no attachment (its rules
-// are not guessed) and the error is reported on the pod when it runs.
+// replaces its attachments. What a running pod is attached to was fixed by
+// the CNI when it started, and the kubelet never changes a pod's devices,
+// so an attachment, once mapped for a pod UID, stays until the pod is gone,
+// finished, or the kubelet no longer lists the VF for it (res says so): a
+// later edit of the networks annotation or of a NAD cannot re-wire the pod,
+// and one the agent cannot read must not take its rules off (keepMapped).
+// A VF of the pod that cannot be mapped at all is isolated both ways
+// (unmappedAttachment). res nil means the kubelet said nothing about the
+// pod's devices. The error, reported on the pod when it runs, is retried.
 func (a *Agent) mapPod(pod *corev1.Pod, res *podresourcesv1.PodResources) error {
 	key := pod.Namespace + "/" + pod.Name
 	mapped, err := a.mapper.Map(pod, a.lookupNAD, res)
-	if err != nil {
-		reason := reasonNetworksAnnotation
-		if errors.Is(err, podresources.ErrDeviceCountMismatch) {
-			reason = reasonDeviceCountMismatch
-		}
-		if pod.Status.Phase == corev1.PodRunning {
-			a.metrics.errors.WithLabelValues(reason).Inc()
-			a.events.warn("Pod", pod.Namespace, pod.Name, reason, err.Error())
-			a.log.WithError(err).WithField("pod", key).Warn("cannot map the pod's networks to its VFs; no rules for it")
-		}
-		a.mu.Lock()
-		delete(a.podRes, key)
-		a.mu.Unlock()
-		a.setPodAttachments(key, nil)
-		return err
+	var next []*localAttachment
+	if err == nil {
+		next = a.enforcedAttachments(pod, mapped)
 	}
+	next = a.keepMapped(pod, res, next, err)
+	if err != nil {
+		if q := a.unmappedAttachment(pod, res, next); q != nil {
+			next = append(next, q)
+		}
+		a.reportMappingError(pod, err, len(next) > 0)
+	}
+	a.mu.Lock()
+	if err == nil && res != nil {
+		a.podRes[key] = cachedResources{uid: pod.UID, res: res}
+	} else {
+		delete(a.podRes, key)
+	}
+	a.mu.Unlock()
+	a.setPodAttachments(key, next)
+	return err
+}
+
+// enforcedAttachments are the mapped networks the agent enforces, one
+// attachment per network (two VFs when the pod attached it twice).
+func (a *Agent) enforcedAttachments(pod *corev1.Pod, mapped []podresources.Attachment) []*localAttachment {
 	byID := map[string]*localAttachment{}
 	var order []string
 	for _, m := range mapped {
@@ -302,13 +318,26 @@ func (a *Agent) mapPod(pod *corev1.Pod, res *podresourcesv1.PodResources) error 
 		la.att.Key = strings.Join(la.devices, ",")
 		atts = append(atts, la)
 	}
-	a.mu.Lock()
-	if res != nil {
-		a.podRes[key] = cachedResources{uid: pod.UID, res: res}
+	return atts
+}
+
+func (a *Agent) reportMappingError(pod *corev1.Pod, err error, protected bool) {
+	if pod.Status.Phase != corev1.PodRunning {
+		return // the kubelet may still be admitting it
 	}
-	a.mu.Unlock()
-	a.setPodAttachments(key, atts)
-	return nil
+	reason := reasonNetworksAnnotation
+	fix := "fix the pod's " + nadv1.NetworkAttachmentAnnot + " annotation or create the NetworkAttachmentDefinitions it names"
+	if errors.Is(err, podresources.ErrDeviceCountMismatch) {
+		reason = reasonDeviceCountMismatch
+		fix = "request one device of the resource per network on it (resources.requests) and recreate the pod"
+	}
+	effect := "no VF of it is known, so nothing is programmed for it"
+	if protected {
+		effect = "its VFs keep the rules they had, or are isolated both ways if they had none"
+	}
+	a.metrics.errors.WithLabelValues(reason).Inc()
+	a.events.warn("Pod", pod.Namespace, pod.Name, reason, fmt.Sprintf("%v; %s; fix: %s", err, effect, fix))
+	a.log.WithError(err).WithField("pod", pod.Namespace+"/"+pod.Name).Warn("cannot map the pod's networks to its VFs; " + effect)
 }
 
 func (a *Agent) lookupNAD(namespace, name string) (*nadv1.NetworkAttachmentDefinition, error) {
@@ -370,7 +399,9 @@ func (a *Agent) setPodAttachments(podKey string, atts []*localAttachment) {
 	if len(changed) > 0 {
 		all = make([]policy.Attachment, 0, len(a.local))
 		for _, la := range a.local {
-			all = append(all, la.att)
+			if !la.unmapped { // isolated whatever the policies say
+				all = append(all, la.att)
+			}
 		}
 	}
 	a.mu.Unlock()
@@ -415,7 +446,9 @@ func (a *Agent) processAttachment(ctx context.Context, id string) {
 
 // syncAttachment computes one attachment's rule set and programs it on the
 // representor of each of its VFs; for an attachment that is gone, it removes
-// our rules from representors no other attachment took over.
+// our rules from representors no other attachment took over. An attachment
+// whose input is unusable is held (ruleSetFor): it keeps its last good
+// rules, or is isolated both ways, and waits for an input change.
 func (a *Agent) syncAttachment(ctx context.Context, id string) error {
 	a.mu.Lock()
 	la := a.local[id]
@@ -424,16 +457,7 @@ func (a *Agent) syncAttachment(ctx context.Context, id string) error {
 		return a.removeAttachment(ctx, id)
 	}
 	log := a.log.WithField("attachment", la.att.String())
-	rs, cerr := a.engine.Compute(la.att)
-	if cerr != nil {
-		a.reportComputeErrors(la, cerr)
-	}
-	if rs == nil {
-		// Nothing safe to program; keep what the kernel has (the last
-		// good rules) and report.
-		a.markFailed(id)
-		return fmt.Errorf("attachment %s: no rule set computed: %w", id, cerr)
-	}
+	rs, held := a.ruleSetFor(la)
 	var errs []error
 	reps := map[string]string{}
 	for _, vfPCI := range la.devices {
@@ -450,7 +474,11 @@ func (a *Agent) syncAttachment(ctx context.Context, id string) error {
 			continue
 		}
 		a.driverMu.Lock()
-		err = a.driver.Apply(ctx, vf.Representor, rs)
+		if rs != nil {
+			err = a.driver.Apply(ctx, vf.Representor, rs)
+		} else {
+			err = a.programHeld(ctx, vf.Representor, la)
+		}
 		a.driverMu.Unlock()
 		if err != nil {
 			reason := reasonTCProgramming
@@ -464,15 +492,19 @@ func (a *Agent) syncAttachment(ctx context.Context, id string) error {
 			continue
 		}
 		reps[vfPCI] = vf.Representor
-		log.WithFields(logrus.Fields{"representor": vf.Representor, "vf": vfPCI,
-			"ingressIsolated": rs.Ingress.Isolated, "egressIsolated": rs.Egress.Isolated}).Debug("programmed")
+		if rs != nil {
+			log.WithFields(logrus.Fields{"representor": vf.Representor, "vf": vfPCI, "held": held,
+				"ingressIsolated": rs.Ingress.Isolated, "egressIsolated": rs.Egress.Isolated}).Debug("programmed")
+		}
 	}
 	// A VF this attachment no longer has, or a representor that is no
 	// longer its VF's: remove our rules there. A failed Apply keeps the
 	// representor's previous rules (fail closed), so nothing else is removed.
 	a.mu.Lock()
 	stale := map[string]string{}
+	var good *policy.RuleSet
 	if ps := a.programmed[id]; ps != nil {
+		good = ps.good
 		for vf, rep := range ps.reps {
 			if now, ok := reps[vf]; (ok && now != rep) || !slices.Contains(la.devices, vf) {
 				stale[vf] = rep
@@ -485,25 +517,52 @@ func (a *Agent) syncAttachment(ctx context.Context, id string) error {
 	if err := a.removeReps(ctx, id, stale); err != nil {
 		errs = append(errs, err)
 	}
-	a.writePodRules(la, rs, reps)
-	a.mu.Lock()
-	a.programmed[id] = &programmedState{reps: reps, state: stateProgrammed}
-	if len(errs) > 0 {
-		a.programmed[id].state = stateFailed
+	if rs != nil {
+		a.writePodRules(la, rs, reps)
 	}
+	state := stateProgrammed
+	switch {
+	case len(errs) > 0:
+		state = stateFailed
+	case held:
+		state = stateHeld
+	}
+	if !held && len(errs) == 0 {
+		good = rs
+	}
+	a.mu.Lock()
+	a.programmed[id] = &programmedState{reps: reps, state: state, good: good}
 	a.mu.Unlock()
 	return errors.Join(errs...)
 }
 
-func (a *Agent) markFailed(id string) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	ps := a.programmed[id]
-	if ps == nil {
-		ps = &programmedState{reps: map[string]string{}}
-		a.programmed[id] = ps
+// ruleSetFor returns the rule set to program for an attachment and whether
+// it is held: its input is unusable (the pod's VFs could not be mapped,
+// its network's NAD is gone or no longer enforced, or the NAD's config does
+// not parse), so it keeps its last good rules — nil when this run has none
+// (programHeld) — or, unmapped, is isolated both ways. Every reason is
+// reported with an Event on the object at fault.
+func (a *Agent) ruleSetFor(la *localAttachment) (rs *policy.RuleSet, held bool) {
+	id := la.att.ID()
+	if la.unmapped {
+		return a.isolatedRuleSet(la.att), true
 	}
-	ps.state = stateFailed
+	if !a.engine.Enforced(la.att.Network) {
+		if p := a.networkProblem(la.att.PodNamespace, la.att.PodName, la.att.Network); p != nil {
+			a.metrics.errors.WithLabelValues(reasonInvalidInput).Inc()
+			a.events.warn(p.kind, p.namespace, p.name, reasonInvalidInput, fmt.Sprintf(
+				"%s: %s; attachment %s keeps its last rules (isolated both ways if none); fix: %s", p.field, p.what, la.att, p.fix))
+		}
+		return a.heldRuleSet(id), true
+	}
+	rs, err := a.engine.Compute(la.att)
+	if err != nil && !errors.Is(err, policy.ErrUnknownPod) { // the pod cache is a moment behind: held until it catches up
+		a.reportComputeErrors(la, err)
+	}
+	if rs == nil {
+		return a.heldRuleSet(id), true
+	}
+	return rs, false
 }
 
 // removeAttachment removes our rules from every representor a gone
@@ -553,19 +612,35 @@ func (a *Agent) removeReps(ctx context.Context, id string, reps map[string]strin
 }
 
 // reportComputeErrors logs the problems the policy core found and records
-// an Event on each object at fault (the policy, the pod, the NAD).
+// an Event on each object at fault (the policy, the pod, the NAD), saying
+// what the agent does about it and how to fix it.
 func (a *Agent) reportComputeErrors(la *localAttachment, err error) {
 	inputs, other := inputErrors(err)
 	for _, ie := range inputs {
 		a.metrics.errors.WithLabelValues(reasonInvalidInput).Inc()
 		a.events.warn(ie.Kind, ie.Namespace, ie.Name, reasonInvalidInput,
-			fmt.Sprintf("%s: %v (that part allows nothing; the pods it selects stay isolated)", ie.Field, ie.Err))
+			fmt.Sprintf("%s: %v (%s; fix: correct %s)", ie.Field, ie.Err, inputEffect(ie), ie.Field))
 	}
 	for _, e := range other {
 		a.metrics.errors.WithLabelValues(reasonInvalidInput).Inc()
 		a.events.warn("Pod", la.att.PodNamespace, la.att.PodName, reasonInvalidInput, e.Error())
 	}
 	a.log.WithError(err).WithField("attachment", la.att.String()).Warn("invalid input; the rule set fails closed")
+}
+
+// inputEffect is what an invalid field does to the rules
+// (docs/policy-semantics.md §8).
+func inputEffect(ie *policy.InputError) string {
+	switch {
+	case ie.Kind == "NetworkAttachmentDefinition":
+		return "the attachments on this network keep their last rules, or are isolated both ways if they have none"
+	case ie.Kind == "Pod":
+		return "as a peer the pod matches nothing on that network"
+	case strings.Contains(ie.Field, policy.PolicyForAnnotation):
+		return "that entry is ignored; the policy applies to the networks of its valid entries"
+	default:
+		return "that part allows nothing"
+	}
 }
 
 func (a *Agent) updateStateGauge() {

@@ -1,0 +1,213 @@
+package app
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+
+	nadv1 "github.com/k8snetworkplumbingwg/network-attachment-definition-client/pkg/apis/k8s.cni.cncf.io/v1"
+	corev1 "k8s.io/api/core/v1"
+	podresourcesv1 "k8s.io/kubelet/pkg/apis/podresources/v1"
+
+	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/podresources"
+	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/policy"
+)
+
+// unmappedNetwork names the pseudo-network of a pod's VFs that could not be
+// mapped to any network. The parentheses make it no valid NAD name.
+const unmappedNetwork = "(unmapped)"
+
+// keepMapped adds to next the attachments the pod (same UID) already had
+// that the new mapping does not cover, as long as the kubelet still lists
+// their VFs for the pod (or said nothing, res nil). Those VFs are still in
+// the pod, wired by the CNI to the network they were mapped to; dropping
+// the attachment would take its rules off. A VF the new mapping gives to
+// another network of the pod goes with the new mapping.
+func (a *Agent) keepMapped(pod *corev1.Pod, res *podresourcesv1.PodResources, next []*localAttachment, mapErr error) []*localAttachment {
+	key := pod.Namespace + "/" + pod.Name
+	a.mu.Lock()
+	var prev []*localAttachment
+	for _, id := range a.byPod[key] {
+		if la := a.local[id]; la != nil && la.podUID == pod.UID && !la.unmapped {
+			prev = append(prev, la)
+		}
+	}
+	a.mu.Unlock()
+	held := heldDevices(res)
+	ids, taken := map[string]bool{}, map[string]bool{}
+	for _, la := range next {
+		ids[la.att.ID()] = true
+		for _, d := range la.devices {
+			taken[d] = true
+		}
+	}
+	for _, p := range prev {
+		if ids[p.att.ID()] {
+			continue
+		}
+		var devs []string
+		for _, d := range p.devices {
+			if !taken[d] && (held == nil || held[d]) {
+				devs = append(devs, d)
+			}
+		}
+		if len(devs) == 0 {
+			continue // released by the kubelet: really gone
+		}
+		kept := *p
+		kept.devices = devs
+		kept.att.Key = strings.Join(devs, ",")
+		next = append(next, &kept)
+		if mapErr == nil {
+			a.reportKept(pod, &kept)
+		}
+	}
+	return next
+}
+
+// heldDevices is the set of device IDs the kubelet lists for the pod, nil
+// when it said nothing.
+func heldDevices(res *podresourcesv1.PodResources) map[string]bool {
+	if res == nil {
+		return nil
+	}
+	held := map[string]bool{}
+	for _, c := range res.GetContainers() {
+		for _, d := range c.GetDevices() {
+			for _, id := range d.GetDeviceIds() {
+				held[id] = true
+			}
+		}
+	}
+	return held
+}
+
+// unmappedAttachment isolates, both ways, the pod's VFs of resources some
+// enforced network uses that no attachment covers: the pod's networks
+// cannot be read, so which of them is on a policed network is unknown.
+func (a *Agent) unmappedAttachment(pod *corev1.Pod, res *podresourcesv1.PodResources, next []*localAttachment) *localAttachment {
+	if res == nil {
+		return nil
+	}
+	resources := a.enforcedResources()
+	taken := map[string]bool{}
+	for _, la := range next {
+		for _, d := range la.devices {
+			taken[d] = true
+		}
+	}
+	var devs []string
+	for _, c := range res.GetContainers() {
+		for _, d := range c.GetDevices() {
+			if !resources[d.GetResourceName()] {
+				continue
+			}
+			for _, id := range d.GetDeviceIds() {
+				if !taken[id] && !slices.Contains(devs, id) {
+					devs = append(devs, id)
+				}
+			}
+		}
+	}
+	if len(devs) == 0 {
+		return nil
+	}
+	sort.Strings(devs)
+	att := policy.Attachment{PodNamespace: pod.Namespace, PodName: pod.Name,
+		Network: policy.NetworkRef{Namespace: pod.Namespace, Name: unmappedNetwork}, Key: strings.Join(devs, ",")}
+	return &localAttachment{att: att, podUID: pod.UID, devices: devs, unmapped: true}
+}
+
+// enforcedResources are the device plugin resources of enforced networks.
+func (a *Agent) enforcedResources() map[string]bool {
+	out := map[string]bool{}
+	for _, obj := range a.informers.nads.GetStore().List() {
+		n, ok := obj.(*nadv1.NetworkAttachmentDefinition)
+		if !ok {
+			continue
+		}
+		rn := n.Annotations[podresources.ResourceNameAnnotation]
+		if rn != "" && a.engine.Enforced(policy.NetworkRef{Namespace: n.Namespace, Name: n.Name}) {
+			out[rn] = true
+		}
+	}
+	return out
+}
+
+// isolatedRuleSet allows nothing either way (but what --accept-icmp* let
+// through on any isolated direction): the rule set of an attachment whose
+// input is unusable and whose last good rules are unknown.
+func (a *Agent) isolatedRuleSet(att policy.Attachment) *policy.RuleSet {
+	d := policy.DirectionRules{Isolated: true, Stateful: true, AcceptICMP: a.opts.AcceptICMP, AcceptICMPv6: a.opts.AcceptICMPv6}
+	return &policy.RuleSet{Attachment: att, Ingress: d, Egress: d}
+}
+
+// networkProblem says why an attachment's network cannot be enforced as it
+// is now: the object at fault, its field, and the fix. It is empty when
+// the network is usable.
+type networkProblem struct {
+	kind, namespace, name, field, what, fix string
+}
+
+func (a *Agent) networkProblem(podNS, podName string, ref policy.NetworkRef) *networkProblem {
+	nad, err := a.lookupNAD(ref.Namespace, ref.Name)
+	if err != nil {
+		return &networkProblem{kind: "Pod", namespace: podNS, name: podName, field: "metadata.annotations[" + nadv1.NetworkAttachmentAnnot + "]",
+			what: fmt.Sprintf("network %s: %v", ref, err), fix: "recreate the NetworkAttachmentDefinition, or delete the pod to release its VF"}
+	}
+	p := &networkProblem{kind: "NetworkAttachmentDefinition", namespace: ref.Namespace, name: ref.Name}
+	switch {
+	case !a.engine.Enforced(ref):
+		p.field, p.fix = "spec.config", "restore spec.config; pods attached while it was enforced keep their rules until they are deleted"
+		if typ, err := policy.NADPluginType(nad); err != nil {
+			p.what = fmt.Sprintf("does not parse (%v)", err)
+		} else {
+			p.what = fmt.Sprintf("plugin type %q is not one of --network-plugins %v", typ, a.opts.NetworkPlugins)
+		}
+	case nad.Annotations[podresources.ResourceNameAnnotation] == "":
+		p.field, p.what = "metadata.annotations["+podresources.ResourceNameAnnotation+"]", "missing, so new pods' VFs on it cannot be found"
+		p.fix = "restore the annotation"
+	default:
+		return &networkProblem{kind: "Pod", namespace: podNS, name: podName, field: "metadata.annotations[" + nadv1.NetworkAttachmentAnnot + "]",
+			what: fmt.Sprintf("no longer lists network %s", ref), fix: "restore the annotation; a running pod cannot change its networks"}
+	}
+	return p
+}
+
+// reportKept tells why an attachment is kept that the pod's current input
+// no longer maps.
+func (a *Agent) reportKept(pod *corev1.Pod, la *localAttachment) {
+	p := a.networkProblem(pod.Namespace, pod.Name, la.att.Network)
+	a.metrics.errors.WithLabelValues(reasonInvalidInput).Inc()
+	a.events.warn(p.kind, p.namespace, p.name, reasonInvalidInput, fmt.Sprintf(
+		"%s: %s; pod %s/%s keeps the rules of network %s on VF %s; fix: %s",
+		p.field, p.what, pod.Namespace, pod.Name, la.att.Network, strings.Join(la.devices, ","), p.fix))
+}
+
+// heldRuleSet is what a held attachment programs: its last rules from this
+// run, or nil when there are none (see programHeld).
+func (a *Agent) heldRuleSet(id string) *policy.RuleSet {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if ps := a.programmed[id]; ps != nil {
+		return ps.good
+	}
+	return nil
+}
+
+// programHeld programs a held attachment's representor whose last good
+// rules this run does not know (a new attachment, or a restart): rules of
+// ours already there are the last a valid input produced and stay; a
+// representor without any is isolated both ways.
+func (a *Agent) programHeld(ctx context.Context, rep string, la *localAttachment) error {
+	st, err := a.driver.Dump(ctx, rep)
+	if err != nil {
+		return err
+	}
+	if len(st.Ours()) > 0 {
+		return nil
+	}
+	return a.driver.Apply(ctx, rep, a.isolatedRuleSet(la.att))
+}

@@ -1,0 +1,275 @@
+package app
+
+import (
+	"maps"
+	"slices"
+	"strings"
+	"testing"
+
+	nadv1 "github.com/k8snetworkplumbingwg/network-attachment-definition-client/pkg/apis/k8s.cni.cncf.io/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/podresources"
+)
+
+const (
+	fcNS    = "shop"
+	fcNet   = "shop/net"
+	fcPodIP = "10.1.0.10"
+)
+
+// setupDenyAll programs pod shop/db on VF 0 with a deny-all ingress policy
+// and returns what its representor allows.
+func setupDenyAll(t *testing.T) (*harness, map[string]bool) {
+	h := newHarness(t)
+	h.createNAD(sriovNAD(fcNS, "net", "accelerated-bridge"))
+	h.pr.set(fcNS, "db", hVF(0))
+	h.createPod(runningPod(fcNS, "db", fcNet, fcPodIP, map[string]string{"app": "db"}))
+	_, err := h.clients.MNP.K8sCniCncfIoV1beta1().MultiNetworkPolicies(fcNS).Create(hctx(), denyAllIngress(fcNS, "deny", fcNet), metav1.CreateOptions{})
+	h.must(err, "policy")
+	h.eventually("deny-all programmed", func() bool { return h.ours(hRep(0)) > 0 })
+	h.settle()
+	before := h.allowed(hRep(0), fcPodIP)
+	if before["in 10.1.0.20:80"] || !before["out 10.1.0.20:80"] {
+		t.Fatalf("deny-all ingress not enforced: %v", before)
+	}
+	return h, before
+}
+
+func (h *harness) createNAD(n *nadv1.NetworkAttachmentDefinition) {
+	h.t.Helper()
+	_, err := h.clients.NAD.K8sCniCncfIoV1().NetworkAttachmentDefinitions(n.Namespace).Create(hctx(), n, metav1.CreateOptions{})
+	h.must(err, "create NAD")
+}
+
+func (h *harness) createPod(p *corev1.Pod) {
+	h.t.Helper()
+	_, err := h.clients.Kube.CoreV1().Pods(p.Namespace).Create(hctx(), p, metav1.CreateOptions{})
+	h.must(err, "create pod")
+}
+
+func (h *harness) editNAD(name string, edit func(*nadv1.NetworkAttachmentDefinition)) {
+	h.t.Helper()
+	nads := h.clients.NAD.K8sCniCncfIoV1().NetworkAttachmentDefinitions(fcNS)
+	n, err := nads.Get(hctx(), name, metav1.GetOptions{})
+	h.must(err, "get NAD")
+	edit(n)
+	_, err = nads.Update(hctx(), n, metav1.UpdateOptions{})
+	h.must(err, "update NAD")
+}
+
+func (h *harness) editPod(name string, edit func(*corev1.Pod)) {
+	h.t.Helper()
+	pods := h.clients.Kube.CoreV1().Pods(fcNS)
+	p, err := pods.Get(hctx(), name, metav1.GetOptions{})
+	h.must(err, "get pod")
+	edit(p)
+	_, err = pods.Update(hctx(), p, metav1.UpdateOptions{})
+	h.must(err, "update pod")
+}
+
+// warning waits for a Warning Event on the object whose message holds all
+// of the words.
+func (h *harness) warning(kind, name string, words ...string) {
+	h.t.Helper()
+	var seen []string
+	defer func() {
+		if h.t.Failed() {
+			h.t.Logf("Events on %s %s: %s", kind, name, strings.Join(seen, " | "))
+		}
+	}()
+	h.eventually(kind+" "+name+" Event with "+strings.Join(words, ", "), func() bool {
+		list, err := h.clients.Kube.CoreV1().Events(fcNS).List(hctx(), metav1.ListOptions{})
+		h.must(err, "events")
+		seen = seen[:0]
+		for _, e := range list.Items {
+			if e.InvolvedObject.Kind != kind || e.InvolvedObject.Name != name || e.Type != corev1.EventTypeWarning {
+				continue
+			}
+			seen = append(seen, e.Reason+": "+e.Message)
+			if containsAll(e.Message, words) {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+func containsAll(s string, words []string) bool {
+	for _, w := range words {
+		if !strings.Contains(s, w) {
+			return false
+		}
+	}
+	return true
+}
+
+// subset fails unless every probe allowed now was allowed before.
+func subset(t *testing.T, now, before map[string]bool) {
+	t.Helper()
+	for p := range now {
+		if !before[p] {
+			t.Errorf("now allowed, before not: %s (now %v, before %v)", p, slices.Sorted(maps.Keys(now)), slices.Sorted(maps.Keys(before)))
+		}
+	}
+}
+
+// TestBadInputKeepsIsolation is the issue's table: a programmed deny-all
+// pod, then one object made unusable. The representor keeps its rules and
+// an Event names the object, the field and the fix.
+func TestBadInputKeepsIsolation(t *testing.T) {
+	tests := []struct {
+		name       string
+		edit       func(*harness)
+		kind, obj  string
+		eventWords []string
+	}{
+		{"NAD spec.config invalid JSON", func(h *harness) {
+			h.editNAD("net", func(n *nadv1.NetworkAttachmentDefinition) { n.Spec.Config = `{"type":` })
+		}, "NetworkAttachmentDefinition", "net", []string{"spec.config", "does not parse", "keeps its last rules", "fix:"}},
+		{"NAD plugin type changed to one not enforced", func(h *harness) {
+			h.editNAD("net", func(n *nadv1.NetworkAttachmentDefinition) {
+				n.Spec.Config = `{"cniVersion":"0.4.0","name":"net","type":"macvlan"}`
+			})
+		}, "NetworkAttachmentDefinition", "net", []string{"spec.config", "--network-plugins", "keeps its last rules", "fix:"}},
+		{"NAD deleted", func(h *harness) {
+			h.must(h.clients.NAD.K8sCniCncfIoV1().NetworkAttachmentDefinitions(fcNS).Delete(hctx(), "net", metav1.DeleteOptions{}), "delete NAD")
+		}, "Pod", "db", []string{"shop/net", "not found", "keep", "fix:"}},
+		{"pod networks annotation garbled", func(h *harness) {
+			h.editPod("db", func(p *corev1.Pod) { p.Annotations[nadv1.NetworkAttachmentAnnot] = `[{"name":` })
+		}, "Pod", "db", []string{nadv1.NetworkAttachmentAnnot, "keep the rules they had", "fix:"}},
+		{"NAD resourceName annotation removed", func(h *harness) {
+			h.editNAD("net", func(n *nadv1.NetworkAttachmentDefinition) { delete(n.Annotations, podresources.ResourceNameAnnotation) })
+		}, "NetworkAttachmentDefinition", "net", []string{podresources.ResourceNameAnnotation, "keeps the rules", "fix:"}},
+		{"PodResources lists more devices than networks", func(h *harness) {
+			h.pr.set(fcNS, "db", hVF(0), hVF(1))
+			h.must(h.agent.resync(hctx()), "resync")
+		}, "Pod", "db", []string{podresources.ErrDeviceCountMismatch.Error(), "fix:"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h, before := setupDenyAll(t)
+			filters := h.ours(hRep(0))
+			tt.edit(h)
+			h.warning(tt.kind, tt.obj, tt.eventWords...)
+			h.settle()
+			if n := h.ours(hRep(0)); n == 0 {
+				t.Fatalf("%s: all filters removed (had %d): fail-open", hRep(0), filters)
+			}
+			subset(t, h.allowed(hRep(0), fcPodIP), before)
+		})
+	}
+}
+
+// TestUnmappableNewPodIsIsolated: a pod the agent never programmed whose
+// networks cannot be mapped gets its VFs of enforced resources isolated
+// both ways; once its input is valid it gets its policy's rules.
+func TestUnmappableNewPodIsIsolated(t *testing.T) {
+	tests := []struct {
+		name  string
+		setup func(h *harness)
+		fix   func(h *harness)
+	}{
+		{"networks annotation garbled", func(h *harness) {
+			h.pr.set(fcNS, "web", hVF(1))
+			p := runningPod(fcNS, "web", fcNet, "10.1.0.11", nil)
+			p.Annotations[nadv1.NetworkAttachmentAnnot] = "shop/net@@"
+			h.createPod(p)
+		}, func(h *harness) {
+			h.editPod("web", func(p *corev1.Pod) { p.Annotations[nadv1.NetworkAttachmentAnnot] = fcNet })
+		}},
+		{"two VFs for one network", func(h *harness) {
+			h.pr.set(fcNS, "web", hVF(1), hVF(2))
+			h.createPod(runningPod(fcNS, "web", fcNet, "10.1.0.11", nil))
+		}, func(h *harness) {
+			// the pod is recreated with the right request
+			h.must(h.clients.Kube.CoreV1().Pods(fcNS).Delete(hctx(), "web", metav1.DeleteOptions{}), "delete")
+			h.pr.set(fcNS, "web", hVF(1))
+			p := runningPod(fcNS, "web", fcNet, "10.1.0.11", nil)
+			p.UID += "-2"
+			h.createPod(p)
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHarness(t)
+			h.createNAD(sriovNAD(fcNS, "net", "accelerated-bridge"))
+			tt.setup(h)
+			h.warning("Pod", "web", "isolated both ways", "fix:")
+			h.eventually("unmapped VF isolated", func() bool { return h.ours(hRep(1)) > 0 })
+			h.settle()
+			if got := h.allowed(hRep(1), "10.1.0.11"); len(got) != 0 {
+				t.Errorf("unmapped VF allows %v, want nothing", got)
+			}
+			if st := h.agent.Attachments(); len(st) == 0 || st[0].State != stateHeld {
+				t.Errorf("attachments %+v, want one held", st)
+			}
+			// Valid input, no policy: nothing isolates the pod any more.
+			tt.fix(h)
+			h.eventually("policy's rules (none) programmed", func() bool { return h.ours(hRep(1)) == 0 && h.ours(hRep(2)) == 0 })
+			h.settle()
+			if st := h.agent.Attachments(); len(st) != 1 || st[0].ID != "shop/web/shop/net" || st[0].State != stateProgrammed {
+				t.Errorf("attachments %+v, want shop/web/shop/net programmed", st)
+			}
+		})
+	}
+}
+
+// TestReallyGonePodLosesItsRules: deleted, finished, or its VF released by
+// the kubelet; and a valid input change (the policy deleted) lifts
+// isolation as it should.
+func TestReallyGonePodLosesItsRules(t *testing.T) {
+	tests := []struct {
+		name string
+		gone func(h *harness)
+	}{
+		{"deleted", func(h *harness) {
+			h.must(h.clients.Kube.CoreV1().Pods(fcNS).Delete(hctx(), "db", metav1.DeleteOptions{}), "delete")
+		}},
+		{"finished", func(h *harness) {
+			p, err := h.clients.Kube.CoreV1().Pods(fcNS).Get(hctx(), "db", metav1.GetOptions{})
+			h.must(err, "get")
+			p.Status.Phase = corev1.PodSucceeded
+			_, err = h.clients.Kube.CoreV1().Pods(fcNS).UpdateStatus(hctx(), p, metav1.UpdateOptions{})
+			h.must(err, "status")
+		}},
+		{"VF released by the kubelet", func(h *harness) {
+			h.pr.set(fcNS, "db", "0000:3b:00.7") // another device of the resource, not VF 0
+			h.must(h.agent.resync(hctx()), "resync")
+		}},
+		{"policy deleted (valid input)", func(h *harness) {
+			h.must(h.clients.MNP.K8sCniCncfIoV1beta1().MultiNetworkPolicies(fcNS).Delete(hctx(), "deny", metav1.DeleteOptions{}), "delete policy")
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h, _ := setupDenyAll(t)
+			tt.gone(h)
+			h.eventually("rules removed", func() bool { return h.ours(hRep(0)) == 0 })
+		})
+	}
+}
+
+// TestHeldAttachmentRepairsAndRecovers: while held, a representor flushed
+// by hand gets the last good rules back at resync; once the input is valid
+// again, changes apply.
+func TestHeldAttachmentRepairsAndRecovers(t *testing.T) {
+	h, before := setupDenyAll(t)
+	want := h.ours(hRep(0))
+	h.editNAD("net", func(n *nadv1.NetworkAttachmentDefinition) { n.Spec.Config = "not json" })
+	h.warning("NetworkAttachmentDefinition", "net", "does not parse")
+	h.settle()
+	h.must(h.tc.Remove(hctx(), hRep(0)), "flush by hand")
+	h.must(h.agent.resync(hctx()), "resync")
+	h.eventually("last good rules restored", func() bool { return h.ours(hRep(0)) == want })
+	subset(t, h.allowed(hRep(0), fcPodIP), before)
+	if st := h.agent.Attachments(); len(st) != 1 || st[0].State != stateHeld {
+		t.Errorf("attachments %+v, want one held", st)
+	}
+	h.editNAD("net", func(n *nadv1.NetworkAttachmentDefinition) {
+		n.Spec.Config = `{"cniVersion":"0.4.0","name":"net","type":"accelerated-bridge"}`
+	})
+	h.must(h.clients.MNP.K8sCniCncfIoV1beta1().MultiNetworkPolicies(fcNS).Delete(hctx(), "deny", metav1.DeleteOptions{}), "delete policy")
+	h.eventually("valid input applies again", func() bool { return h.ours(hRep(0)) == 0 })
+}

@@ -273,3 +273,20 @@ func TestHeldAttachmentRepairsAndRecovers(t *testing.T) {
 	h.must(h.clients.MNP.K8sCniCncfIoV1beta1().MultiNetworkPolicies(fcNS).Delete(hctx(), "deny", metav1.DeleteOptions{}), "delete policy")
 	h.eventually("valid input applies again", func() bool { return h.ours(hRep(0)) == 0 })
 }
+
+// TestPolicyEnforcingNothingIsReported: a Warning Event on the policy names
+// the network and which of the two reasons it is.
+func TestPolicyEnforcingNothingIsReported(t *testing.T) {
+	h := newHarness(t)
+	h.createNAD(sriovNAD(fcNS, "mac", "macvlan"))
+	_, err := h.clients.MNP.K8sCniCncfIoV1beta1().MultiNetworkPolicies(fcNS).Create(hctx(), denyAllIngress(fcNS, "p", "nope, mac"), metav1.CreateOptions{})
+	h.must(err, "policy")
+	h.warning("MultiNetworkPolicy", "p", "network shop/nope", "no NetworkAttachmentDefinition", "enforces nothing", "fix:")
+	h.warning("MultiNetworkPolicy", "p", "network shop/mac", `"macvlan"`, "--network-plugins", "fix:")
+	// Once the missing NAD exists, only the other network is left.
+	h.createNAD(sriovNAD(fcNS, "nope", "accelerated-bridge"))
+	h.settle()
+	if u := h.agent.engine.UnenforcedNetworks(fcNS, "p"); len(u) != 1 || u[0].Network.Name != "mac" {
+		t.Errorf("unenforced networks after the NAD appeared: %v", u)
+	}
+}

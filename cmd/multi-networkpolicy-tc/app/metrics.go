@@ -22,6 +22,9 @@ const (
 	reasonTCRemove            = "TCRemoveFailed"
 	reasonPodResources        = "PodResourcesFailed"
 	reasonNetworksAnnotation  = "InvalidNetworksAnnotation"
+	// reasonNetworkNotEnforced is an Event only: a policy names a network
+	// on which it enforces nothing.
+	reasonNetworkNotEnforced = "NetworkNotEnforced"
 )
 
 // Attachment states of the attachments gauge.

@@ -54,6 +54,7 @@ func (a *Agent) addEventHandlers() error {
 			DeleteFunc: func(obj any) {
 				if n, ok := tombstone(obj).(*nadv1.NetworkAttachmentDefinition); ok {
 					a.enqueueAttachments(a.engine.DeleteNAD(n.Namespace, n.Name))
+					a.reportUnenforcedOn(n.Namespace, n.Name)
 					a.enqueueAllLocalPods()
 				}
 			},
@@ -94,6 +95,21 @@ func (a *Agent) addEventHandlers() error {
 func (a *Agent) onPolicy(obj any) {
 	if p, ok := obj.(*mnpv1beta1.MultiNetworkPolicy); ok {
 		a.enqueueAttachments(a.engine.UpsertPolicy(p))
+		a.reportUnenforced(p.Namespace + "/" + p.Name)
+	}
+}
+
+// reportUnenforced records a Warning Event on a policy for each network
+// its policy-for names on which it enforces nothing.
+func (a *Agent) reportUnenforced(policyKey string) {
+	ns, name, _ := strings.Cut(policyKey, "/")
+	for _, u := range a.engine.UnenforcedNetworks(ns, name) {
+		fix := "create the NetworkAttachmentDefinition, or correct the policy-for annotation"
+		if !u.Missing {
+			fix = fmt.Sprintf("add %q to --network-plugins %v if its pods are SR-IOV VFs", u.PluginType, a.opts.NetworkPlugins)
+		}
+		a.events.warn("MultiNetworkPolicy", ns, name, reasonNetworkNotEnforced,
+			fmt.Sprintf("metadata.annotations[%s]: %s, so this policy enforces nothing on it; fix: %s", policy.PolicyForAnnotation, u, fix))
 	}
 }
 
@@ -106,9 +122,17 @@ func (a *Agent) onNamespace(obj any) {
 func (a *Agent) onNAD(obj any) {
 	if n, ok := obj.(*nadv1.NetworkAttachmentDefinition); ok {
 		a.enqueueAttachments(a.engine.UpsertNAD(n))
+		a.reportUnenforcedOn(n.Namespace, n.Name)
 		// The NAD's resource or plugin type decide which local networks
 		// are mapped and enforced: re-map from the cached devices.
 		a.enqueueAllLocalPods()
+	}
+}
+
+// reportUnenforcedOn re-checks the policies on a network whose NAD changed.
+func (a *Agent) reportUnenforcedOn(namespace, name string) {
+	for _, k := range a.engine.PoliciesOnNetwork(policy.NetworkRef{Namespace: namespace, Name: name}) {
+		a.reportUnenforced(k)
 	}
 }
 

@@ -96,6 +96,8 @@ type Agent struct {
 
 	ready   atomic.Bool
 	started atomic.Bool
+	// logs rate-limits the lines about a problem that is retried.
+	logs *logLimiter
 }
 
 // localAttachment is one local pod network on an enforced network, with the
@@ -159,6 +161,7 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 		vfOwner:    map[string]string{},
 		podRes:     map[string]cachedResources{},
 		programmed: map[string]*programmedState{},
+		logs:       newLogLimiter(10 * time.Second),
 	}
 	a.pr = instrumentedPodResources{next: cfg.PodResources, metrics: a.metrics}
 	a.attQueue = workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
@@ -178,7 +181,8 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 // Registry returns the registry the agent's metrics are on.
 func (a *Agent) Registry() *prometheus.Registry { return a.registry }
 
-// Ready reports whether every attachment was programmed once since start.
+// Ready reports whether, since start, every local attachment was
+// programmed once, or held or failed with an Event saying why.
 func (a *Agent) Ready() bool { return a.ready.Load() }
 
 // Run runs the agent until ctx ends. Rules stay in the kernel when it
@@ -207,7 +211,13 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer a.informers.shutdown()
 	defer a.attQueue.ShutDown()
 	defer a.podQueue.ShutDown()
-	if !cache.WaitForNamedCacheSync("multi-networkpolicy-tc", ctx.Done(), a.informers.hasSynced) {
+	// Once ctx ends, a worker blocked on an empty queue must return.
+	stopQueues := context.AfterFunc(ctx, func() {
+		a.attQueue.ShutDown()
+		a.podQueue.ShutDown()
+	})
+	defer stopQueues()
+	if !a.waitForCaches(ctx) {
 		return fmt.Errorf("waiting for informer caches: %w", ctx.Err())
 	}
 	a.log.Info("caches synced; mapping local pods and programming every attachment")
@@ -220,8 +230,8 @@ func (a *Agent) Run(ctx context.Context) error {
 			break
 		} else if ctx.Err() != nil {
 			return ctx.Err()
-		} else {
-			a.log.WithError(err).Warn("initial mapping failed; retrying")
+		} else if a.logs.allow(reasonPodResources) {
+			a.log.WithError(err).Warn("initial mapping failed (kubelet PodResources); not ready, retrying every 2s")
 		}
 		select {
 		case <-ctx.Done():
@@ -229,15 +239,20 @@ func (a *Agent) Run(ctx context.Context) error {
 		case <-time.After(2 * time.Second):
 		}
 	}
-	for a.attQueue.Len() > 0 && ctx.Err() == nil {
+	// Ready once every attachment has a state: a failed one is retried
+	// with backoff, and was reported with an Event on its pod.
+	for ctx.Err() == nil && (a.attQueue.Len() > 0 || !a.allAttempted()) {
 		id, shutdown := a.attQueue.Get()
 		if shutdown {
 			break
 		}
 		a.processAttachment(ctx, id)
 	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
 	a.ready.Store(true)
-	a.log.WithField("attachments", a.countLocal()).Info("ready")
+	a.log.WithFields(a.stateCounts()).Info("ready")
 
 	var wg sync.WaitGroup
 	for range a.opts.Workers {
@@ -267,7 +282,7 @@ func (a *Agent) resyncLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if err := a.resync(ctx); err != nil && ctx.Err() == nil {
+			if err := a.resync(ctx); err != nil && ctx.Err() == nil && a.logs.allow(reasonPodResources) {
 				a.log.WithError(err).Warn("resync failed; keeping the current rules")
 			}
 		}
@@ -305,10 +320,11 @@ func (a *Agent) startHTTP(ctx context.Context) ([]*http.Server, error) {
 		})
 		mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
 			if !a.Ready() {
-				http.Error(w, "not ready: caches syncing or attachments not programmed yet", http.StatusServiceUnavailable)
+				http.Error(w, "not ready: caches syncing, or attachments not programmed yet", http.StatusServiceUnavailable)
 				return
 			}
-			_, _ = w.Write([]byte("ok\n"))
+			// Held and failed attachments were reported with Events.
+			_, _ = fmt.Fprintf(w, "ok %v\n", a.stateCounts())
 		})
 		if err := serve(a.opts.HealthProbeBindAddress, mux, "health probes"); err != nil {
 			return servers, err
@@ -347,10 +363,50 @@ func (a *Agent) uidOf(kind, namespace, name string) types.UID {
 	return ""
 }
 
-func (a *Agent) countLocal() int {
+// waitForCaches waits for the informers. Until they sync it checks the
+// API server every second and says, from the first second and then every
+// 10s, why it cannot be reached: a reflector's own error can take a TCP
+// timeout to come.
+func (a *Agent) waitForCaches(ctx context.Context) bool {
+	pctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for !a.informers.hasSynced() {
+			if _, err := a.clients.Kube.Discovery().ServerVersion(); err != nil && pctx.Err() == nil && a.logs.allow("apiserver") {
+				a.log.WithError(err).Warn("API server unreachable; waiting for the caches, the kernel's rules are left as they are")
+			}
+			select {
+			case <-pctx.Done():
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return cache.WaitForNamedCacheSync("multi-networkpolicy-tc", ctx.Done(), a.informers.hasSynced)
+}
+
+// allAttempted reports whether every local attachment has a state.
+func (a *Agent) allAttempted() bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return len(a.local)
+	for id := range a.local {
+		if ps := a.programmed[id]; ps == nil || ps.state == "" {
+			return false
+		}
+	}
+	return true
+}
+
+// stateCounts counts the local attachments by state, for the log.
+func (a *Agent) stateCounts() logrus.Fields {
+	f := logrus.Fields{}
+	for _, st := range a.Attachments() {
+		n, _ := f[st.State].(int)
+		f[st.State] = n + 1
+	}
+	return f
 }
 
 // newAgentCommandRunner returns the RunE of the root command: the agent.
@@ -362,6 +418,7 @@ func newAgentCommandRunner(opts *AgentOptions) func(*cobra.Command, []string) er
 		if err := opts.Validate(); err != nil {
 			return &ExitError{Code: exitBadInput, Err: err}
 		}
+		routeKlog(logrus.StandardLogger())
 		clients, _, err := NewClients(opts.Kubeconfig, opts.Master)
 		if err != nil {
 			return err

@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	nadv1 "github.com/k8snetworkplumbingwg/network-attachment-definition-client/pkg/apis/k8s.cni.cncf.io/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -288,5 +289,57 @@ func TestPolicyEnforcingNothingIsReported(t *testing.T) {
 	h.settle()
 	if u := h.agent.engine.UnenforcedNetworks(fcNS, "p"); len(u) != 1 || u[0].Network.Name != "mac" {
 		t.Errorf("unenforced networks after the NAD appeared: %v", u)
+	}
+}
+
+// TestReadyMeansProgrammedOrReported: /readyz turns ready only once every
+// attachment present at start is programmed, or failed with an Event.
+func TestReadyMeansProgrammedOrReported(t *testing.T) {
+	world := func(h *harness) {
+		h.createNAD(sriovNAD(fcNS, "net", "accelerated-bridge"))
+		h.pr.set(fcNS, "db", hVF(0))
+		h.pr.set(fcNS, "web", hVF(1))
+		h.createPod(runningPod(fcNS, "db", fcNet, fcPodIP, nil))
+		h.createPod(runningPod(fcNS, "web", fcNet, "10.1.0.11", nil))
+		_, err := h.clients.MNP.K8sCniCncfIoV1beta1().MultiNetworkPolicies(fcNS).Create(hctx(), denyAllIngress(fcNS, "deny", fcNet), metav1.CreateOptions{})
+		h.must(err, "policy")
+	}
+	t.Run("all programmed", func(t *testing.T) {
+		h := newHarnessWith(t, world)
+		// Ready was observed: the rules are already in the kernel.
+		for i := range 2 {
+			if h.ours(hRep(i)) == 0 {
+				t.Errorf("ready, but %s has no filters", hRep(i))
+			}
+		}
+	})
+	t.Run("one representor missing", func(t *testing.T) {
+		h := newHarnessWith(t, func(h *harness) {
+			world(h)
+			h.sw.RemoveRepresentor(hVF(1))
+		})
+		if h.ours(hRep(0)) == 0 {
+			t.Errorf("ready, but %s has no filters", hRep(0))
+		}
+		states := map[string]string{}
+		for _, a := range h.agent.Attachments() {
+			states[a.ID] = a.State
+		}
+		if states["shop/db/shop/net"] != stateProgrammed || states["shop/web/shop/net"] != stateFailed {
+			t.Errorf("states %v, want db programmed and web failed", states)
+		}
+		h.warning("Pod", "web", hVF(1), "fix") // RepresentorNotFound
+	})
+}
+
+func TestLogLimiter(t *testing.T) {
+	l := newLogLimiter(10 * time.Second)
+	now := time.Unix(0, 0)
+	l.now = func() time.Time { return now }
+	got := []bool{l.allow("a"), l.allow("a"), l.allow("b")}
+	now = now.Add(11 * time.Second)
+	got = append(got, l.allow("a"))
+	if want := []bool{true, false, true, true}; !slices.Equal(got, want) {
+		t.Errorf("allow = %v, want %v", got, want)
 	}
 }

@@ -99,13 +99,18 @@ type harness struct {
 	t       *testing.T
 	clients *Clients
 	pr      *fakePodResources
+	sw      *sriov.Fake
 	tc      *tcdriver.Fake
 	agent   *Agent
 	cancel  context.CancelFunc
 	done    chan error
 }
 
-func newHarness(t *testing.T) *harness {
+func newHarness(t *testing.T) *harness { return newHarnessWith(t, nil) }
+
+// newHarnessWith runs before (creating objects, breaking the node) before
+// the agent starts.
+func newHarnessWith(t *testing.T, before func(*harness)) *harness {
 	t.Helper()
 	h := &harness{
 		t:       t,
@@ -118,6 +123,7 @@ func newHarness(t *testing.T) *harness {
 		sw.AddVF(hPF, i, hVF(i), hRep(i))
 		devs[i] = hRep(i)
 	}
+	h.sw = sw
 	h.tc = tcdriver.NewFake(tcdriver.Options{}, devs...)
 	opts := *NewAgentOptions()
 	opts.HostnameOverride = hNode
@@ -129,6 +135,9 @@ func newHarness(t *testing.T) *harness {
 		t.Fatal(err)
 	}
 	h.agent = agent
+	if before != nil {
+		before(h)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	h.cancel, h.done = cancel, make(chan error, 1)
 	go func() { h.done <- agent.Run(ctx) }()

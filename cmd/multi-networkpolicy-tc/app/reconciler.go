@@ -459,7 +459,9 @@ func (a *Agent) processAttachment(ctx context.Context, id string) {
 	result := "ok"
 	if err != nil {
 		result = "error"
-		a.log.WithError(err).WithField("attachment", id).Warn("programming failed; retrying")
+		if a.logs.allow("attachment " + id) {
+			a.log.WithError(err).WithField("attachment", id).Warn("programming failed; retrying with backoff (logged at most every 10s)")
+		}
 		a.attQueue.AddRateLimited(id)
 	} else {
 		a.attQueue.Forget(id)
@@ -493,7 +495,7 @@ func (a *Agent) syncAttachment(ctx context.Context, id string) error {
 			}
 			a.metrics.errors.WithLabelValues(reason).Inc()
 			a.events.warn("Pod", la.att.PodNamespace, la.att.PodName, reason,
-				fmt.Sprintf("network %s: VF %s: %v", la.att.Network, vfPCI, err))
+				fmt.Sprintf("network %s: VF %s: %v; the representor keeps the rules it had, retried with backoff; fix: %s", la.att.Network, vfPCI, err, resolveFix(reason)))
 			errs = append(errs, err)
 			continue
 		}
@@ -511,7 +513,7 @@ func (a *Agent) syncAttachment(ctx context.Context, id string) error {
 			}
 			a.metrics.errors.WithLabelValues(reason).Inc()
 			a.events.warn("Pod", la.att.PodNamespace, la.att.PodName, reason,
-				fmt.Sprintf("network %s: VF %s representor %s: %v", la.att.Network, vfPCI, vf.Representor, err))
+				fmt.Sprintf("network %s: VF %s representor %s: %v; its previous rules stay, retried with backoff; fix: %s", la.att.Network, vfPCI, vf.Representor, err, resolveFix(reason)))
 			errs = append(errs, err)
 			continue
 		}
@@ -539,6 +541,7 @@ func (a *Agent) syncAttachment(ctx context.Context, id string) error {
 	}
 	a.mu.Unlock()
 	if err := a.removeReps(ctx, id, stale); err != nil {
+		a.events.warn("Pod", la.att.PodNamespace, la.att.PodName, reasonTCRemove, err.Error())
 		errs = append(errs, err)
 	}
 	if rs != nil {
@@ -558,6 +561,18 @@ func (a *Agent) syncAttachment(ctx context.Context, id string) error {
 	a.programmed[id] = &programmedState{reps: reps, state: state, good: good}
 	a.mu.Unlock()
 	return errors.Join(errs...)
+}
+
+// resolveFix is what a user can do about a VF or TC error.
+func resolveFix(reason string) string {
+	switch reason {
+	case reasonRepresentorNotFound:
+		return "put the PF in switchdev mode and check that the VF's representor netdev exists (ip -d link)"
+	case reasonVFNotResolved:
+		return "the device plugin resource must hold VFs of a switchdev PF; check the NAD's resourceName"
+	default:
+		return "see the agent's log and `tc filter show dev <representor> ingress/egress`; check the kernel has cls_flower and act_ct"
+	}
 }
 
 // ruleSetFor returns the rule set to program for an attachment and whether

@@ -526,3 +526,25 @@ func faults() []fault {
 		},
 	}
 }
+
+// TestOrphansCleanedAtRestart: a pod deleted while the agent is down leaves
+// its rules on a VF no pod holds; the new agent removes them at start and
+// counts them.
+func TestOrphansCleanedAtRestart(t *testing.T) {
+	c := newCluster(t, clusterOptions{})
+	c.waitReady()
+	s := c.newScene(t, 0)
+	c.stopAgent()
+	c.deletePod(s.ns, "server")
+	if c.ourFilters(s.rep) == 0 {
+		t.Fatal("the stopped agent's rules are gone already")
+	}
+	c.startAgent()
+	c.waitReady()
+	if n := c.ourFilters(s.rep); n != 0 {
+		t.Errorf("%s, whose pod is gone, keeps %d filters", s.rep, n)
+	}
+	if got := metricValue(t, c, "multi_networkpolicy_tc_orphans_cleaned_total", ""); got != 1 {
+		t.Errorf("orphans_cleaned_total = %v, want 1", got)
+	}
+}

@@ -184,6 +184,11 @@ func newCluster(t testing.TB, o clusterOptions) *cluster {
 
 	c := &cluster{t: t, env: env, admin: adminClients, podRes: map[string]*podresourcesv1.PodResources{}}
 	c.prs = kubeletsim.NewPodResources()
+	allocatable := make([]string, numVFs)
+	for i := range numVFs {
+		allocatable[i] = vfPCI(i)
+	}
+	c.prs.SetAllocatable(&podresourcesv1.ContainerDevices{ResourceName: resource, DeviceIds: allocatable})
 	socket := filepath.Join(t.TempDir(), "kubelet.sock")
 	c.prSocket = socket
 	c.startPodResources()

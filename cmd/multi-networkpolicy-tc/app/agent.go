@@ -37,6 +37,7 @@ import (
 type PodResources interface {
 	List(ctx context.Context) ([]*podresourcesv1.PodResources, error)
 	Get(ctx context.Context, namespace, name string) (*podresourcesv1.PodResources, error)
+	GetAllocatableResources(ctx context.Context) (*podresourcesv1.AllocatableResourcesResponse, error)
 }
 
 // AgentConfig is everything an Agent runs with. The command line fills it

@@ -211,3 +211,54 @@ func (a *Agent) programHeld(ctx context.Context, rep string, la *localAttachment
 	}
 	return a.driver.Apply(ctx, rep, a.isolatedRuleSet(la.att))
 }
+
+// cleanOrphans removes our filters from the representors of VFs the
+// kubelet can hand out that no pod holds (held: every device ID the
+// kubelet lists for a pod) and no attachment owns: left by a pod deleted
+// while the agent was down, or by a removal that failed. A free VF's
+// representor has none of our filters (docs/policy-semantics.md §9).
+func (a *Agent) cleanOrphans(ctx context.Context, held map[string]bool) {
+	alloc, err := a.pr.GetAllocatableResources(ctx)
+	if err != nil {
+		if a.logs.allow("allocatable") {
+			a.log.WithError(err).Warn("cannot list the node's allocatable devices; orphaned rules are not looked for")
+		}
+		return
+	}
+	for _, d := range alloc.GetDevices() {
+		for _, id := range d.GetDeviceIds() {
+			if held[id] {
+				continue
+			}
+			vf, err := a.resolver.Resolve(id)
+			if err != nil {
+				continue // not a VF with a representor: nothing of ours there
+			}
+			a.driverMu.Lock()
+			a.mu.Lock()
+			_, owned := a.vfOwner[id]
+			a.mu.Unlock()
+			var removed bool
+			if !owned {
+				removed, err = a.removeIfOurs(ctx, vf.Representor)
+			}
+			a.driverMu.Unlock()
+			switch {
+			case err != nil:
+				a.metrics.errors.WithLabelValues(reasonTCRemove).Inc()
+				a.log.WithError(err).WithFields(map[string]any{"vf": id, "representor": vf.Representor}).Warn("cannot clean a free VF's representor")
+			case removed:
+				a.metrics.orphansCleaned.Inc()
+				a.log.WithFields(map[string]any{"vf": id, "representor": vf.Representor, "resource": d.GetResourceName()}).Info("VF held by no pod: our rules removed")
+			}
+		}
+	}
+}
+
+func (a *Agent) removeIfOurs(ctx context.Context, rep string) (bool, error) {
+	st, err := a.driver.Dump(ctx, rep)
+	if err != nil || len(st.Ours()) == 0 {
+		return false, err
+	}
+	return true, a.driver.Remove(ctx, rep)
+}

@@ -11,7 +11,11 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	dto "github.com/prometheus/client_model/go"
+
 	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/podresources"
+	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/policy"
+	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/tcdriver"
 )
 
 const (
@@ -341,5 +345,39 @@ func TestLogLimiter(t *testing.T) {
 	got = append(got, l.allow("a"))
 	if want := []bool{true, false, true, true}; !slices.Equal(got, want) {
 		t.Errorf("allow = %v, want %v", got, want)
+	}
+}
+
+// TestOrphansCleaned: at start, our filters on the representor of a VF no
+// pod holds (its pod deleted while the agent was down) are removed and
+// counted; a held VF's and another tool's filters stay.
+func TestOrphansCleaned(t *testing.T) {
+	isolated := &policy.RuleSet{Ingress: policy.DirectionRules{Isolated: true, Stateful: true}}
+	foreign := &tcdriver.Filter{Hook: tcdriver.HookIngress, Prio: 10, Protocol: tcdriver.EthIPv4, Handle: 1,
+		Match: tcdriver.Match{IPProto: tcdriver.ProtoUDP}, Actions: []tcdriver.Action{{Kind: tcdriver.ActAccept}}}
+	h := newHarnessWith(t, func(h *harness) {
+		h.createNAD(sriovNAD(fcNS, "net", "accelerated-bridge"))
+		h.pr.set(fcNS, "db", hVF(0))
+		h.createPod(runningPod(fcNS, "db", fcNet, fcPodIP, nil))
+		_, err := h.clients.MNP.K8sCniCncfIoV1beta1().MultiNetworkPolicies(fcNS).Create(hctx(), denyAllIngress(fcNS, "deny", fcNet), metav1.CreateOptions{})
+		h.must(err, "policy")
+		for _, i := range []int{0, 2} { // VF 2's pod is gone
+			h.must(h.tc.Apply(hctx(), hRep(i), isolated), "left by the last run")
+		}
+		h.must(h.tc.AddForeign(hRep(3), foreign), "another tool's filter")
+	})
+	if n := h.ours(hRep(2)); n != 0 {
+		t.Errorf("%s (no pod) keeps %d filters of ours", hRep(2), n)
+	}
+	if h.ours(hRep(0)) == 0 {
+		t.Errorf("%s (held by shop/db) lost its filters", hRep(0))
+	}
+	if st, _ := h.tc.Dump(hctx(), hRep(3)); len(st.Filters) != 1 {
+		t.Errorf("%s: another tool's filter touched: %s", hRep(3), st.Canonical())
+	}
+	var m dto.Metric
+	h.must(h.agent.metrics.orphansCleaned.Write(&m), "read metric")
+	if got := m.GetCounter().GetValue(); got != 1 {
+		t.Errorf("orphans_cleaned_total = %v, want 1", got)
 	}
 }

@@ -83,6 +83,20 @@ func (f *fakePodResources) Get(_ context.Context, ns, name string) (*podresource
 	return p, nil
 }
 
+// GetAllocatableResources reports every VF of the switch.
+func (f *fakePodResources) GetAllocatableResources(context.Context) (*podresourcesv1.AllocatableResourcesResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.down != nil {
+		return nil, f.down
+	}
+	ids := make([]string, hVFs)
+	for i := range hVFs {
+		ids[i] = hVF(i)
+	}
+	return &podresourcesv1.AllocatableResourcesResponse{Devices: []*podresourcesv1.ContainerDevices{{ResourceName: hResource, DeviceIds: ids}}}, nil
+}
+
 func (f *fakePodResources) set(ns, name string, vfs ...string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()

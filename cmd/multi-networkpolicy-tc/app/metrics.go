@@ -48,6 +48,7 @@ type agentMetrics struct {
 	podResourcesCall *prometheus.HistogramVec
 	podResourcesErrs *prometheus.CounterVec
 	lastResync       prometheus.Gauge
+	orphansCleaned   prometheus.Counter
 }
 
 func newAgentMetrics(reg prometheus.Registerer) *agentMetrics {
@@ -66,7 +67,7 @@ func newAgentMetrics(reg prometheus.Registerer) *agentMetrics {
 		attachments: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Namespace: metricsNamespace,
 			Name:      "attachments",
-			Help:      "Local pod attachments on enforced networks by state: pending (not programmed yet), programmed, failed (last attempt failed; retried).",
+			Help:      "Local pod attachments on enforced networks by state: pending (not programmed yet), programmed, failed (last attempt failed; retried), held (input unusable: last good rules kept, or isolated both ways).",
 		}, []string{"state"}),
 		podResourcesCall: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: metricsNamespace,
@@ -84,12 +85,17 @@ func newAgentMetrics(reg prometheus.Registerer) *agentMetrics {
 			Name:      "last_resync_timestamp_seconds",
 			Help:      "When the last full resync (PodResources and kernel state) finished.",
 		}),
+		orphansCleaned: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: metricsNamespace,
+			Name:      "orphans_cleaned_total",
+			Help:      "Representors of VFs no pod holds from which the resync removed our filters.",
+		}),
 	}
 	for _, s := range attachmentStates {
 		m.attachments.WithLabelValues(s).Set(0)
 	}
 	if reg != nil {
-		reg.MustRegister(m.syncDuration, m.errors, m.attachments, m.podResourcesCall, m.podResourcesErrs, m.lastResync)
+		reg.MustRegister(m.syncDuration, m.errors, m.attachments, m.podResourcesCall, m.podResourcesErrs, m.lastResync, m.orphansCleaned)
 	}
 	return m
 }
@@ -126,5 +132,12 @@ func (p instrumentedPodResources) Get(ctx context.Context, namespace, name strin
 	start := time.Now()
 	res, err := p.next.Get(ctx, namespace, name)
 	p.observe("Get", start, err)
+	return res, err
+}
+
+func (p instrumentedPodResources) GetAllocatableResources(ctx context.Context) (*podresourcesv1.AllocatableResourcesResponse, error) {
+	start := time.Now()
+	res, err := p.next.GetAllocatableResources(ctx)
+	p.observe("GetAllocatableResources", start, err)
 	return res, err
 }

@@ -215,6 +215,13 @@ func (a *Agent) resync(ctx context.Context) error {
 	for _, key := range gone {
 		a.setPodAttachments(key, nil)
 	}
+	held := map[string]bool{}
+	for _, r := range list {
+		for id := range heldDevices(r) {
+			held[id] = true
+		}
+	}
+	a.cleanOrphans(ctx, held)
 	for _, id := range ids {
 		a.attQueue.Add(id)
 	}

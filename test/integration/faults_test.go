@@ -170,6 +170,12 @@ func TestFaultsNeverOpen(t *testing.T) {
 			if f.seenMetric != "" {
 				seen = metricGrows(t, c, f.seenMetric)
 			}
+			healed := f.heal == nil
+			defer func() {
+				if !healed { // a failed case must not break the next ones
+					f.heal(t, c, s)
+				}
+			}()
 			f.inject(t, c, s)
 			c.await(t, s, seen, 2500*time.Millisecond) // over a resync
 			if f.valid != nil {
@@ -181,6 +187,7 @@ func TestFaultsNeverOpen(t *testing.T) {
 					want = f.healed(s)
 				}
 				mon.widen(want)
+				healed = true
 				f.heal(t, c, s)
 				c.await(t, s, converged(want), 0)
 			}
@@ -240,7 +247,7 @@ func (m *monitor) stop() {
 func (c *cluster) await(t *testing.T, s *scene, cond func(*cluster, *scene) (bool, string), minimum time.Duration) {
 	t.Helper()
 	start := time.Now()
-	eventually(t, 30*time.Second, func() (bool, string) {
+	eventually(t, 45*time.Second, func() (bool, string) {
 		if cond != nil {
 			if ok, why := cond(c, s); !ok {
 				return false, why
@@ -424,7 +431,7 @@ func faults() []fault {
 			seen: hasEvent("NetworkAttachmentDefinition", "net", "InvalidInput", podresources.ResourceNameAnnotation),
 			heal: func(t *testing.T, c *cluster, s *scene) {
 				c.updateNAD(t, s, func(n *nadv1.NetworkAttachmentDefinition) {
-					n.Annotations[podresources.ResourceNameAnnotation] = resource
+					n.Annotations = map[string]string{podresources.ResourceNameAnnotation: resource}
 				})
 			},
 		},

@@ -381,3 +381,37 @@ func TestOrphansCleaned(t *testing.T) {
 		t.Errorf("orphans_cleaned_total = %v, want 1", got)
 	}
 }
+
+// TestRestartWithBadInput: an agent that starts while a NAD's config does
+// not parse knows no last good rules for the pods on it: it keeps the
+// filters of ours the last run left, and isolates a representor that has
+// none.
+func TestRestartWithBadInput(t *testing.T) {
+	lastRun := &policy.RuleSet{Ingress: policy.DirectionRules{Isolated: true, Stateful: true}}
+	var before string
+	h := newHarnessWith(t, func(h *harness) {
+		bad := sriovNAD(fcNS, "net", "accelerated-bridge")
+		bad.Spec.Config = "{"
+		h.createNAD(bad)
+		h.pr.set(fcNS, "db", hVF(0))
+		h.pr.set(fcNS, "web", hVF(1))
+		h.createPod(runningPod(fcNS, "db", fcNet, fcPodIP, nil))
+		h.createPod(runningPod(fcNS, "web", fcNet, "10.1.0.11", nil))
+		h.must(h.tc.Apply(hctx(), hRep(0), lastRun), "db's rules from the last run")
+		st, err := h.tc.Dump(hctx(), hRep(0))
+		h.must(err, "dump")
+		before = st.Canonical()
+	})
+	h.settle()
+	if st, _ := h.tc.Dump(hctx(), hRep(0)); st.Canonical() != before {
+		t.Errorf("%s: the last run's rules changed:\n%s\nwant:\n%s", hRep(0), st.Canonical(), before)
+	}
+	if got := h.allowed(hRep(1), "10.1.0.11"); len(got) != 0 || h.ours(hRep(1)) == 0 {
+		t.Errorf("%s (no rules of the last run) allows %v, want isolated both ways", hRep(1), got)
+	}
+	for _, a := range h.agent.Attachments() {
+		if a.State != stateHeld {
+			t.Errorf("%s is %s, want held", a.ID, a.State)
+		}
+	}
+}

@@ -166,13 +166,21 @@ func (a *Agent) enqueueAllLocalPods() {
 	a.mu.Unlock()
 }
 
+// podResourcesDeadline bounds one use of the kubelet's PodResources API,
+// retries included: the client retries an absent socket until its context
+// ends, and a kubelet that is down must show as an error (metric, log)
+// rather than as a resync that never returns.
+const podResourcesDeadline = 15 * time.Second
+
 // resync re-reads PodResources, re-maps every local pod and enqueues every
 // attachment: applying an unchanged rule set reads the kernel state and
 // repairs whatever differs (a filter deleted by hand, a representor that
 // lost its qdisc).
 func (a *Agent) resync(ctx context.Context) error {
 	start := time.Now()
-	list, err := a.pr.List(ctx)
+	lctx, cancel := context.WithTimeout(ctx, podResourcesDeadline)
+	defer cancel()
+	list, err := a.pr.List(lctx)
 	if err != nil {
 		a.metrics.errors.WithLabelValues(reasonPodResources).Inc()
 		a.metrics.syncDuration.WithLabelValues("mapping", "error").Observe(time.Since(start).Seconds())
@@ -221,7 +229,7 @@ func (a *Agent) resync(ctx context.Context) error {
 			held[id] = true
 		}
 	}
-	a.cleanOrphans(ctx, held)
+	a.cleanOrphans(lctx, held)
 	for _, id := range ids {
 		a.attQueue.Add(id)
 	}
@@ -267,7 +275,9 @@ func (a *Agent) syncPod(ctx context.Context, key string) error {
 	if ok && cached.uid == pod.UID {
 		res = cached.res
 	} else if needsDevices(pod) {
-		res, err = a.pr.Get(ctx, pod.Namespace, pod.Name)
+		gctx, cancel := context.WithTimeout(ctx, podResourcesDeadline)
+		res, err = a.pr.Get(gctx, pod.Namespace, pod.Name)
+		cancel()
 		if err != nil && !errors.Is(err, podresources.ErrPodNotFound) {
 			a.metrics.errors.WithLabelValues(reasonPodResources).Inc()
 			return err
@@ -322,13 +332,15 @@ func (a *Agent) mapPod(pod *corev1.Pod, res *podresourcesv1.PodResources) error 
 }
 
 // enforcedAttachments are the mapped networks the agent enforces, one
-// attachment per network (two VFs when the pod attached it twice).
+// attachment per network (two VFs when the pod attached it twice). A
+// network whose NAD config does not parse may be one: it is included, and
+// held until the config parses (ruleSetFor).
 func (a *Agent) enforcedAttachments(pod *corev1.Pod, mapped []podresources.Attachment) []*localAttachment {
 	byID := map[string]*localAttachment{}
 	var order []string
 	for _, m := range mapped {
 		ref := policy.NetworkRef{Namespace: m.NetworkNamespace, Name: m.NetworkName}
-		if !a.engine.Enforced(ref) {
+		if !a.engine.Enforced(ref) && !a.nadUnparsable(ref) {
 			continue
 		}
 		att := policy.Attachment{PodNamespace: pod.Namespace, PodName: pod.Name, Network: ref, Interface: m.Interface}
@@ -369,6 +381,16 @@ func (a *Agent) reportMappingError(pod *corev1.Pod, err error, protected bool) {
 	a.metrics.errors.WithLabelValues(reason).Inc()
 	a.events.warn("Pod", pod.Namespace, pod.Name, reason, fmt.Sprintf("%v; %s; fix: %s", err, effect, fix))
 	a.log.WithError(err).WithField("pod", pod.Namespace+"/"+pod.Name).Warn("cannot map the pod's networks to its VFs; " + effect)
+}
+
+// nadUnparsable: the network's NAD exists and its plugin type cannot be read.
+func (a *Agent) nadUnparsable(ref policy.NetworkRef) bool {
+	nad, err := a.lookupNAD(ref.Namespace, ref.Name)
+	if err != nil {
+		return false
+	}
+	_, err = policy.NADPluginType(nad)
+	return err != nil
 }
 
 func (a *Agent) lookupNAD(namespace, name string) (*nadv1.NetworkAttachmentDefinition, error) {

@@ -20,6 +20,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
@@ -366,8 +367,8 @@ func (a *Agent) uidOf(kind, namespace, name string) types.UID {
 
 // waitForCaches waits for the informers. Until they sync it checks the
 // API server every second and says, from the first second and then every
-// 10s, why it cannot be reached: a reflector's own error can take a TCP
-// timeout to come.
+// 10s, why it cannot be reached: a reflector's own error waits for a dial
+// timeout.
 func (a *Agent) waitForCaches(ctx context.Context) bool {
 	pctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -375,7 +376,7 @@ func (a *Agent) waitForCaches(ctx context.Context) bool {
 		t := time.NewTicker(time.Second)
 		defer t.Stop()
 		for !a.informers.hasSynced() {
-			if _, err := a.clients.Kube.Discovery().ServerVersion(); err != nil && pctx.Err() == nil && a.logs.allow("apiserver") {
+			if err := a.probeAPIServer(pctx); err != nil && pctx.Err() == nil && a.logs.allow("apiserver") {
 				a.log.WithError(err).Warn("API server unreachable; waiting for the caches, the kernel's rules are left as they are")
 			}
 			select {
@@ -386,6 +387,18 @@ func (a *Agent) waitForCaches(ctx context.Context) bool {
 		}
 	}()
 	return cache.WaitForNamedCacheSync("multi-networkpolicy-tc", ctx.Done(), a.informers.hasSynced)
+}
+
+// probeAPIServer asks the API server for its version, giving up after a
+// second (the informers' own requests wait for the dial timeout).
+func (a *Agent) probeAPIServer(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	if rc, ok := a.clients.Kube.Discovery().RESTClient().(*rest.RESTClient); ok && rc != nil {
+		return rc.Get().AbsPath("/version").Do(ctx).Error()
+	}
+	_, err := a.clients.Kube.Discovery().ServerVersion() // fake clientsets
+	return err
 }
 
 // allAttempted reports whether every local attachment has a state.

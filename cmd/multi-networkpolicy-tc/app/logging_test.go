@@ -2,12 +2,20 @@ package app
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/sirupsen/logrus"
+	logtest "github.com/sirupsen/logrus/hooks/test"
+	"k8s.io/client-go/rest"
 	"k8s.io/klog/v2"
+
+	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/sriov"
+	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/tcdriver"
 )
 
 // TestKlogLinesComeOutInTheChosenFormat: client-go's klog lines go through
@@ -37,5 +45,45 @@ func TestKlogLinesComeOutInTheChosenFormat(t *testing.T) {
 	}
 	if l := lines[0]; l["msg"] != "Failed to watch" || l["level"] != "error" || l["error"] != "connection refused" || l["reflector"] != "pods" {
 		t.Errorf("line %v", l)
+	}
+}
+
+// TestUnreachableAPIServerIsLogged: while the caches cannot sync, the agent
+// says why, and does not turn ready.
+func TestUnreachableAPIServerIsLogged(t *testing.T) {
+	clients, err := ClientsForConfig(&rest.Config{Host: "https://127.0.0.1:1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	log, hook := logtest.NewNullLogger()
+	opts := *NewAgentOptions()
+	opts.HostnameOverride = "node-a"
+	opts.MetricsBindAddress, opts.HealthProbeBindAddress = "0", "0"
+	agent, err := NewAgent(AgentConfig{Options: opts, Clients: clients, PodResources: &fakePodResources{}, Resolver: sriov.NewFake(),
+		Driver: tcdriver.NewFake(tcdriver.Options{}), Log: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- agent.Run(ctx) }()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		for _, e := range hook.AllEntries() {
+			if e.Level == logrus.WarnLevel && strings.Contains(e.Message, "API server unreachable") && e.Data[logrus.ErrorKey] != nil {
+				if agent.Ready() {
+					t.Error("ready without caches")
+				}
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no warning about the API server; log: %v", hook.AllEntries())
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

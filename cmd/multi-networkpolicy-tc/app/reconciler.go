@@ -380,7 +380,9 @@ func (a *Agent) reportMappingError(pod *corev1.Pod, err error, protected bool) {
 	}
 	a.metrics.errors.WithLabelValues(reason).Inc()
 	a.events.warn("Pod", pod.Namespace, pod.Name, reason, fmt.Sprintf("%v; %s; fix: %s", err, effect, fix))
-	a.log.WithError(err).WithField("pod", pod.Namespace+"/"+pod.Name).Warn("cannot map the pod's networks to its VFs; " + effect)
+	if a.logs.allow("map " + pod.Namespace + "/" + pod.Name) {
+		a.log.WithError(err).WithField("pod", pod.Namespace+"/"+pod.Name).Warn("cannot map the pod's networks to its VFs; " + effect)
+	}
 }
 
 // nadUnparsable: the network's NAD exists and its plugin type cannot be read.

@@ -3,6 +3,7 @@ package policy
 import (
 	"cmp"
 	"fmt"
+	"net/netip"
 	"slices"
 )
 
@@ -60,4 +61,15 @@ func (e *Engine) PoliciesOnNetwork(n NetworkRef) []string {
 	}
 	slices.Sort(out)
 	return out
+}
+
+// PodIPs returns the addresses of a pod on a network, as its network-status
+// (or static IPs) give them; nil for an unknown pod.
+func (e *Engine) PodIPs(namespace, name string, network NetworkRef) []netip.Addr {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	if p := e.state.pods[key(namespace, name)]; p != nil {
+		return slices.Clone(p.ips[network])
+	}
+	return nil
 }

@@ -20,8 +20,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes/scheme"
-	"k8s.io/client-go/rest"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
 	"k8s.io/client-go/util/workqueue"
@@ -51,6 +51,9 @@ type AgentConfig struct {
 	PodResources PodResources
 	Resolver     sriov.Resolver
 	Driver       tcdriver.Driver
+	// Conntrack cuts the established connections a changed rule set
+	// denies (nil: none are cut).
+	Conntrack tcdriver.ConnCutter
 	// Registry receives the metrics (nil: a private registry).
 	Registry *prometheus.Registry
 	Log      logrus.FieldLogger
@@ -64,6 +67,7 @@ type Agent struct {
 	pr        PodResources
 	resolver  sriov.Resolver
 	driver    tcdriver.Driver
+	conntrack tcdriver.ConnCutter
 	engine    *policy.Engine
 	mapper    *podresources.Mapper
 	registry  *prometheus.Registry
@@ -145,11 +149,12 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 		reg = newRegistry()
 	}
 	a := &Agent{
-		opts:     cfg.Options,
-		log:      log.WithField("node", cfg.Options.HostnameOverride),
-		clients:  cfg.Clients,
-		resolver: cfg.Resolver,
-		driver:   cfg.Driver,
+		opts:      cfg.Options,
+		log:       log.WithField("node", cfg.Options.HostnameOverride),
+		clients:   cfg.Clients,
+		resolver:  cfg.Resolver,
+		driver:    cfg.Driver,
+		conntrack: cfg.Conntrack,
 		engine: policy.NewEngine(policy.Options{
 			NetworkPlugins: cfg.Options.NetworkPlugins,
 			AcceptICMP:     cfg.Options.AcceptICMP,
@@ -455,6 +460,7 @@ func newAgentCommandRunner(opts *AgentOptions) func(*cobra.Command, []string) er
 			PodResources: pr,
 			Resolver:     sriov.NewSysfsResolver(),
 			Driver:       drv,
+			Conntrack:    tcdriver.NetlinkConntrack{},
 			Registry:     reg,
 		})
 		if err != nil {

@@ -2,6 +2,7 @@ package app
 
 import (
 	"maps"
+	"net/netip"
 	"slices"
 	"strings"
 	"testing"
@@ -413,5 +414,36 @@ func TestRestartWithBadInput(t *testing.T) {
 		if a.State != stateHeld {
 			t.Errorf("%s is %s, want held", a.ID, a.State)
 		}
+	}
+}
+
+// TestTightenedPolicyCutsConnections: once a stricter rule set is
+// programmed, the pod's established connections it denies are cut; those
+// it allows, other zones' and other pods' stay.
+func TestTightenedPolicyCutsConnections(t *testing.T) {
+	h := newHarness(t)
+	h.createNAD(sriovNAD(fcNS, "net", "accelerated-bridge"))
+	h.pr.set(fcNS, "db", hVF(0))
+	h.createPod(runningPod(fcNS, "db", fcNet, fcPodIP, nil))
+	h.eventually("db programmed", func() bool {
+		st := h.agent.Attachments()
+		return len(st) == 1 && st[0].State == stateProgrammed
+	})
+	pod, peer, other := netip.MustParseAddr(fcPodIP), netip.MustParseAddr("10.1.0.20"), netip.MustParseAddr("10.1.0.99")
+	flows := []tcdriver.Flow{
+		{Zone: tcdriver.DefaultZone, Proto: tcdriver.ProtoTCP, Src: peer, Dst: pod, SrcPort: 40000, DstPort: 5432}, // into db: denied next
+		{Zone: tcdriver.DefaultZone, Proto: tcdriver.ProtoUDP, Src: pod, Dst: peer, SrcPort: 40001, DstPort: 53},   // db's egress: not isolated
+		{Zone: 7, Proto: tcdriver.ProtoTCP, Src: peer, Dst: pod, SrcPort: 40002, DstPort: 5432},                    // another zone
+		{Zone: tcdriver.DefaultZone, Proto: tcdriver.ProtoTCP, Src: peer, Dst: other, SrcPort: 40003, DstPort: 80}, // another pod
+	}
+	for _, f := range flows {
+		h.ct.add(f)
+	}
+	_, err := h.clients.MNP.K8sCniCncfIoV1beta1().MultiNetworkPolicies(fcNS).Create(hctx(), denyAllIngress(fcNS, "deny", fcNet), metav1.CreateOptions{})
+	h.must(err, "policy")
+	h.eventually("the denied connection cut", func() bool { return len(h.ct.list()) == 3 })
+	h.settle()
+	if got := h.ct.list(); !slices.Equal(got, flows[1:]) {
+		t.Errorf("flows left %v, want %v", got, flows[1:])
 	}
 }

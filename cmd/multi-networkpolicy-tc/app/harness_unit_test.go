@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -109,8 +110,36 @@ func (f *fakePodResources) set(ns, name string, vfs ...string) {
 	}}}
 }
 
+// fakeConntrack is a conntrack table: Cut removes the flows of the zone a
+// rule set denies, as NetlinkConntrack does through ctnetlink.
+type fakeConntrack struct {
+	mu    sync.Mutex
+	flows []tcdriver.Flow
+}
+
+func (f *fakeConntrack) Cut(_ context.Context, podIPs []netip.Addr, rs *policy.RuleSet) (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	before := len(f.flows)
+	f.flows = slices.DeleteFunc(f.flows, func(fl tcdriver.Flow) bool { return fl.Denied(tcdriver.DefaultZone, podIPs, rs) })
+	return before - len(f.flows), nil
+}
+
+func (f *fakeConntrack) add(fl tcdriver.Flow) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.flows = append(f.flows, fl)
+}
+
+func (f *fakeConntrack) list() []tcdriver.Flow {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.flows)
+}
+
 type harness struct {
 	t       *testing.T
+	ct      *fakeConntrack
 	clients *Clients
 	pr      *fakePodResources
 	sw      *sriov.Fake
@@ -130,6 +159,7 @@ func newHarnessWith(t *testing.T, before func(*harness)) *harness {
 		t:       t,
 		clients: &Clients{Kube: kubefake.NewClientset(), MNP: mnpfake.NewSimpleClientset(), NAD: nadfake.NewSimpleClientset()},
 		pr:      &fakePodResources{pods: map[string]*podresourcesv1.PodResources{}},
+		ct:      &fakeConntrack{},
 	}
 	sw := sriov.NewFake().AddPF(hPF, "p0", true)
 	devs := make([]string, hVFs)
@@ -144,7 +174,7 @@ func newHarnessWith(t *testing.T, before func(*harness)) *harness {
 	opts.MetricsBindAddress, opts.HealthProbeBindAddress = "0", "0"
 	log := logrus.New()
 	log.SetLevel(logrus.ErrorLevel)
-	agent, err := NewAgent(AgentConfig{Options: opts, Clients: h.clients, PodResources: h.pr, Resolver: sw, Driver: h.tc, Log: log})
+	agent, err := NewAgent(AgentConfig{Options: opts, Clients: h.clients, PodResources: h.pr, Resolver: sw, Driver: h.tc, Conntrack: h.ct, Log: log})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -22,6 +22,7 @@ const (
 	reasonTCRemove            = "TCRemoveFailed"
 	reasonPodResources        = "PodResourcesFailed"
 	reasonNetworksAnnotation  = "InvalidNetworksAnnotation"
+	reasonConntrack           = "ConntrackCutFailed"
 	// reasonNetworkNotEnforced is an Event only: a policy names a network
 	// on which it enforces nothing.
 	reasonNetworkNotEnforced = "NetworkNotEnforced"
@@ -49,6 +50,7 @@ type agentMetrics struct {
 	podResourcesErrs *prometheus.CounterVec
 	lastResync       prometheus.Gauge
 	orphansCleaned   prometheus.Counter
+	connectionsCut   prometheus.Counter
 }
 
 func newAgentMetrics(reg prometheus.Registerer) *agentMetrics {
@@ -62,7 +64,7 @@ func newAgentMetrics(reg prometheus.Registerer) *agentMetrics {
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: metricsNamespace,
 			Name:      "errors_total",
-			Help:      "Errors by reason: InvalidInput, DeviceCountMismatch, RepresentorNotFound, VFNotResolved, TCProgrammingFailed, TCRemoveFailed, PodResourcesFailed, InvalidNetworksAnnotation.",
+			Help:      "Errors by reason: InvalidInput, DeviceCountMismatch, RepresentorNotFound, VFNotResolved, TCProgrammingFailed, TCRemoveFailed, PodResourcesFailed, InvalidNetworksAnnotation, ConntrackCutFailed.",
 		}, []string{"reason"}),
 		attachments: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Namespace: metricsNamespace,
@@ -90,12 +92,17 @@ func newAgentMetrics(reg prometheus.Registerer) *agentMetrics {
 			Name:      "orphans_cleaned_total",
 			Help:      "Representors of VFs no pod holds from which the resync removed our filters.",
 		}),
+		connectionsCut: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: metricsNamespace,
+			Name:      "connections_cut_total",
+			Help:      "Conntrack entries of established connections removed because a changed rule set denies them.",
+		}),
 	}
 	for _, s := range attachmentStates {
 		m.attachments.WithLabelValues(s).Set(0)
 	}
 	if reg != nil {
-		reg.MustRegister(m.syncDuration, m.errors, m.attachments, m.podResourcesCall, m.podResourcesErrs, m.lastResync, m.orphansCleaned)
+		reg.MustRegister(m.syncDuration, m.errors, m.attachments, m.podResourcesCall, m.podResourcesErrs, m.lastResync, m.orphansCleaned, m.connectionsCut)
 	}
 	return m
 }

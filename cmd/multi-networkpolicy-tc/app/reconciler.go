@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
 	"slices"
 	"sort"
 	"strings"
@@ -586,12 +587,39 @@ func (a *Agent) syncAttachment(ctx context.Context, id string) error {
 		state = stateHeld
 	}
 	if !held && len(errs) == 0 {
-		good = rs
+		if err := a.cutConnections(ctx, la, good, rs); err != nil {
+			errs = append(errs, err) // retried: good stays the old rules
+		} else {
+			good = rs
+		}
 	}
 	a.mu.Lock()
 	a.programmed[id] = &programmedState{reps: reps, state: state, good: good}
 	a.mu.Unlock()
 	return errors.Join(errs...)
+}
+
+// cutConnections removes the conntrack entries of the pod's established
+// connections that the new rule set denies, once it is programmed: else
+// they would pass as established until they end. Nothing is cut for a
+// first rule set (after a restart the kernel's rules were the last ones).
+func (a *Agent) cutConnections(ctx context.Context, la *localAttachment, old, rs *policy.RuleSet) error {
+	if a.conntrack == nil || old == nil || reflect.DeepEqual(old, rs) {
+		return nil
+	}
+	ips := a.engine.PodIPs(la.att.PodNamespace, la.att.PodName, la.att.Network)
+	n, err := a.conntrack.Cut(ctx, ips, rs)
+	a.metrics.connectionsCut.Add(float64(n))
+	if err != nil {
+		a.metrics.errors.WithLabelValues(reasonConntrack).Inc()
+		a.events.warn("Pod", la.att.PodNamespace, la.att.PodName, reasonConntrack,
+			fmt.Sprintf("network %s: %v; connections the new rules deny may continue until this succeeds (retried); fix: check that the kernel has nf_conntrack_netlink", la.att.Network, err))
+		return err
+	}
+	if n > 0 {
+		a.log.WithFields(logrus.Fields{"attachment": la.att.String(), "connections": n}).Info("cut established connections the new rules deny")
+	}
+	return nil
 }
 
 // resolveFix is what a user can do about a VF or TC error.

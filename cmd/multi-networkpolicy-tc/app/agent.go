@@ -104,6 +104,9 @@ type Agent struct {
 	started atomic.Bool
 	// logs rate-limits the lines about a problem that is retried.
 	logs *logLimiter
+	// resyncSoon asks the resync loop for a resync now: a NAD change
+	// changes which free VFs must be closed.
+	resyncSoon chan struct{}
 }
 
 // localAttachment is one local pod network on an enforced network, with the
@@ -113,10 +116,23 @@ type localAttachment struct {
 	att     policy.Attachment
 	podUID  types.UID
 	devices []string
-	// unmapped: VFs of the pod whose networks could not be read, isolated
-	// both ways (see unmappedAttachment); not known to the policy engine.
-	unmapped bool
+	kind    vfsKind
 }
+
+// vfsKind says what a localAttachment's VFs are.
+type vfsKind int
+
+const (
+	// vfsOnNetwork: the VFs of the pod on one enforced network.
+	vfsOnNetwork vfsKind = iota
+	// vfsUnmapped: VFs of enforced resources of a pod whose networks could
+	// not be mapped; isolated both ways. Not known to the policy engine.
+	vfsUnmapped
+	// vfsOpen: VFs of enforced resources of a pod that mapped, on no
+	// enforced network (another plugin, or no network: DPDK); not policed,
+	// so opened. Not known to the policy engine.
+	vfsOpen
+)
 
 type cachedResources struct {
 	uid types.UID
@@ -169,6 +185,7 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 		podRes:     map[string]cachedResources{},
 		programmed: map[string]*programmedState{},
 		logs:       newLogLimiter(10 * time.Second),
+		resyncSoon: make(chan struct{}, 1),
 	}
 	a.pr = instrumentedPodResources{next: cfg.PodResources, metrics: a.metrics}
 	a.attQueue = workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
@@ -289,9 +306,10 @@ func (a *Agent) resyncLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if err := a.resync(ctx); err != nil && ctx.Err() == nil && a.logs.allow(reasonPodResources) {
-				a.log.WithError(err).Warn("resync failed; keeping the current rules")
-			}
+		case <-a.resyncSoon:
+		}
+		if err := a.resync(ctx); err != nil && ctx.Err() == nil && a.logs.allow(reasonPodResources) {
+			a.log.WithError(err).Warn("resync failed; keeping the current rules")
 		}
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	nadv1 "github.com/k8snetworkplumbingwg/network-attachment-definition-client/pkg/apis/k8s.cni.cncf.io/v1"
+	"github.com/sirupsen/logrus"
 	corev1 "k8s.io/api/core/v1"
 	podresourcesv1 "k8s.io/kubelet/pkg/apis/podresources/v1"
 
@@ -15,9 +16,13 @@ import (
 	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/policy"
 )
 
-// unmappedNetwork names the pseudo-network of a pod's VFs that could not be
-// mapped to any network. The parentheses make it no valid NAD name.
-const unmappedNetwork = "(unmapped)"
+// unmappedNetwork and openNetwork name the pseudo-networks of a pod's VFs
+// that could not be mapped, and of those on no enforced network. The
+// parentheses make them no valid NAD name.
+const (
+	unmappedNetwork = "(unmapped)"
+	openNetwork     = "(not policed)"
+)
 
 // keepMapped adds to next the attachments the pod (same UID) already had
 // that the new mapping does not cover, as long as the kubelet still lists
@@ -30,7 +35,7 @@ func (a *Agent) keepMapped(pod *corev1.Pod, res *podresourcesv1.PodResources, ne
 	a.mu.Lock()
 	var prev []*localAttachment
 	for _, id := range a.byPod[key] {
-		if la := a.local[id]; la != nil && la.podUID == pod.UID && !la.unmapped {
+		if la := a.local[id]; la != nil && la.podUID == pod.UID && la.kind == vfsOnNetwork {
 			prev = append(prev, la)
 		}
 	}
@@ -84,10 +89,13 @@ func heldDevices(res *podresourcesv1.PodResources) map[string]bool {
 	return held
 }
 
-// unmappedAttachment isolates, both ways, the pod's VFs of resources some
-// enforced network uses that no attachment covers: the pod's networks
-// cannot be read, so which of them is on a policed network is unknown.
-func (a *Agent) unmappedAttachment(pod *corev1.Pod, res *podresourcesv1.PodResources, next []*localAttachment) *localAttachment {
+// otherVFs groups the pod's VFs of resources some enforced network uses
+// that no attachment in next covers. When the pod mapped, they are on no
+// enforced network and are opened (vfsOpen); when it did not, which of
+// them is policed is unknown and they are isolated both ways
+// (vfsUnmapped). Until the kubelet lists them for the pod they stay as
+// free VFs are: closed.
+func (a *Agent) otherVFs(pod *corev1.Pod, res *podresourcesv1.PodResources, next []*localAttachment, mapped bool) *localAttachment {
 	if res == nil {
 		return nil
 	}
@@ -115,9 +123,13 @@ func (a *Agent) unmappedAttachment(pod *corev1.Pod, res *podresourcesv1.PodResou
 		return nil
 	}
 	sort.Strings(devs)
+	kind, name := vfsUnmapped, unmappedNetwork
+	if mapped {
+		kind, name = vfsOpen, openNetwork
+	}
 	att := policy.Attachment{PodNamespace: pod.Namespace, PodName: pod.Name,
-		Network: policy.NetworkRef{Namespace: pod.Namespace, Name: unmappedNetwork}, Key: strings.Join(devs, ",")}
-	return &localAttachment{att: att, podUID: pod.UID, devices: devs, unmapped: true}
+		Network: policy.NetworkRef{Namespace: pod.Namespace, Name: name}, Key: strings.Join(devs, ",")}
+	return &localAttachment{att: att, podUID: pod.UID, devices: devs, kind: kind}
 }
 
 // enforcedResources are the device plugin resources of enforced networks.
@@ -212,19 +224,31 @@ func (a *Agent) programHeld(ctx context.Context, rep string, la *localAttachment
 	return a.driver.Apply(ctx, rep, a.isolatedRuleSet(la.att))
 }
 
-// cleanOrphans removes our filters from the representors of VFs the
-// kubelet can hand out that no pod holds (held: every device ID the
-// kubelet lists for a pod) and no attachment owns: left by a pod deleted
-// while the agent was down, or by a removal that failed. A free VF's
-// representor has none of our filters (docs/policy-semantics.md §9).
-func (a *Agent) cleanOrphans(ctx context.Context, held map[string]bool) {
+// freeVF is the rule set of a VF no pod holds: closed, isolated both ways.
+// The kubelet gives a VF to a pod, and the CNI moves it into the pod,
+// before the agent can know: a closed VF lets the pod send and receive
+// nothing until its own rules replace these (make-before-break), so no
+// frame its policy denies ever passes. A pod whose VF is on no enforced
+// network gets it opened once mapped (vfsOpen).
+func (a *Agent) freeVF(vf string) *policy.RuleSet {
+	return a.isolatedRuleSet(policy.Attachment{Network: policy.NetworkRef{Name: "(free)"}, Key: vf})
+}
+
+// sweepFreeVFs leaves every VF the kubelet can allocate that no pod holds
+// (held: every device ID the kubelet lists for a pod) and no attachment
+// owns as a free VF's representor must be: closed on a resource an
+// enforced network uses, else without filters of ours. It counts the
+// representors that had other filters of ours (orphans: left by a pod
+// deleted while the agent was down, or a failed removal).
+func (a *Agent) sweepFreeVFs(ctx context.Context, held map[string]bool) {
 	alloc, err := a.pr.GetAllocatableResources(ctx)
 	if err != nil {
 		if a.logs.allow("allocatable") {
-			a.log.WithError(err).Warn("cannot list the node's allocatable devices; orphaned rules are not looked for")
+			a.log.WithError(err).Warn("cannot list the node's allocatable devices; free VFs are not checked")
 		}
 		return
 	}
+	resources := a.enforcedResources()
 	for _, d := range alloc.GetDevices() {
 		for _, id := range d.GetDeviceIds() {
 			if held[id] {
@@ -234,31 +258,53 @@ func (a *Agent) cleanOrphans(ctx context.Context, held map[string]bool) {
 			if err != nil {
 				continue // not a VF with a representor: nothing of ours there
 			}
+			var want *policy.RuleSet
+			if resources[d.GetResourceName()] {
+				want = a.freeVF(id)
+			}
 			a.driverMu.Lock()
 			a.mu.Lock()
 			_, owned := a.vfOwner[id]
 			a.mu.Unlock()
-			var removed bool
+			var orphan bool
 			if !owned {
-				removed, err = a.removeIfOurs(ctx, vf.Representor)
+				orphan, err = a.setFree(ctx, vf.Representor, want)
 			}
 			a.driverMu.Unlock()
+			fields := logrus.Fields{"vf": id, "representor": vf.Representor, "resource": d.GetResourceName()}
 			switch {
 			case err != nil:
 				a.metrics.errors.WithLabelValues(reasonTCRemove).Inc()
-				a.log.WithError(err).WithFields(map[string]any{"vf": id, "representor": vf.Representor}).Warn("cannot clean a free VF's representor")
-			case removed:
+				if a.logs.allow("free " + id) {
+					a.log.WithError(err).WithFields(fields).Warn("cannot set a free VF's representor")
+				}
+			case orphan:
 				a.metrics.orphansCleaned.Inc()
-				a.log.WithFields(map[string]any{"vf": id, "representor": vf.Representor, "resource": d.GetResourceName()}).Info("VF held by no pod: our rules removed")
+				a.log.WithFields(fields).Info("VF held by no pod had rules of ours: replaced by a free VF's")
 			}
 		}
 	}
 }
 
-func (a *Agent) removeIfOurs(ctx context.Context, rep string) (bool, error) {
-	st, err := a.driver.Dump(ctx, rep)
-	if err != nil || len(st.Ours()) == 0 {
+// setFree programs a free VF's representor (want nil: none of our
+// filters) and reports whether it had other filters of ours.
+func (a *Agent) setFree(ctx context.Context, rep string, want *policy.RuleSet) (orphan bool, err error) {
+	before, err := a.driver.Dump(ctx, rep)
+	if err != nil {
 		return false, err
 	}
-	return true, a.driver.Remove(ctx, rep)
+	if want == nil {
+		if len(before.Ours()) == 0 {
+			return false, nil
+		}
+		return true, a.driver.Remove(ctx, rep)
+	}
+	if err := a.driver.Apply(ctx, rep, want); err != nil {
+		return false, err
+	}
+	after, err := a.driver.Dump(ctx, rep)
+	if err != nil {
+		return false, err
+	}
+	return len(before.Ours()) > 0 && before.Canonical() != after.Canonical(), nil
 }

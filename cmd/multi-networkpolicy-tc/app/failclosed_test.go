@@ -10,6 +10,7 @@ import (
 
 	nadv1 "github.com/k8snetworkplumbingwg/network-attachment-definition-client/pkg/apis/k8s.cni.cncf.io/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	dto "github.com/prometheus/client_model/go"
@@ -211,9 +212,12 @@ func TestUnmappableNewPodIsIsolated(t *testing.T) {
 			if st := h.agent.Attachments(); len(st) == 0 || st[0].State != stateHeld {
 				t.Errorf("attachments %+v, want one held", st)
 			}
-			// Valid input, no policy: nothing isolates the pod any more.
+			// Valid input, no policy: nothing isolates the pod any more;
+			// a VF it no longer holds is closed, as free VFs are.
 			tt.fix(h)
-			h.eventually("policy's rules (none) programmed", func() bool { return h.ours(hRep(1)) == 0 && h.ours(hRep(2)) == 0 })
+			h.eventually("policy's rules (none) programmed", func() bool {
+				return h.ours(hRep(1)) == 0 && h.ours(hRep(2)) > 0 && len(h.allowed(hRep(2), "10.1.0.12")) == 0
+			})
 			h.settle()
 			if st := h.agent.Attachments(); len(st) != 1 || st[0].ID != "shop/web/shop/net" || st[0].State != stateProgrammed {
 				t.Errorf("attachments %+v, want shop/web/shop/net programmed", st)
@@ -223,36 +227,45 @@ func TestUnmappableNewPodIsIsolated(t *testing.T) {
 }
 
 // TestReallyGonePodLosesItsRules: deleted, finished, or its VF released by
-// the kubelet; and a valid input change (the policy deleted) lifts
-// isolation as it should.
+// the kubelet, the pod's VF is closed as a free VF is; a valid input change
+// (the policy deleted) lifts isolation as it should.
 func TestReallyGonePodLosesItsRules(t *testing.T) {
 	tests := []struct {
 		name string
 		gone func(h *harness)
+		open bool // valid input, not gone: no filters of ours
 	}{
 		{"deleted", func(h *harness) {
 			h.must(h.clients.Kube.CoreV1().Pods(fcNS).Delete(hctx(), "db", metav1.DeleteOptions{}), "delete")
-		}},
+		}, false},
 		{"finished", func(h *harness) {
 			p, err := h.clients.Kube.CoreV1().Pods(fcNS).Get(hctx(), "db", metav1.GetOptions{})
 			h.must(err, "get")
 			p.Status.Phase = corev1.PodSucceeded
 			_, err = h.clients.Kube.CoreV1().Pods(fcNS).UpdateStatus(hctx(), p, metav1.UpdateOptions{})
 			h.must(err, "status")
-		}},
+		}, false},
 		{"VF released by the kubelet", func(h *harness) {
-			h.pr.set(fcNS, "db", "0000:3b:00.7") // another device of the resource, not VF 0
+			h.pr.setResource(fcNS, "db", "example.com/gpu", "gpu-0") // holds no VF any more
 			h.must(h.agent.resync(hctx()), "resync")
-		}},
+		}, false},
 		{"policy deleted (valid input)", func(h *harness) {
 			h.must(h.clients.MNP.K8sCniCncfIoV1beta1().MultiNetworkPolicies(fcNS).Delete(hctx(), "deny", metav1.DeleteOptions{}), "delete policy")
-		}},
+		}, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			h, _ := setupDenyAll(t)
 			tt.gone(h)
-			h.eventually("rules removed", func() bool { return h.ours(hRep(0)) == 0 })
+			if tt.open {
+				h.eventually("rules removed", func() bool { return h.ours(hRep(0)) == 0 })
+				return
+			}
+			h.eventually("VF closed", func() bool { return len(h.allowed(hRep(0), fcPodIP)) == 0 })
+			h.settle()
+			if st := h.agent.Attachments(); len(st) != 0 {
+				t.Errorf("attachments of a gone pod: %+v", st)
+			}
 		})
 	}
 }
@@ -349,9 +362,10 @@ func TestLogLimiter(t *testing.T) {
 	}
 }
 
-// TestOrphansCleaned: at start, our filters on the representor of a VF no
-// pod holds (its pod deleted while the agent was down) are removed and
-// counted; a held VF's and another tool's filters stay.
+// TestOrphansCleaned: at start, the rules on the representor of a VF no
+// pod holds (its pod deleted while the agent was down) are replaced by a
+// free VF's and counted; free VFs are closed; a held VF's rules and
+// another tool's filters stay.
 func TestOrphansCleaned(t *testing.T) {
 	isolated := &policy.RuleSet{Ingress: policy.DirectionRules{Isolated: true, Stateful: true}}
 	foreign := &tcdriver.Filter{Hook: tcdriver.HookIngress, Prio: 10, Protocol: tcdriver.EthIPv4, Handle: 1,
@@ -367,13 +381,16 @@ func TestOrphansCleaned(t *testing.T) {
 		}
 		h.must(h.tc.AddForeign(hRep(3), foreign), "another tool's filter")
 	})
-	if n := h.ours(hRep(2)); n != 0 {
-		t.Errorf("%s (no pod) keeps %d filters of ours", hRep(2), n)
+	closed := func(i int) bool { return h.ours(hRep(i)) > 0 && len(h.allowed(hRep(i), "10.1.0.12")) == 0 }
+	for _, i := range []int{1, 2, 3} {
+		if !closed(i) {
+			t.Errorf("free VF %d is not closed", i)
+		}
 	}
-	if h.ours(hRep(0)) == 0 {
-		t.Errorf("%s (held by shop/db) lost its filters", hRep(0))
+	if h.ours(hRep(0)) == 0 || len(h.allowed(hRep(0), fcPodIP)) == 0 {
+		t.Errorf("%s (held by shop/db, no policy on egress) lost its rules or allows nothing", hRep(0))
 	}
-	if st, _ := h.tc.Dump(hctx(), hRep(3)); len(st.Filters) != 1 {
+	if st, _ := h.tc.Dump(hctx(), hRep(3)); len(st.Filters)-len(st.Ours()) != 1 {
 		t.Errorf("%s: another tool's filter touched: %s", hRep(3), st.Canonical())
 	}
 	var m dto.Metric
@@ -445,5 +462,60 @@ func TestTightenedPolicyCutsConnections(t *testing.T) {
 	h.settle()
 	if got := h.ct.list(); !slices.Equal(got, flows[1:]) {
 		t.Errorf("flows left %v, want %v", got, flows[1:])
+	}
+}
+
+// TestFreeVFsClosedUntilMapped: a VF of an enforced network's resource is
+// closed while no pod holds it, stays closed once the kubelet gives it to a
+// pod the agent has not mapped yet, and then gets the pod's rules: its
+// policy's, or none when the VF is on no enforced network.
+func TestFreeVFsClosedUntilMapped(t *testing.T) {
+	dpdk := func(ns, name string) *corev1.Pod { // a VF and no network
+		p := runningPod(ns, name, "", "", nil)
+		delete(p.Annotations, nadv1.NetworkAttachmentAnnot)
+		delete(p.Annotations, nadv1.NetworkStatusAnnot)
+		p.Spec.Containers[0].Resources.Requests = corev1.ResourceList{hResource: resource.MustParse("1")}
+		return p
+	}
+	tests := []struct {
+		name   string
+		pod    *corev1.Pod
+		policy bool
+		ip     string
+		// want: the probes the VF allows once the pod is mapped
+		want func(before map[string]bool) bool
+	}{
+		{"no policy: opened", runningPod(fcNS, "web", fcNet, "10.1.0.11", nil), false, "10.1.0.11",
+			func(got map[string]bool) bool { return len(got) == 8 }},
+		{"deny-all ingress: egress opened only", runningPod(fcNS, "web", fcNet, "10.1.0.11", nil), true, "10.1.0.11",
+			func(got map[string]bool) bool { return len(got) == 4 && got["out 10.1.0.20:80"] }},
+		{"network of a plugin not enforced: opened", runningPod(fcNS, "web", "shop/mac", "10.1.0.11", nil), false, "10.1.0.11",
+			func(got map[string]bool) bool { return len(got) == 8 }},
+		{"DPDK pod without network: opened", dpdk(fcNS, "web"), false, "10.1.0.11",
+			func(got map[string]bool) bool { return len(got) == 8 }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHarness(t)
+			h.createNAD(sriovNAD(fcNS, "net", "accelerated-bridge"))
+			h.createNAD(sriovNAD(fcNS, "mac", "macvlan"))
+			if tt.policy {
+				_, err := h.clients.MNP.K8sCniCncfIoV1beta1().MultiNetworkPolicies(fcNS).Create(hctx(), denyAllIngress(fcNS, "deny", fcNet), metav1.CreateOptions{})
+				h.must(err, "policy")
+			}
+			closed := func() bool { return h.ours(hRep(1)) > 0 && len(h.allowed(hRep(1), tt.ip)) == 0 }
+			h.eventually("free VFs closed once an enforced NAD exists", closed)
+			// The kubelet allocates the VF; the agent has not seen the pod.
+			h.pr.set(fcNS, "web", hVF(1))
+			h.must(h.agent.resync(hctx()), "resync")
+			if !closed() {
+				t.Fatalf("%s opened before its pod was mapped: %v", hRep(1), h.allowed(hRep(1), tt.ip))
+			}
+			h.createPod(tt.pod)
+			h.eventually("the pod's rules", func() bool { return tt.want(h.allowed(hRep(1), tt.ip)) })
+			if h.ours(hRep(2)) == 0 || len(h.allowed(hRep(2), tt.ip)) != 0 {
+				t.Errorf("the free %s opened", hRep(2))
+			}
+		})
 	}
 }

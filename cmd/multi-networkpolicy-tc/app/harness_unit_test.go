@@ -99,14 +99,20 @@ func (f *fakePodResources) GetAllocatableResources(context.Context) (*podresourc
 }
 
 func (f *fakePodResources) set(ns, name string, vfs ...string) {
+	f.setResource(ns, name, hResource, vfs...)
+}
+
+// setResource makes the kubelet list these devices of resource for the pod
+// (none: the pod is not listed).
+func (f *fakePodResources) setResource(ns, name, resource string, ids ...string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if vfs == nil {
+	if ids == nil {
 		delete(f.pods, ns+"/"+name)
 		return
 	}
 	f.pods[ns+"/"+name] = &podresourcesv1.PodResources{Namespace: ns, Name: name, Containers: []*podresourcesv1.ContainerResources{{
-		Name: "c", Devices: []*podresourcesv1.ContainerDevices{{ResourceName: hResource, DeviceIds: vfs}},
+		Name: "c", Devices: []*podresourcesv1.ContainerDevices{{ResourceName: resource, DeviceIds: ids}},
 	}}}
 }
 

@@ -90,7 +90,7 @@ func newAgentMetrics(reg prometheus.Registerer) *agentMetrics {
 		orphansCleaned: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: metricsNamespace,
 			Name:      "orphans_cleaned_total",
-			Help:      "Representors of VFs no pod holds from which the resync removed our filters.",
+			Help:      "Representors of VFs no pod holds that had rules of ours other than a free VF's, set back to a free VF's by the resync.",
 		}),
 		connectionsCut: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: metricsNamespace,

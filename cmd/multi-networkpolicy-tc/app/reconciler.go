@@ -124,6 +124,7 @@ func (a *Agent) onNAD(obj any) {
 	if n, ok := obj.(*nadv1.NetworkAttachmentDefinition); ok {
 		a.enqueueAttachments(a.engine.UpsertNAD(n))
 		a.reportUnenforcedOn(n.Namespace, n.Name)
+		a.requestResync()
 		// The NAD's resource or plugin type decide which local networks
 		// are mapped and enforced: re-map from the cached devices.
 		a.enqueueAllLocalPods()
@@ -134,6 +135,14 @@ func (a *Agent) onNAD(obj any) {
 func (a *Agent) reportUnenforcedOn(namespace, name string) {
 	for _, k := range a.engine.PoliciesOnNetwork(policy.NetworkRef{Namespace: namespace, Name: name}) {
 		a.reportUnenforced(k)
+	}
+}
+
+// requestResync asks for a resync soon, once however often it is asked.
+func (a *Agent) requestResync() {
+	select {
+	case a.resyncSoon <- struct{}{}:
+	default:
 	}
 }
 
@@ -230,7 +239,7 @@ func (a *Agent) resync(ctx context.Context) error {
 			held[id] = true
 		}
 	}
-	a.cleanOrphans(lctx, held)
+	a.sweepFreeVFs(lctx, held)
 	for _, id := range ids {
 		a.attQueue.Add(id)
 	}
@@ -275,7 +284,7 @@ func (a *Agent) syncPod(ctx context.Context, key string) error {
 	var res *podresourcesv1.PodResources
 	if ok && cached.uid == pod.UID {
 		res = cached.res
-	} else if needsDevices(pod) {
+	} else if a.needsDevices(pod) {
 		gctx, cancel := context.WithTimeout(ctx, podResourcesDeadline)
 		res, err = a.pr.Get(gctx, pod.Namespace, pod.Name)
 		cancel()
@@ -292,9 +301,22 @@ func (a *Agent) syncPod(ctx context.Context, key string) error {
 	return nil
 }
 
-// needsDevices reports whether the pod asks for secondary networks at all.
-func needsDevices(pod *corev1.Pod) bool {
-	return strings.TrimSpace(pod.Annotations[nadv1.NetworkAttachmentAnnot]) != ""
+// needsDevices reports whether the pod asks for secondary networks, or
+// for a device of an enforced network's resource (a DPDK pod may use its
+// VF without any network): its VFs must be known to open or police them.
+func (a *Agent) needsDevices(pod *corev1.Pod) bool {
+	if strings.TrimSpace(pod.Annotations[nadv1.NetworkAttachmentAnnot]) != "" {
+		return true
+	}
+	resources := a.enforcedResources()
+	for _, c := range pod.Spec.Containers {
+		for name := range c.Resources.Requests {
+			if resources[string(name)] {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // mapPod maps a local pod's networks to the VFs the kubelet assigned it and
@@ -315,10 +337,10 @@ func (a *Agent) mapPod(pod *corev1.Pod, res *podresourcesv1.PodResources) error 
 		next = a.enforcedAttachments(pod, mapped)
 	}
 	next = a.keepMapped(pod, res, next, err)
+	if q := a.otherVFs(pod, res, next, err == nil); q != nil {
+		next = append(next, q)
+	}
 	if err != nil {
-		if q := a.unmappedAttachment(pod, res, next); q != nil {
-			next = append(next, q)
-		}
 		a.reportMappingError(pod, err, len(next) > 0)
 	}
 	a.mu.Lock()
@@ -455,7 +477,7 @@ func (a *Agent) setPodAttachments(podKey string, atts []*localAttachment) {
 	if len(changed) > 0 {
 		all = make([]policy.Attachment, 0, len(a.local))
 		for _, la := range a.local {
-			if !la.unmapped { // isolated whatever the policies say
+			if la.kind == vfsOnNetwork { // the others are not the policies' business
 				all = append(all, la.att)
 			}
 		}
@@ -642,8 +664,11 @@ func resolveFix(reason string) string {
 // reported with an Event on the object at fault.
 func (a *Agent) ruleSetFor(la *localAttachment) (rs *policy.RuleSet, held bool) {
 	id := la.att.ID()
-	if la.unmapped {
+	switch la.kind {
+	case vfsUnmapped:
 		return a.isolatedRuleSet(la.att), true
+	case vfsOpen:
+		return &policy.RuleSet{Attachment: la.att}, false
 	}
 	if !a.engine.Enforced(la.att.Network) {
 		if p := a.networkProblem(la.att.PodNamespace, la.att.PodName, la.att.Network); p != nil {
@@ -682,10 +707,10 @@ func (a *Agent) removeAttachment(ctx context.Context, id string) error {
 	return nil
 }
 
-// removeReps removes our rules from the representors (VF PCI → netdev) that
-// attachment id programmed, except where the VF now belongs to another
-// attachment: the new owner's Apply replaces the rules, and removing them
-// here could leave the new pod unprotected for a moment.
+// removeReps leaves the representors (VF PCI → netdev) that attachment id
+// programmed as a free VF's are: closed, isolated both ways (freeVF).
+// Where the VF now belongs to another attachment it does nothing: the new
+// owner's Apply replaces the rules without a moment unprotected.
 func (a *Agent) removeReps(ctx context.Context, id string, reps map[string]string) error {
 	var errs []error
 	for vf, rep := range reps {
@@ -696,15 +721,15 @@ func (a *Agent) removeReps(ctx context.Context, id string, reps map[string]strin
 		reused := taken && owner != id
 		var err error
 		if !reused {
-			err = a.driver.Remove(ctx, rep)
+			err = a.driver.Apply(ctx, rep, a.freeVF(vf))
 		}
 		a.driverMu.Unlock()
 		if err != nil && !errors.Is(err, tcdriver.ErrNoDevice) {
 			a.metrics.errors.WithLabelValues(reasonTCRemove).Inc()
-			errs = append(errs, fmt.Errorf("removing rules of %s from representor %s: %w", id, rep, err))
+			errs = append(errs, fmt.Errorf("closing representor %s of VF %s released by %s: %w", rep, vf, id, err))
 			continue
 		}
-		a.log.WithFields(logrus.Fields{"attachment": id, "representor": rep, "vf": vf, "reusedBy": owner}).Info("VF released; rules removed")
+		a.log.WithFields(logrus.Fields{"attachment": id, "representor": rep, "vf": vf, "reusedBy": owner}).Info("VF released; closed until its next pod's rules are in place")
 	}
 	return errors.Join(errs...)
 }

@@ -535,8 +535,8 @@ func faults() []fault {
 }
 
 // TestOrphansCleanedAtRestart: a pod deleted while the agent is down leaves
-// its rules on a VF no pod holds; the new agent removes them at start and
-// counts them.
+// its rules on a VF no pod holds; the new agent replaces them with a free
+// VF's at start (closed both ways) and counts them.
 func TestOrphansCleanedAtRestart(t *testing.T) {
 	c := newCluster(t, clusterOptions{})
 	c.waitReady()
@@ -548,8 +548,8 @@ func TestOrphansCleanedAtRestart(t *testing.T) {
 	}
 	c.startAgent()
 	c.waitReady()
-	if n := c.ourFilters(s.rep); n != 0 {
-		t.Errorf("%s, whose pod is gone, keeps %d filters", s.rep, n)
+	if got := c.allowed(s); len(got) != 0 {
+		t.Errorf("%s, whose pod is gone, allows %s; want it closed", s.rep, setString(got))
 	}
 	if got := metricValue(t, c, "multi_networkpolicy_tc_orphans_cleaned_total", ""); got != 1 {
 		t.Errorf("orphans_cleaned_total = %v, want 1", got)

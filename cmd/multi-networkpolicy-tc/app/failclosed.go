@@ -241,7 +241,9 @@ func (a *Agent) freeVF(vf string) *policy.RuleSet {
 // representors that had other filters of ours (orphans: left by a pod
 // deleted while the agent was down, or a failed removal).
 func (a *Agent) sweepFreeVFs(ctx context.Context, held map[string]bool) {
-	alloc, err := a.pr.GetAllocatableResources(ctx)
+	actx, cancel := context.WithTimeout(ctx, podResourcesDeadline)
+	alloc, err := a.pr.GetAllocatableResources(actx)
+	cancel()
 	if err != nil {
 		if a.logs.allow("allocatable") {
 			a.log.WithError(err).Warn("cannot list the node's allocatable devices; free VFs are not checked")

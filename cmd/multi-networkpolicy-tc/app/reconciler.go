@@ -239,7 +239,7 @@ func (a *Agent) resync(ctx context.Context) error {
 			held[id] = true
 		}
 	}
-	a.sweepFreeVFs(lctx, held)
+	a.sweepFreeVFs(ctx, held)
 	for _, id := range ids {
 		a.attQueue.Add(id)
 	}
@@ -326,9 +326,10 @@ func (a *Agent) needsDevices(pod *corev1.Pod) bool {
 // finished, or the kubelet no longer lists the VF for it (res says so): a
 // later edit of the networks annotation or of a NAD cannot re-wire the pod,
 // and one the agent cannot read must not take its rules off (keepMapped).
-// A VF of the pod that cannot be mapped at all is isolated both ways
-// (unmappedAttachment). res nil means the kubelet said nothing about the
-// pod's devices. The error, reported on the pod when it runs, is retried.
+// The pod's other VFs of enforced resources are opened when it mapped, or
+// isolated both ways when it did not (otherVFs). res nil means the kubelet
+// said nothing about the pod's devices. The error, reported on the pod
+// when it runs, is retried.
 func (a *Agent) mapPod(pod *corev1.Pod, res *podresourcesv1.PodResources) error {
 	key := pod.Namespace + "/" + pod.Name
 	mapped, err := a.mapper.Map(pod, a.lookupNAD, res)

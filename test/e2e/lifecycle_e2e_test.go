@@ -3,7 +3,9 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -88,7 +90,14 @@ spec: {podSelector: {matchLabels: {app: server}}, policyTypes: [Ingress, Egress]
 	if err := sb.DeletePod(w.ctx, "reuse", "victim"); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 20*time.Second, "filters of the deleted pod removed from "+rep, func() bool { return filters(t, rep) == "" })
+	// The released VF is closed, as a free VF is, until its next pod's
+	// rules are in place.
+	waitFor(t, 20*time.Second, "the agent to release "+vf, func() bool {
+		return strings.Contains(sb.AgentLog(), "VF released; closed until its next pod") && strings.Contains(sb.AgentLog(), vf)
+	})
+	if filters(t, rep) == "" {
+		t.Errorf("the released VF's representor %s has no filters: open until its next pod is mapped", rep)
+	}
 
 	newcomer := w.pod("reuse", "newcomer", app("newcomer"), []attach{on(net, addrs(22, 4)...)})
 	if newcomer.Attachments[0].VFPCI != vf {
@@ -100,6 +109,57 @@ spec: {podSelector: {matchLabels: {app: server}}, policyTypes: [Ingress, Egress]
 	if f := filters(t, rep); f != "" {
 		t.Errorf("the newcomer is not isolated but %s has filters:\n%s", rep, f)
 	}
+}
+
+// TestNewPodNoWindow starts pods under a policy that isolates them and
+// probes to and from each from the moment the sandbox has set it up, while
+// the agent may not have mapped it yet: a free VF is closed until its pod's
+// rules are in place, so no probe is ever delivered.
+func TestNewPodNoWindow(t *testing.T) {
+	w := newWorld(t)
+	w.namespace("nowindow", nil)
+	net := w.nad("nowindow", "net", "cx6dx_p0")
+	a := w.pod("nowindow", "a", app("a"), []attach{on(net, addrs(26, 2)...)})
+	w.policy(`
+apiVersion: k8s.cni.cncf.io/v1beta1
+kind: MultiNetworkPolicy
+metadata: {name: isolate-new, namespace: nowindow, annotations: {k8s.v1.cni.cncf.io/policy-for: net}}
+spec: {podSelector: {matchLabels: {app: new}}, policyTypes: [Ingress, Egress]}
+`)
+	probes, leaks := 0, 0
+	var leakedAt []string
+	for i := range 3 {
+		name := "new" + strconv.Itoa(i)
+		start := time.Now()
+		p := w.pod("nowindow", name, app("new"), []attach{on(net, addrs(26, 3+i)...)})
+		for time.Since(start) < 3*time.Second {
+			for _, pair := range [][2]*sandbox.Pod{{a, p}, {p, a}} {
+				res, err := sb.ProbeOnce(net, pair[0], pair[1], tcp80, 300*time.Millisecond)
+				if err != nil {
+					t.Fatal(err)
+				}
+				probes++
+				if res.Delivered {
+					leaks++
+					leakedAt = append(leakedAt, fmt.Sprintf("%s→%s at %s", pair[0].Name, pair[1].Name, time.Since(start).Round(time.Millisecond)))
+				}
+			}
+		}
+		if err := sb.DeletePod(w.ctx, "nowindow", name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Logf("%d probes to and from new isolated pods from their first moment, %d delivered", probes, leaks)
+	if leaks > 0 {
+		t.Errorf("denied probes delivered: %v", leakedAt)
+	}
+	if probes < 12 {
+		t.Errorf("only %d probes: too few to tell", probes)
+	}
+	// The policy has teeth: a new pod it does not select talks at once.
+	other := w.pod("nowindow", "other", app("other"), []attach{on(net, addrs(26, 9)...)})
+	m := w.expect(net, pods(a, other), tcp80)
+	w.want(m, a, other, tcp80, true)
 }
 
 // flows probes an allowed and a denied connection continuously until stop

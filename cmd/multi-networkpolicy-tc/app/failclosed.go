@@ -24,12 +24,12 @@ const (
 	openNetwork     = "(not policed)"
 )
 
-// keepMapped adds to next the attachments the pod (same UID) already had
-// that the new mapping does not cover, as long as the kubelet still lists
-// their VFs for the pod (or said nothing, res nil). Those VFs are still in
-// the pod, wired by the CNI to the network they were mapped to; dropping
-// the attachment would take its rules off. A VF the new mapping gives to
-// another network of the pod goes with the new mapping.
+// keepMapped merges a new mapping (next) with the attachments the pod (same
+// UID) already has. What a running pod is attached to was fixed by the CNI
+// when it started, so an attachment stays as it was mapped first while the
+// kubelet lists its VFs for the pod (or says nothing, res nil): a later
+// mapping only adds VFs not mapped yet. An attachment the new mapping no
+// longer has is reported: its input changed or became unreadable.
 func (a *Agent) keepMapped(pod *corev1.Pod, res *podresourcesv1.PodResources, next []*localAttachment, mapErr error) []*localAttachment {
 	key := pod.Namespace + "/" + pod.Name
 	a.mu.Lock()
@@ -41,20 +41,15 @@ func (a *Agent) keepMapped(pod *corev1.Pod, res *podresourcesv1.PodResources, ne
 	}
 	a.mu.Unlock()
 	held := heldDevices(res)
-	ids, taken := map[string]bool{}, map[string]bool{}
+	newIDs := map[string]bool{}
 	for _, la := range next {
-		ids[la.att.ID()] = true
-		for _, d := range la.devices {
-			taken[d] = true
-		}
+		newIDs[la.att.ID()] = true
 	}
+	var out []*localAttachment
 	for _, p := range prev {
-		if ids[p.att.ID()] {
-			continue
-		}
 		var devs []string
 		for _, d := range p.devices {
-			if !taken[d] && (held == nil || held[d]) {
+			if held == nil || held[d] {
 				devs = append(devs, d)
 			}
 		}
@@ -64,12 +59,34 @@ func (a *Agent) keepMapped(pod *corev1.Pod, res *podresourcesv1.PodResources, ne
 		kept := *p
 		kept.devices = devs
 		kept.att.Key = strings.Join(devs, ",")
-		next = append(next, &kept)
-		if mapErr == nil {
+		out = append(out, &kept)
+		if mapErr == nil && !newIDs[p.att.ID()] {
 			a.reportKept(pod, &kept)
 		}
 	}
-	return next
+	taken := devicesOf(out)
+	keptIDs := map[string]bool{}
+	for _, la := range out {
+		keptIDs[la.att.ID()] = true
+	}
+	for _, la := range next {
+		if keptIDs[la.att.ID()] || slices.ContainsFunc(la.devices, func(d string) bool { return taken[d] }) {
+			continue // mapped already
+		}
+		out = append(out, la)
+	}
+	return out
+}
+
+// devicesOf is the set of the attachments' VFs.
+func devicesOf(atts []*localAttachment) map[string]bool {
+	out := map[string]bool{}
+	for _, la := range atts {
+		for _, d := range la.devices {
+			out[d] = true
+		}
+	}
+	return out
 }
 
 // heldDevices is the set of device IDs the kubelet lists for the pod, nil
@@ -100,12 +117,7 @@ func (a *Agent) otherVFs(pod *corev1.Pod, res *podresourcesv1.PodResources, next
 		return nil
 	}
 	resources := a.enforcedResources()
-	taken := map[string]bool{}
-	for _, la := range next {
-		for _, d := range la.devices {
-			taken[d] = true
-		}
-	}
+	taken := devicesOf(next)
 	var devs []string
 	for _, c := range res.GetContainers() {
 		for _, d := range c.GetDevices() {

@@ -146,6 +146,10 @@ func TestBadInputKeepsIsolation(t *testing.T) {
 		{"pod networks annotation garbled", func(h *harness) {
 			h.editPod("db", func(p *corev1.Pod) { p.Annotations[nadv1.NetworkAttachmentAnnot] = `[{"name":` })
 		}, "Pod", "db", []string{nadv1.NetworkAttachmentAnnot, "keep the rules they had", "fix:"}},
+		{"pod networks annotation names another, unpoliced network", func(h *harness) {
+			h.createNAD(sriovNAD(fcNS, "net2", "accelerated-bridge"))
+			h.editPod("db", func(p *corev1.Pod) { p.Annotations[nadv1.NetworkAttachmentAnnot] = "shop/net2" })
+		}, "Pod", "db", []string{"no longer lists network shop/net", "keeps the rules of network shop/net", "fix:"}},
 		{"NAD resourceName annotation removed", func(h *harness) {
 			h.editNAD("net", func(n *nadv1.NetworkAttachmentDefinition) { delete(n.Annotations, podresources.ResourceNameAnnotation) })
 		}, "NetworkAttachmentDefinition", "net", []string{podresources.ResourceNameAnnotation, "keeps the rules", "fix:"}},

@@ -322,10 +322,11 @@ func (a *Agent) needsDevices(pod *corev1.Pod) bool {
 // mapPod maps a local pod's networks to the VFs the kubelet assigned it and
 // replaces its attachments. What a running pod is attached to was fixed by
 // the CNI when it started, and the kubelet never changes a pod's devices,
-// so an attachment, once mapped for a pod UID, stays until the pod is gone,
-// finished, or the kubelet no longer lists the VF for it (res says so): a
-// later edit of the networks annotation or of a NAD cannot re-wire the pod,
-// and one the agent cannot read must not take its rules off (keepMapped).
+// so an attachment, once mapped for a pod UID, stays as it is until the pod
+// is gone, finished, or the kubelet no longer lists the VF for it (res says
+// so): a later edit of the networks annotation or of a NAD cannot re-wire
+// the pod, and one the agent cannot read must not take its rules off
+// (keepMapped).
 // The pod's other VFs of enforced resources are opened when it mapped, or
 // isolated both ways when it did not (otherVFs). res nil means the kubelet
 // said nothing about the pod's devices. The error, reported on the pod

@@ -69,7 +69,9 @@ func TestUnreachableAPIServerIsLogged(t *testing.T) {
 	go func() { done <- agent.Run(ctx) }()
 	defer func() {
 		cancel()
-		<-done
+		if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
+			t.Errorf("Run: %v", err)
+		}
 	}()
 	deadline := time.Now().Add(20 * time.Second)
 	for {

@@ -9,10 +9,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-logr/logr"
 	"github.com/sirupsen/logrus"
 	logtest "github.com/sirupsen/logrus/hooks/test"
 	"k8s.io/client-go/rest"
-	"k8s.io/klog/v2"
 
 	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/sriov"
 	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/tcdriver"
@@ -25,12 +25,11 @@ func TestKlogLinesComeOutInTheChosenFormat(t *testing.T) {
 	log := logrus.New()
 	log.SetOutput(&buf)
 	log.SetFormatter(&logrus.JSONFormatter{})
-	routeKlog(log)
-	defer klog.ClearLogger()
-
-	klog.ErrorS(errors.New("connection refused"), "Failed to watch", "reflector", "pods")
-	klog.V(4).InfoS("chatty")
-	klog.Flush()
+	// klog.SetLogger (routeKlog) is process-wide and must precede any
+	// logging; here the sink is used as klog uses it, through logr.
+	klogr := logr.New(&logrusSink{log: log})
+	klogr.Error(errors.New("connection refused"), "Failed to watch", "reflector", "pods")
+	klogr.V(4).Info("chatty")
 	var lines []map[string]any
 	dec := json.NewDecoder(&buf)
 	for dec.More() {

@@ -202,6 +202,11 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 	return a, nil
 }
 
+// initialMappingDeadline bounds each start-up attempt to read PodResources,
+// so that a kubelet that is not there is logged within seconds (the client
+// retries an absent socket until its context ends).
+const initialMappingDeadline = 5 * time.Second
+
 // Registry returns the registry the agent's metrics are on.
 func (a *Agent) Registry() *prometheus.Registry { return a.registry }
 
@@ -250,7 +255,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	// rules once, then the agent reports ready. Rules already in the kernel
 	// from a previous run are adopted by the driver, not flushed.
 	for {
-		if err := a.resync(ctx); err == nil {
+		rctx, cancel := context.WithTimeout(ctx, initialMappingDeadline)
+		err := a.resync(rctx)
+		cancel()
+		if err == nil {
 			break
 		} else if ctx.Err() != nil {
 			return ctx.Err()

@@ -5,15 +5,20 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/go-logr/logr"
+	mnpfake "github.com/k8snetworkplumbingwg/multi-networkpolicy/pkg/client/clientset/versioned/fake"
+	nadfake "github.com/k8snetworkplumbingwg/network-attachment-definition-client/pkg/client/clientset/versioned/fake"
 	"github.com/sirupsen/logrus"
 	logtest "github.com/sirupsen/logrus/hooks/test"
+	kubefake "k8s.io/client-go/kubernetes/fake"
 	"k8s.io/client-go/rest"
 
+	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/podresources"
 	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/sriov"
 	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/tcdriver"
 )
@@ -84,6 +89,51 @@ func TestUnreachableAPIServerIsLogged(t *testing.T) {
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("no warning about the API server; log: %v", hook.AllEntries())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestKubeletDownIsLogged: with no PodResources socket, the agent says so
+// at its first start-up attempt (bounded by initialMappingDeadline) and
+// does not turn ready.
+func TestKubeletDownIsLogged(t *testing.T) {
+	pr, err := podresources.New(filepath.Join(t.TempDir(), "kubelet.sock"), podresources.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = pr.Close() }()
+	log, hook := logtest.NewNullLogger()
+	opts := *NewAgentOptions()
+	opts.HostnameOverride = "node-a"
+	opts.MetricsBindAddress, opts.HealthProbeBindAddress = "0", "0"
+	clients := &Clients{Kube: kubefake.NewClientset(), MNP: mnpfake.NewSimpleClientset(), NAD: nadfake.NewSimpleClientset()}
+	agent, err := NewAgent(AgentConfig{Options: opts, Clients: clients, PodResources: pr, Resolver: sriov.NewFake(),
+		Driver: tcdriver.NewFake(tcdriver.Options{}), Log: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- agent.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	deadline := time.Now().Add(3 * initialMappingDeadline)
+	for {
+		for _, e := range hook.AllEntries() {
+			if e.Level == logrus.WarnLevel && strings.Contains(e.Message, "kubelet PodResources") {
+				if agent.Ready() {
+					t.Error("ready without PodResources")
+				}
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no warning about PodResources; log: %v", hook.AllEntries())
 		}
 		time.Sleep(10 * time.Millisecond)
 	}

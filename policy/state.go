@@ -20,6 +20,12 @@ type nadInfo struct {
 
 // nadPluginType returns the CNI type of a NAD: its config's "type", or the
 // first plugin's of a conflist.
+// NADPluginType returns the CNI plugin type of a NAD's config (its first
+// plugin for a conflist), or why it has none.
+func NADPluginType(n *nadv1.NetworkAttachmentDefinition) (string, error) {
+	return nadPluginType(n)
+}
+
 func nadPluginType(n *nadv1.NetworkAttachmentDefinition) (string, error) {
 	var conf struct {
 		Type    string `json:"type"`

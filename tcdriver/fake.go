@@ -45,6 +45,17 @@ func (f *Fake) AddDevice(dev string) {
 	}
 }
 
+// RenameDevice renames a representor netdev. Its qdisc and filters go with
+// it, as they do in the kernel, where they belong to the ifindex.
+func (f *Fake) RenameDevice(old, name string) {
+	f.k.mu.Lock()
+	defer f.k.mu.Unlock()
+	if d := f.k.devs[old]; d != nil {
+		delete(f.k.devs, old)
+		f.k.devs[name] = d
+	}
+}
+
 // AddForeign installs a filter the driver did not create (another tool's),
 // creating the clsact qdisc if needed.
 func (f *Fake) AddForeign(dev string, flt *Filter) error {

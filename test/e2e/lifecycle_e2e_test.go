@@ -1,9 +1,13 @@
 package e2e
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
+	"net"
 	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -13,6 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/policy"
+	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/test/datapath"
 	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/test/sandbox"
 )
 
@@ -88,7 +93,14 @@ spec: {podSelector: {matchLabels: {app: server}}, policyTypes: [Ingress, Egress]
 	if err := sb.DeletePod(w.ctx, "reuse", "victim"); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 20*time.Second, "filters of the deleted pod removed from "+rep, func() bool { return filters(t, rep) == "" })
+	// The released VF is closed, as a free VF is, until its next pod's
+	// rules are in place.
+	waitFor(t, 20*time.Second, "the agent to release "+vf, func() bool {
+		return strings.Contains(sb.AgentLog(), "VF released; closed until its next pod") && strings.Contains(sb.AgentLog(), vf)
+	})
+	if filters(t, rep) == "" {
+		t.Errorf("the released VF's representor %s has no filters: open until its next pod is mapped", rep)
+	}
 
 	newcomer := w.pod("reuse", "newcomer", app("newcomer"), []attach{on(net, addrs(22, 4)...)})
 	if newcomer.Attachments[0].VFPCI != vf {
@@ -100,6 +112,57 @@ spec: {podSelector: {matchLabels: {app: server}}, policyTypes: [Ingress, Egress]
 	if f := filters(t, rep); f != "" {
 		t.Errorf("the newcomer is not isolated but %s has filters:\n%s", rep, f)
 	}
+}
+
+// TestNewPodNoWindow starts pods under a policy that isolates them and
+// probes to and from each from the moment the sandbox has set it up, while
+// the agent may not have mapped it yet: a free VF is closed until its pod's
+// rules are in place, so no probe is ever delivered.
+func TestNewPodNoWindow(t *testing.T) {
+	w := newWorld(t)
+	w.namespace("nowindow", nil)
+	net := w.nad("nowindow", "net", "cx6dx_p0")
+	a := w.pod("nowindow", "a", app("a"), []attach{on(net, addrs(26, 2)...)})
+	w.policy(`
+apiVersion: k8s.cni.cncf.io/v1beta1
+kind: MultiNetworkPolicy
+metadata: {name: isolate-new, namespace: nowindow, annotations: {k8s.v1.cni.cncf.io/policy-for: net}}
+spec: {podSelector: {matchLabels: {app: new}}, policyTypes: [Ingress, Egress]}
+`)
+	probes, leaks := 0, 0
+	var leakedAt []string
+	for i := range 3 {
+		name := "new" + strconv.Itoa(i)
+		start := time.Now()
+		p := w.pod("nowindow", name, app("new"), []attach{on(net, addrs(26, 3+i)...)})
+		for time.Since(start) < 3*time.Second {
+			for _, pair := range [][2]*sandbox.Pod{{a, p}, {p, a}} {
+				res, err := sb.ProbeOnce(net, pair[0], pair[1], tcp80, 300*time.Millisecond)
+				if err != nil {
+					t.Fatal(err)
+				}
+				probes++
+				if res.Delivered {
+					leaks++
+					leakedAt = append(leakedAt, fmt.Sprintf("%s→%s at %s", pair[0].Name, pair[1].Name, time.Since(start).Round(time.Millisecond)))
+				}
+			}
+		}
+		if err := sb.DeletePod(w.ctx, "nowindow", name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Logf("%d probes to and from new isolated pods from their first moment, %d delivered", probes, leaks)
+	if leaks > 0 {
+		t.Errorf("denied probes delivered: %v", leakedAt)
+	}
+	if probes < 12 {
+		t.Errorf("only %d probes: too few to tell", probes)
+	}
+	// The policy has teeth: a new pod it does not select talks at once.
+	other := w.pod("nowindow", "other", app("other"), []attach{on(net, addrs(26, 9)...)})
+	m := w.expect(net, pods(a, other), tcp80)
+	w.want(m, a, other, tcp80, true)
 }
 
 // flows probes an allowed and a denied connection continuously until stop
@@ -274,4 +337,102 @@ func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) 
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+}
+
+const cutPolicy = `
+apiVersion: k8s.cni.cncf.io/v1beta1
+kind: MultiNetworkPolicy
+metadata: {name: server, namespace: cut, annotations: {k8s.v1.cni.cncf.io/policy-for: net}}
+spec:
+  podSelector: {matchLabels: {app: server}}
+  policyTypes: [Ingress, Egress]
+  ingress: [{from: [{podSelector: {matchLabels: {app: a}}}], ports: PORTS}]
+`
+
+// TestTightenedPolicyCutsConnections: a long-lived TCP connection and a UDP
+// flow from a to the server, both allowed, stop passing once the policy no
+// longer allows them: the agent removes their conntrack entries, so their
+// next packets are judged as new. Without the cut they would pass as
+// established for as long as they last.
+func TestTightenedPolicyCutsConnections(t *testing.T) {
+	w := newWorld(t)
+	w.namespace("cut", nil)
+	network := w.nad("cut", "net", "cx6dx_p0")
+	server := w.pod("cut", "server", app("server"), []attach{on(network, addrs(27, 2)...)})
+	a := w.pod("cut", "a", app("a"), []attach{on(network, addrs(27, 3)...)})
+	w.policy(strings.Replace(cutPolicy, "PORTS", "[{protocol: TCP, port: 7070}, {protocol: UDP, port: 7071}, {protocol: TCP, port: 80}]", 1))
+	m := w.expect(network, pods(server, a), tcp80)
+	w.want(m, a, server, tcp80, true)
+
+	addr := server.Attachment(network).IPs[0].String()
+	tcpSrv, err := datapath.ServeIn(server.NS, datapath.TCP, 7070)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = tcpSrv.Close() }()
+	udpSrv, err := datapath.ServeIn(server.NS, datapath.UDP, 7071)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = udpSrv.Close() }()
+	var tcpConn, udpConn net.Conn
+	if err := datapath.Do(a.NS, func() error {
+		var err error
+		if tcpConn, err = net.DialTimeout("tcp", net.JoinHostPort(addr, "7070"), 2*time.Second); err != nil {
+			return err
+		}
+		udpConn, err = net.Dial("udp", net.JoinHostPort(addr, "7071"))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// The test server ends a TCP connection 10s after accepting it: the
+	// cut must be seen before, or the end of the connection would pass
+	// for it.
+	connected := time.Now()
+	defer func() { _ = tcpConn.Close(); _ = udpConn.Close() }()
+	reader := bufio.NewReader(tcpConn)
+	n := 0
+	// send writes one request on each flow; true when the server read it.
+	send := func() (tcpOK, udpOK bool) {
+		n++
+		token := strconv.Itoa(n)
+		_ = tcpConn.SetDeadline(time.Now().Add(300 * time.Millisecond))
+		if _, err := tcpConn.Write([]byte("t" + token + "\n")); err == nil {
+			_, _ = reader.ReadString('\n')
+		}
+		_ = udpConn.SetDeadline(time.Now().Add(300 * time.Millisecond))
+		if _, err := udpConn.Write([]byte("u" + token)); err == nil {
+			_, _ = udpConn.Read(make([]byte, 64))
+		}
+		return tcpSrv.Saw("t" + token), udpSrv.Saw("u" + token)
+	}
+	for range 3 {
+		if tcpOK, udpOK := send(); !tcpOK || !udpOK {
+			t.Fatalf("allowed flows do not pass: tcp %v udp %v", tcpOK, udpOK)
+		}
+	}
+	// Tighten: port 80 only. The flows are established; only the cut stops them.
+	w.policy(strings.Replace(cutPolicy, "PORTS", "[{protocol: TCP, port: 80}]", 1))
+	start := time.Now()
+	var tcpCut, udpCut time.Duration
+	for time.Since(connected) < 8*time.Second && (tcpCut == 0 || udpCut == 0) {
+		tcpOK, udpOK := send()
+		if !tcpOK && tcpCut == 0 {
+			tcpCut = time.Since(start)
+		}
+		if !udpOK && udpCut == 0 {
+			udpCut = time.Since(start)
+		}
+	}
+	if tcpCut == 0 || udpCut == 0 {
+		t.Fatalf("after the tightening, the established flows still pass %v later: tcp cut %v, udp cut %v", time.Since(start).Round(time.Millisecond), tcpCut, udpCut)
+	}
+	// Once cut, they stay cut.
+	for range 3 {
+		if tcpOK, udpOK := send(); tcpOK || udpOK {
+			t.Errorf("a cut flow passed again: tcp %v udp %v", tcpOK, udpOK)
+		}
+	}
+	t.Logf("established TCP cut %v and UDP %v after the tightened policy was applied", tcpCut.Round(time.Millisecond), udpCut.Round(time.Millisecond))
 }

@@ -207,11 +207,11 @@ func TestAgent(t *testing.T) {
 		}
 	})
 
-	t.Run("pod deleted: its representor's rules are removed", func(t *testing.T) {
+	t.Run("pod deleted: its representor is closed, as a free VF's is", func(t *testing.T) {
 		c.deletePod(ns, "db")
 		eventually(t, 10*time.Second, func() (bool, string) {
-			n := c.ourFilters(db)
-			return n == 0, "filters left on " + db + ": " + itoa(n)
+			v := c.ingressVerdict(db, "10.10.0.20", "10.10.0.10", 5432)
+			return v == tcdriver.Drop, db + ": db-from-api's peer: " + v.String() + ", want drop (closed)"
 		})
 		if _, err := os.Stat(filepath.Join(c.opts.PodRulesPath, "shop_db_shop_sriov-net.rules")); !os.IsNotExist(err) {
 			t.Errorf("pod rules file of the deleted pod still there: %v", err)

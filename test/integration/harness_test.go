@@ -37,7 +37,7 @@ const (
 	remoteNode = "node-b"
 	pfPCI      = "0000:3b:00.0"
 	resource   = "nvidia.com/cx6dx_vfs"
-	numVFs     = 8
+	numVFs     = 32
 )
 
 // vfPCI is VF i of the PF at 0000:3b:00.0: functions 00.2 to 00.7, then 01.0…
@@ -60,6 +60,13 @@ func (r *lockedResolver) removeRepresentor(vf string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.f.RemoveRepresentor(vf)
+}
+
+// renameRepresentor makes VF i's representor netdev appear under name.
+func (r *lockedResolver) renameRepresentor(i int, name string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.f.AddVF(pfPCI, i, vfPCI(i), name)
 }
 
 // addVF makes VF i's representor (re)appear.
@@ -142,6 +149,8 @@ type cluster struct {
 	env      *sandbox.Kube
 	admin    *app.Clients
 	prs      *kubeletsim.PodResources
+	stopPR   func()
+	prSocket string
 	resolver *lockedResolver
 	tc       *tcdriver.Fake
 	driver   *countingDriver
@@ -175,10 +184,15 @@ func newCluster(t testing.TB, o clusterOptions) *cluster {
 
 	c := &cluster{t: t, env: env, admin: adminClients, podRes: map[string]*podresourcesv1.PodResources{}}
 	c.prs = kubeletsim.NewPodResources()
+	allocatable := make([]string, numVFs)
+	for i := range numVFs {
+		allocatable[i] = vfPCI(i)
+	}
+	c.prs.SetAllocatable(&podresourcesv1.ContainerDevices{ResourceName: resource, DeviceIds: allocatable})
 	socket := filepath.Join(t.TempDir(), "kubelet.sock")
-	stopPR, err := c.prs.Serve(socket)
-	mustf(t, err, "PodResources server")
-	t.Cleanup(stopPR)
+	c.prSocket = socket
+	c.startPodResources()
+	t.Cleanup(c.stopPodResources)
 
 	fake := sriov.NewFake().AddPF(pfPCI, "p0", true)
 	devs := make([]string, numVFs)
@@ -217,6 +231,22 @@ func newCluster(t testing.TB, o clusterOptions) *cluster {
 	c.startAgent()
 	t.Cleanup(c.stopAgent)
 	return c
+}
+
+// startPodResources serves PodResources on the node's socket (again).
+func (c *cluster) startPodResources() {
+	stop, err := c.prs.Serve(c.prSocket)
+	mustf(c.t, err, "PodResources server")
+	c.stopPR = stop
+}
+
+// stopPodResources stops the server and removes its socket, as a kubelet
+// going down does.
+func (c *cluster) stopPodResources() {
+	if c.stopPR != nil {
+		c.stopPR()
+		c.stopPR = nil
+	}
 }
 
 // startAgent starts a new agent process-equivalent: fresh caches, engine

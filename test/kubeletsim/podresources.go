@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -45,6 +46,7 @@ type PodResources struct {
 	allocatable []*podresourcesv1.ContainerDevices
 	getMode     GetMode
 	limiter     flowcontrol.RateLimiter
+	delay       time.Duration
 
 	served   atomic.Int64
 	rejected atomic.Int64
@@ -97,6 +99,14 @@ func (p *PodResources) LimitRate(qps float32, burst int) {
 	p.limiter = flowcontrol.NewTokenBucketRateLimiter(qps, burst)
 }
 
+// SetDelay makes every call wait d before it is answered, like a kubelet
+// under load (0: answer at once).
+func (p *PodResources) SetDelay(d time.Duration) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.delay = d
+}
+
 // Served and Rejected count the calls answered and the calls refused by the
 // rate limit, as the kubelet's podresources metrics do.
 func (p *PodResources) Served() int64   { return p.served.Load() }
@@ -104,8 +114,9 @@ func (p *PodResources) Rejected() int64 { return p.rejected.Load() }
 
 func (p *PodResources) admit() error {
 	p.mu.Lock()
-	l := p.limiter
+	l, delay := p.limiter, p.delay
 	p.mu.Unlock()
+	time.Sleep(delay)
 	if l != nil && !l.TryAccept() {
 		p.rejected.Add(1)
 		return status.Error(codes.ResourceExhausted, "rejected by rate limit")

@@ -21,6 +21,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes/scheme"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
 	"k8s.io/client-go/util/workqueue"
@@ -37,6 +38,7 @@ import (
 type PodResources interface {
 	List(ctx context.Context) ([]*podresourcesv1.PodResources, error)
 	Get(ctx context.Context, namespace, name string) (*podresourcesv1.PodResources, error)
+	GetAllocatableResources(ctx context.Context) (*podresourcesv1.AllocatableResourcesResponse, error)
 }
 
 // AgentConfig is everything an Agent runs with. The command line fills it
@@ -49,6 +51,9 @@ type AgentConfig struct {
 	PodResources PodResources
 	Resolver     sriov.Resolver
 	Driver       tcdriver.Driver
+	// Conntrack cuts the established connections a changed rule set
+	// denies (nil: none are cut).
+	Conntrack tcdriver.ConnCutter
 	// Registry receives the metrics (nil: a private registry).
 	Registry *prometheus.Registry
 	Log      logrus.FieldLogger
@@ -62,6 +67,7 @@ type Agent struct {
 	pr        PodResources
 	resolver  sriov.Resolver
 	driver    tcdriver.Driver
+	conntrack tcdriver.ConnCutter
 	engine    *policy.Engine
 	mapper    *podresources.Mapper
 	registry  *prometheus.Registry
@@ -96,6 +102,11 @@ type Agent struct {
 
 	ready   atomic.Bool
 	started atomic.Bool
+	// logs rate-limits the lines about a problem that is retried.
+	logs *logLimiter
+	// resyncSoon asks the resync loop for a resync now: a NAD change
+	// changes which free VFs must be closed.
+	resyncSoon chan struct{}
 }
 
 // localAttachment is one local pod network on an enforced network, with the
@@ -105,7 +116,23 @@ type localAttachment struct {
 	att     policy.Attachment
 	podUID  types.UID
 	devices []string
+	kind    vfsKind
 }
+
+// vfsKind says what a localAttachment's VFs are.
+type vfsKind int
+
+const (
+	// vfsOnNetwork: the VFs of the pod on one enforced network.
+	vfsOnNetwork vfsKind = iota
+	// vfsUnmapped: VFs of enforced resources of a pod whose networks could
+	// not be mapped; isolated both ways. Not known to the policy engine.
+	vfsUnmapped
+	// vfsOpen: VFs of enforced resources of a pod that mapped, on no
+	// enforced network (another plugin, or no network: DPDK); not policed,
+	// so opened. Not known to the policy engine.
+	vfsOpen
+)
 
 type cachedResources struct {
 	uid types.UID
@@ -116,6 +143,9 @@ type programmedState struct {
 	// reps maps VF PCI to the representor we programmed for it.
 	reps  map[string]string
 	state string
+	// good is the last rule set programmed from valid input, which a held
+	// attachment keeps (nil: none this run).
+	good *policy.RuleSet
 }
 
 // NewAgent validates the configuration and returns an agent ready to Run.
@@ -135,11 +165,12 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 		reg = newRegistry()
 	}
 	a := &Agent{
-		opts:     cfg.Options,
-		log:      log.WithField("node", cfg.Options.HostnameOverride),
-		clients:  cfg.Clients,
-		resolver: cfg.Resolver,
-		driver:   cfg.Driver,
+		opts:      cfg.Options,
+		log:       log.WithField("node", cfg.Options.HostnameOverride),
+		clients:   cfg.Clients,
+		resolver:  cfg.Resolver,
+		driver:    cfg.Driver,
+		conntrack: cfg.Conntrack,
 		engine: policy.NewEngine(policy.Options{
 			NetworkPlugins: cfg.Options.NetworkPlugins,
 			AcceptICMP:     cfg.Options.AcceptICMP,
@@ -153,6 +184,8 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 		vfOwner:    map[string]string{},
 		podRes:     map[string]cachedResources{},
 		programmed: map[string]*programmedState{},
+		logs:       newLogLimiter(10 * time.Second),
+		resyncSoon: make(chan struct{}, 1),
 	}
 	a.pr = instrumentedPodResources{next: cfg.PodResources, metrics: a.metrics}
 	a.attQueue = workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
@@ -169,10 +202,16 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 	return a, nil
 }
 
+// initialMappingDeadline bounds each start-up attempt to read PodResources,
+// so that a kubelet that is not there is logged within seconds (the client
+// retries an absent socket until its context ends).
+const initialMappingDeadline = 5 * time.Second
+
 // Registry returns the registry the agent's metrics are on.
 func (a *Agent) Registry() *prometheus.Registry { return a.registry }
 
-// Ready reports whether every attachment was programmed once since start.
+// Ready reports whether, since start, every local attachment was
+// programmed once, or held or failed with an Event saying why.
 func (a *Agent) Ready() bool { return a.ready.Load() }
 
 // Run runs the agent until ctx ends. Rules stay in the kernel when it
@@ -201,7 +240,13 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer a.informers.shutdown()
 	defer a.attQueue.ShutDown()
 	defer a.podQueue.ShutDown()
-	if !cache.WaitForNamedCacheSync("multi-networkpolicy-tc", ctx.Done(), a.informers.hasSynced) {
+	// Once ctx ends, a worker blocked on an empty queue must return.
+	stopQueues := context.AfterFunc(ctx, func() {
+		a.attQueue.ShutDown()
+		a.podQueue.ShutDown()
+	})
+	defer stopQueues()
+	if !a.waitForCaches(ctx) {
 		return fmt.Errorf("waiting for informer caches: %w", ctx.Err())
 	}
 	a.log.Info("caches synced; mapping local pods and programming every attachment")
@@ -210,12 +255,15 @@ func (a *Agent) Run(ctx context.Context) error {
 	// rules once, then the agent reports ready. Rules already in the kernel
 	// from a previous run are adopted by the driver, not flushed.
 	for {
-		if err := a.resync(ctx); err == nil {
+		rctx, cancel := context.WithTimeout(ctx, initialMappingDeadline)
+		err := a.resync(rctx)
+		cancel()
+		if err == nil {
 			break
 		} else if ctx.Err() != nil {
 			return ctx.Err()
-		} else {
-			a.log.WithError(err).Warn("initial mapping failed; retrying")
+		} else if a.logs.allow(reasonPodResources) {
+			a.log.WithError(err).Warn("initial mapping failed (kubelet PodResources); not ready, retrying every 2s")
 		}
 		select {
 		case <-ctx.Done():
@@ -223,15 +271,20 @@ func (a *Agent) Run(ctx context.Context) error {
 		case <-time.After(2 * time.Second):
 		}
 	}
-	for a.attQueue.Len() > 0 && ctx.Err() == nil {
+	// Ready once every attachment has a state: a failed one is retried
+	// with backoff, and was reported with an Event on its pod.
+	for ctx.Err() == nil && (a.attQueue.Len() > 0 || !a.allAttempted()) {
 		id, shutdown := a.attQueue.Get()
 		if shutdown {
 			break
 		}
 		a.processAttachment(ctx, id)
 	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
 	a.ready.Store(true)
-	a.log.WithField("attachments", a.countLocal()).Info("ready")
+	a.log.WithFields(a.stateCounts()).Info("ready")
 
 	var wg sync.WaitGroup
 	for range a.opts.Workers {
@@ -261,9 +314,10 @@ func (a *Agent) resyncLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if err := a.resync(ctx); err != nil && ctx.Err() == nil {
-				a.log.WithError(err).Warn("resync failed; keeping the current rules")
-			}
+		case <-a.resyncSoon:
+		}
+		if err := a.resync(ctx); err != nil && ctx.Err() == nil && a.logs.allow(reasonPodResources) {
+			a.log.WithError(err).Warn("resync failed; keeping the current rules")
 		}
 	}
 }
@@ -299,10 +353,11 @@ func (a *Agent) startHTTP(ctx context.Context) ([]*http.Server, error) {
 		})
 		mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
 			if !a.Ready() {
-				http.Error(w, "not ready: caches syncing or attachments not programmed yet", http.StatusServiceUnavailable)
+				http.Error(w, "not ready: caches syncing, or attachments not programmed yet", http.StatusServiceUnavailable)
 				return
 			}
-			_, _ = w.Write([]byte("ok\n"))
+			// Held and failed attachments were reported with Events.
+			_, _ = fmt.Fprintf(w, "ok %v\n", a.stateCounts())
 		})
 		if err := serve(a.opts.HealthProbeBindAddress, mux, "health probes"); err != nil {
 			return servers, err
@@ -341,10 +396,62 @@ func (a *Agent) uidOf(kind, namespace, name string) types.UID {
 	return ""
 }
 
-func (a *Agent) countLocal() int {
+// waitForCaches waits for the informers. Until they sync it checks the
+// API server every second and says, from the first second and then every
+// 10s, why it cannot be reached: a reflector's own error waits for a dial
+// timeout.
+func (a *Agent) waitForCaches(ctx context.Context) bool {
+	pctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for !a.informers.hasSynced() {
+			if err := a.probeAPIServer(pctx); err != nil && pctx.Err() == nil && a.logs.allow("apiserver") {
+				a.log.WithError(err).Warn("API server unreachable; waiting for the caches, the kernel's rules are left as they are")
+			}
+			select {
+			case <-pctx.Done():
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return cache.WaitForNamedCacheSync("multi-networkpolicy-tc", ctx.Done(), a.informers.hasSynced)
+}
+
+// probeAPIServer asks the API server for its version, giving up after a
+// second (the informers' own requests wait for the dial timeout).
+func (a *Agent) probeAPIServer(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	if rc, ok := a.clients.Kube.Discovery().RESTClient().(*rest.RESTClient); ok && rc != nil {
+		return rc.Get().AbsPath("/version").Do(ctx).Error()
+	}
+	_, err := a.clients.Kube.Discovery().ServerVersion() // fake clientsets
+	return err
+}
+
+// allAttempted reports whether every local attachment has a state.
+func (a *Agent) allAttempted() bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return len(a.local)
+	for id := range a.local {
+		if ps := a.programmed[id]; ps == nil || ps.state == "" {
+			return false
+		}
+	}
+	return true
+}
+
+// stateCounts counts the local attachments by state, for the log.
+func (a *Agent) stateCounts() logrus.Fields {
+	f := logrus.Fields{}
+	for _, st := range a.Attachments() {
+		n, _ := f[st.State].(int)
+		f[st.State] = n + 1
+	}
+	return f
 }
 
 // newAgentCommandRunner returns the RunE of the root command: the agent.
@@ -356,6 +463,7 @@ func newAgentCommandRunner(opts *AgentOptions) func(*cobra.Command, []string) er
 		if err := opts.Validate(); err != nil {
 			return &ExitError{Code: exitBadInput, Err: err}
 		}
+		routeKlog(logrus.StandardLogger())
 		clients, _, err := NewClients(opts.Kubeconfig, opts.Master)
 		if err != nil {
 			return err
@@ -391,6 +499,7 @@ func newAgentCommandRunner(opts *AgentOptions) func(*cobra.Command, []string) er
 			PodResources: pr,
 			Resolver:     sriov.NewSysfsResolver(),
 			Driver:       drv,
+			Conntrack:    tcdriver.NetlinkConntrack{},
 			Registry:     reg,
 		})
 		if err != nil {

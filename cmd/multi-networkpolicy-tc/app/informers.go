@@ -2,6 +2,8 @@ package app
 
 import (
 	"fmt"
+	"net"
+	"time"
 
 	mnpclient "github.com/k8snetworkplumbingwg/multi-networkpolicy/pkg/client/clientset/versioned"
 	mnpinformers "github.com/k8snetworkplumbingwg/multi-networkpolicy/pkg/client/informers/externalversions"
@@ -47,6 +49,11 @@ func ClientsForConfig(cfg *rest.Config) (*Clients, error) {
 	// 5,000 pods list in a few requests; watches don't count against QPS.
 	if cfg.QPS == 0 {
 		cfg.QPS, cfg.Burst = 20, 40
+	}
+	// An unreachable API server fails a connection in 10s, not after the
+	// kernel's TCP timeout (minutes): its errors reach the log early.
+	if cfg.Dial == nil {
+		cfg.Dial = (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext
 	}
 	kube, err := kubernetes.NewForConfig(cfg)
 	if err != nil {

@@ -22,6 +22,10 @@ const (
 	reasonTCRemove            = "TCRemoveFailed"
 	reasonPodResources        = "PodResourcesFailed"
 	reasonNetworksAnnotation  = "InvalidNetworksAnnotation"
+	reasonConntrack           = "ConntrackCutFailed"
+	// reasonNetworkNotEnforced is an Event only: a policy names a network
+	// on which it enforces nothing.
+	reasonNetworkNotEnforced = "NetworkNotEnforced"
 )
 
 // Attachment states of the attachments gauge.
@@ -29,9 +33,12 @@ const (
 	statePending    = "pending"
 	stateProgrammed = "programmed"
 	stateFailed     = "failed"
+	// stateHeld: the attachment's input is unusable; it keeps its last
+	// good rules or is isolated both ways, and an Event says why.
+	stateHeld = "held"
 )
 
-var attachmentStates = []string{statePending, stateProgrammed, stateFailed}
+var attachmentStates = []string{statePending, stateProgrammed, stateFailed, stateHeld}
 
 // agentMetrics are the agent's Prometheus metrics. The TC driver exports
 // its own (filters per representor, split by in_hw) on the same registry.
@@ -42,6 +49,8 @@ type agentMetrics struct {
 	podResourcesCall *prometheus.HistogramVec
 	podResourcesErrs *prometheus.CounterVec
 	lastResync       prometheus.Gauge
+	orphansCleaned   prometheus.Counter
+	connectionsCut   prometheus.Counter
 }
 
 func newAgentMetrics(reg prometheus.Registerer) *agentMetrics {
@@ -55,12 +64,12 @@ func newAgentMetrics(reg prometheus.Registerer) *agentMetrics {
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: metricsNamespace,
 			Name:      "errors_total",
-			Help:      "Errors by reason: InvalidInput, DeviceCountMismatch, RepresentorNotFound, VFNotResolved, TCProgrammingFailed, TCRemoveFailed, PodResourcesFailed, InvalidNetworksAnnotation.",
+			Help:      "Errors by reason: InvalidInput, DeviceCountMismatch, RepresentorNotFound, VFNotResolved, TCProgrammingFailed, TCRemoveFailed, PodResourcesFailed, InvalidNetworksAnnotation, ConntrackCutFailed.",
 		}, []string{"reason"}),
 		attachments: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Namespace: metricsNamespace,
 			Name:      "attachments",
-			Help:      "Local pod attachments on enforced networks by state: pending (not programmed yet), programmed, failed (last attempt failed; retried).",
+			Help:      "Local pod attachments on enforced networks by state: pending (not programmed yet), programmed, failed (last attempt failed; retried), held (input unusable: last good rules kept, or isolated both ways).",
 		}, []string{"state"}),
 		podResourcesCall: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: metricsNamespace,
@@ -78,12 +87,22 @@ func newAgentMetrics(reg prometheus.Registerer) *agentMetrics {
 			Name:      "last_resync_timestamp_seconds",
 			Help:      "When the last full resync (PodResources and kernel state) finished.",
 		}),
+		orphansCleaned: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: metricsNamespace,
+			Name:      "orphans_cleaned_total",
+			Help:      "Representors of VFs no pod holds that had rules of ours other than a free VF's, set back to a free VF's by the resync.",
+		}),
+		connectionsCut: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: metricsNamespace,
+			Name:      "connections_cut_total",
+			Help:      "Conntrack entries of established connections removed because a changed rule set denies them.",
+		}),
 	}
 	for _, s := range attachmentStates {
 		m.attachments.WithLabelValues(s).Set(0)
 	}
 	if reg != nil {
-		reg.MustRegister(m.syncDuration, m.errors, m.attachments, m.podResourcesCall, m.podResourcesErrs, m.lastResync)
+		reg.MustRegister(m.syncDuration, m.errors, m.attachments, m.podResourcesCall, m.podResourcesErrs, m.lastResync, m.orphansCleaned, m.connectionsCut)
 	}
 	return m
 }
@@ -120,5 +139,12 @@ func (p instrumentedPodResources) Get(ctx context.Context, namespace, name strin
 	start := time.Now()
 	res, err := p.next.Get(ctx, namespace, name)
 	p.observe("Get", start, err)
+	return res, err
+}
+
+func (p instrumentedPodResources) GetAllocatableResources(ctx context.Context) (*podresourcesv1.AllocatableResourcesResponse, error) {
+	start := time.Now()
+	res, err := p.next.GetAllocatableResources(ctx)
+	p.observe("GetAllocatableResources", start, err)
 	return res, err
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
 	"slices"
 	"sort"
 	"strings"
@@ -54,6 +55,7 @@ func (a *Agent) addEventHandlers() error {
 			DeleteFunc: func(obj any) {
 				if n, ok := tombstone(obj).(*nadv1.NetworkAttachmentDefinition); ok {
 					a.enqueueAttachments(a.engine.DeleteNAD(n.Namespace, n.Name))
+					a.reportUnenforcedOn(n.Namespace, n.Name)
 					a.enqueueAllLocalPods()
 				}
 			},
@@ -94,6 +96,21 @@ func (a *Agent) addEventHandlers() error {
 func (a *Agent) onPolicy(obj any) {
 	if p, ok := obj.(*mnpv1beta1.MultiNetworkPolicy); ok {
 		a.enqueueAttachments(a.engine.UpsertPolicy(p))
+		a.reportUnenforced(p.Namespace + "/" + p.Name)
+	}
+}
+
+// reportUnenforced records a Warning Event on a policy for each network
+// its policy-for names on which it enforces nothing.
+func (a *Agent) reportUnenforced(policyKey string) {
+	ns, name, _ := strings.Cut(policyKey, "/")
+	for _, u := range a.engine.UnenforcedNetworks(ns, name) {
+		fix := "create the NetworkAttachmentDefinition, or correct the policy-for annotation"
+		if !u.Missing {
+			fix = fmt.Sprintf("add %q to --network-plugins %v if its pods are SR-IOV VFs", u.PluginType, a.opts.NetworkPlugins)
+		}
+		a.events.warn("MultiNetworkPolicy", ns, name, reasonNetworkNotEnforced,
+			fmt.Sprintf("metadata.annotations[%s]: %s, so this policy enforces nothing on it; fix: %s", policy.PolicyForAnnotation, u, fix))
 	}
 }
 
@@ -106,9 +123,26 @@ func (a *Agent) onNamespace(obj any) {
 func (a *Agent) onNAD(obj any) {
 	if n, ok := obj.(*nadv1.NetworkAttachmentDefinition); ok {
 		a.enqueueAttachments(a.engine.UpsertNAD(n))
+		a.reportUnenforcedOn(n.Namespace, n.Name)
+		a.requestResync()
 		// The NAD's resource or plugin type decide which local networks
 		// are mapped and enforced: re-map from the cached devices.
 		a.enqueueAllLocalPods()
+	}
+}
+
+// reportUnenforcedOn re-checks the policies on a network whose NAD changed.
+func (a *Agent) reportUnenforcedOn(namespace, name string) {
+	for _, k := range a.engine.PoliciesOnNetwork(policy.NetworkRef{Namespace: namespace, Name: name}) {
+		a.reportUnenforced(k)
+	}
+}
+
+// requestResync asks for a resync soon, once however often it is asked.
+func (a *Agent) requestResync() {
+	select {
+	case a.resyncSoon <- struct{}{}:
+	default:
 	}
 }
 
@@ -142,13 +176,21 @@ func (a *Agent) enqueueAllLocalPods() {
 	a.mu.Unlock()
 }
 
+// podResourcesDeadline bounds one use of the kubelet's PodResources API,
+// retries included: the client retries an absent socket until its context
+// ends, and a kubelet that is down must show as an error (metric, log)
+// rather than as a resync that never returns.
+const podResourcesDeadline = 15 * time.Second
+
 // resync re-reads PodResources, re-maps every local pod and enqueues every
 // attachment: applying an unchanged rule set reads the kernel state and
 // repairs whatever differs (a filter deleted by hand, a representor that
 // lost its qdisc).
 func (a *Agent) resync(ctx context.Context) error {
 	start := time.Now()
-	list, err := a.pr.List(ctx)
+	lctx, cancel := context.WithTimeout(ctx, podResourcesDeadline)
+	defer cancel()
+	list, err := a.pr.List(lctx)
 	if err != nil {
 		a.metrics.errors.WithLabelValues(reasonPodResources).Inc()
 		a.metrics.syncDuration.WithLabelValues("mapping", "error").Observe(time.Since(start).Seconds())
@@ -191,6 +233,13 @@ func (a *Agent) resync(ctx context.Context) error {
 	for _, key := range gone {
 		a.setPodAttachments(key, nil)
 	}
+	held := map[string]bool{}
+	for _, r := range list {
+		for id := range heldDevices(r) {
+			held[id] = true
+		}
+	}
+	a.sweepFreeVFs(ctx, held)
 	for _, id := range ids {
 		a.attQueue.Add(id)
 	}
@@ -235,8 +284,10 @@ func (a *Agent) syncPod(ctx context.Context, key string) error {
 	var res *podresourcesv1.PodResources
 	if ok && cached.uid == pod.UID {
 		res = cached.res
-	} else if needsDevices(pod) {
-		res, err = a.pr.Get(ctx, pod.Namespace, pod.Name)
+	} else if a.needsDevices(pod) {
+		gctx, cancel := context.WithTimeout(ctx, podResourcesDeadline)
+		res, err = a.pr.Get(gctx, pod.Namespace, pod.Name)
+		cancel()
 		if err != nil && !errors.Is(err, podresources.ErrPodNotFound) {
 			a.metrics.errors.WithLabelValues(reasonPodResources).Inc()
 			return err
@@ -250,38 +301,71 @@ func (a *Agent) syncPod(ctx context.Context, key string) error {
 	return nil
 }
 
-// needsDevices reports whether the pod asks for secondary networks at all.
-func needsDevices(pod *corev1.Pod) bool {
-	return strings.TrimSpace(pod.Annotations[nadv1.NetworkAttachmentAnnot]) != ""
+// needsDevices reports whether the pod asks for secondary networks, or
+// for a device of an enforced network's resource (a DPDK pod may use its
+// VF without any network): its VFs must be known to open or police them.
+func (a *Agent) needsDevices(pod *corev1.Pod) bool {
+	if strings.TrimSpace(pod.Annotations[nadv1.NetworkAttachmentAnnot]) != "" {
+		return true
+	}
+	resources := a.enforcedResources()
+	for _, c := range pod.Spec.Containers {
+		for name := range c.Resources.Requests {
+			if resources[string(name)] {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // mapPod maps a local pod's networks to the VFs the kubelet assigned it and
-// replaces its attachments. On error the pod keeps no attachment (its rules
-// are not guessed) and the error is reported on the pod when it runs.
+// replaces its attachments. What a running pod is attached to was fixed by
+// the CNI when it started, and the kubelet never changes a pod's devices,
+// so an attachment, once mapped for a pod UID, stays as it is until the pod
+// is gone, finished, or the kubelet no longer lists the VF for it (res says
+// so): a later edit of the networks annotation or of a NAD cannot re-wire
+// the pod, and one the agent cannot read must not take its rules off
+// (keepMapped).
+// The pod's other VFs of enforced resources are opened when it mapped, or
+// isolated both ways when it did not (otherVFs). res nil means the kubelet
+// said nothing about the pod's devices. The error, reported on the pod
+// when it runs, is retried.
 func (a *Agent) mapPod(pod *corev1.Pod, res *podresourcesv1.PodResources) error {
 	key := pod.Namespace + "/" + pod.Name
 	mapped, err := a.mapper.Map(pod, a.lookupNAD, res)
-	if err != nil {
-		reason := reasonNetworksAnnotation
-		if errors.Is(err, podresources.ErrDeviceCountMismatch) {
-			reason = reasonDeviceCountMismatch
-		}
-		if pod.Status.Phase == corev1.PodRunning {
-			a.metrics.errors.WithLabelValues(reason).Inc()
-			a.events.warn("Pod", pod.Namespace, pod.Name, reason, err.Error())
-			a.log.WithError(err).WithField("pod", key).Warn("cannot map the pod's networks to its VFs; no rules for it")
-		}
-		a.mu.Lock()
-		delete(a.podRes, key)
-		a.mu.Unlock()
-		a.setPodAttachments(key, nil)
-		return err
+	var next []*localAttachment
+	if err == nil {
+		next = a.enforcedAttachments(pod, mapped)
 	}
+	next = a.keepMapped(pod, res, next, err)
+	if q := a.otherVFs(pod, res, next, err == nil); q != nil {
+		next = append(next, q)
+	}
+	if err != nil {
+		a.reportMappingError(pod, err, len(next) > 0)
+	}
+	a.mu.Lock()
+	if err == nil && res != nil {
+		a.podRes[key] = cachedResources{uid: pod.UID, res: res}
+	} else {
+		delete(a.podRes, key)
+	}
+	a.mu.Unlock()
+	a.setPodAttachments(key, next)
+	return err
+}
+
+// enforcedAttachments are the mapped networks the agent enforces, one
+// attachment per network (two VFs when the pod attached it twice). A
+// network whose NAD config does not parse may be one: it is included, and
+// held until the config parses (ruleSetFor).
+func (a *Agent) enforcedAttachments(pod *corev1.Pod, mapped []podresources.Attachment) []*localAttachment {
 	byID := map[string]*localAttachment{}
 	var order []string
 	for _, m := range mapped {
 		ref := policy.NetworkRef{Namespace: m.NetworkNamespace, Name: m.NetworkName}
-		if !a.engine.Enforced(ref) {
+		if !a.engine.Enforced(ref) && !a.nadUnparsable(ref) {
 			continue
 		}
 		att := policy.Attachment{PodNamespace: pod.Namespace, PodName: pod.Name, Network: ref, Interface: m.Interface}
@@ -302,13 +386,38 @@ func (a *Agent) mapPod(pod *corev1.Pod, res *podresourcesv1.PodResources) error 
 		la.att.Key = strings.Join(la.devices, ",")
 		atts = append(atts, la)
 	}
-	a.mu.Lock()
-	if res != nil {
-		a.podRes[key] = cachedResources{uid: pod.UID, res: res}
+	return atts
+}
+
+func (a *Agent) reportMappingError(pod *corev1.Pod, err error, protected bool) {
+	if pod.Status.Phase != corev1.PodRunning {
+		return // the kubelet may still be admitting it
 	}
-	a.mu.Unlock()
-	a.setPodAttachments(key, atts)
-	return nil
+	reason := reasonNetworksAnnotation
+	fix := "fix the pod's " + nadv1.NetworkAttachmentAnnot + " annotation or create the NetworkAttachmentDefinitions it names"
+	if errors.Is(err, podresources.ErrDeviceCountMismatch) {
+		reason = reasonDeviceCountMismatch
+		fix = "request one device of the resource per network on it (resources.requests) and recreate the pod"
+	}
+	effect := "no VF of it is known, so nothing is programmed for it"
+	if protected {
+		effect = "its VFs keep the rules they had, or are isolated both ways if they had none"
+	}
+	a.metrics.errors.WithLabelValues(reason).Inc()
+	a.events.warn("Pod", pod.Namespace, pod.Name, reason, fmt.Sprintf("%v; %s; fix: %s", err, effect, fix))
+	if a.logs.allow("map " + pod.Namespace + "/" + pod.Name) {
+		a.log.WithError(err).WithField("pod", pod.Namespace+"/"+pod.Name).Warn("cannot map the pod's networks to its VFs; " + effect)
+	}
+}
+
+// nadUnparsable: the network's NAD exists and its plugin type cannot be read.
+func (a *Agent) nadUnparsable(ref policy.NetworkRef) bool {
+	nad, err := a.lookupNAD(ref.Namespace, ref.Name)
+	if err != nil {
+		return false
+	}
+	_, err = policy.NADPluginType(nad)
+	return err != nil
 }
 
 func (a *Agent) lookupNAD(namespace, name string) (*nadv1.NetworkAttachmentDefinition, error) {
@@ -370,7 +479,9 @@ func (a *Agent) setPodAttachments(podKey string, atts []*localAttachment) {
 	if len(changed) > 0 {
 		all = make([]policy.Attachment, 0, len(a.local))
 		for _, la := range a.local {
-			all = append(all, la.att)
+			if la.kind == vfsOnNetwork { // the others are not the policies' business
+				all = append(all, la.att)
+			}
 		}
 	}
 	a.mu.Unlock()
@@ -404,7 +515,9 @@ func (a *Agent) processAttachment(ctx context.Context, id string) {
 	result := "ok"
 	if err != nil {
 		result = "error"
-		a.log.WithError(err).WithField("attachment", id).Warn("programming failed; retrying")
+		if a.logs.allow("attachment " + id) {
+			a.log.WithError(err).WithField("attachment", id).Warn("programming failed; retrying with backoff (logged at most every 10s)")
+		}
 		a.attQueue.AddRateLimited(id)
 	} else {
 		a.attQueue.Forget(id)
@@ -415,7 +528,9 @@ func (a *Agent) processAttachment(ctx context.Context, id string) {
 
 // syncAttachment computes one attachment's rule set and programs it on the
 // representor of each of its VFs; for an attachment that is gone, it removes
-// our rules from representors no other attachment took over.
+// our rules from representors no other attachment took over. An attachment
+// whose input is unusable is held (ruleSetFor): it keeps its last good
+// rules, or is isolated both ways, and waits for an input change.
 func (a *Agent) syncAttachment(ctx context.Context, id string) error {
 	a.mu.Lock()
 	la := a.local[id]
@@ -424,16 +539,7 @@ func (a *Agent) syncAttachment(ctx context.Context, id string) error {
 		return a.removeAttachment(ctx, id)
 	}
 	log := a.log.WithField("attachment", la.att.String())
-	rs, cerr := a.engine.Compute(la.att)
-	if cerr != nil {
-		a.reportComputeErrors(la, cerr)
-	}
-	if rs == nil {
-		// Nothing safe to program; keep what the kernel has (the last
-		// good rules) and report.
-		a.markFailed(id)
-		return fmt.Errorf("attachment %s: no rule set computed: %w", id, cerr)
-	}
+	rs, held := a.ruleSetFor(la)
 	var errs []error
 	reps := map[string]string{}
 	for _, vfPCI := range la.devices {
@@ -445,12 +551,16 @@ func (a *Agent) syncAttachment(ctx context.Context, id string) error {
 			}
 			a.metrics.errors.WithLabelValues(reason).Inc()
 			a.events.warn("Pod", la.att.PodNamespace, la.att.PodName, reason,
-				fmt.Sprintf("network %s: VF %s: %v", la.att.Network, vfPCI, err))
+				fmt.Sprintf("network %s: VF %s: %v; the representor keeps the rules it had, retried with backoff; fix: %s", la.att.Network, vfPCI, err, resolveFix(reason)))
 			errs = append(errs, err)
 			continue
 		}
 		a.driverMu.Lock()
-		err = a.driver.Apply(ctx, vf.Representor, rs)
+		if rs != nil {
+			err = a.driver.Apply(ctx, vf.Representor, rs)
+		} else {
+			err = a.programHeld(ctx, vf.Representor, la)
+		}
 		a.driverMu.Unlock()
 		if err != nil {
 			reason := reasonTCProgramming
@@ -459,20 +569,24 @@ func (a *Agent) syncAttachment(ctx context.Context, id string) error {
 			}
 			a.metrics.errors.WithLabelValues(reason).Inc()
 			a.events.warn("Pod", la.att.PodNamespace, la.att.PodName, reason,
-				fmt.Sprintf("network %s: VF %s representor %s: %v", la.att.Network, vfPCI, vf.Representor, err))
+				fmt.Sprintf("network %s: VF %s representor %s: %v; its previous rules stay, retried with backoff; fix: %s", la.att.Network, vfPCI, vf.Representor, err, resolveFix(reason)))
 			errs = append(errs, err)
 			continue
 		}
 		reps[vfPCI] = vf.Representor
-		log.WithFields(logrus.Fields{"representor": vf.Representor, "vf": vfPCI,
-			"ingressIsolated": rs.Ingress.Isolated, "egressIsolated": rs.Egress.Isolated}).Debug("programmed")
+		if rs != nil {
+			log.WithFields(logrus.Fields{"representor": vf.Representor, "vf": vfPCI, "held": held,
+				"ingressIsolated": rs.Ingress.Isolated, "egressIsolated": rs.Egress.Isolated}).Debug("programmed")
+		}
 	}
 	// A VF this attachment no longer has, or a representor that is no
 	// longer its VF's: remove our rules there. A failed Apply keeps the
 	// representor's previous rules (fail closed), so nothing else is removed.
 	a.mu.Lock()
 	stale := map[string]string{}
+	var good *policy.RuleSet
 	if ps := a.programmed[id]; ps != nil {
+		good = ps.good
 		for vf, rep := range ps.reps {
 			if now, ok := reps[vf]; (ok && now != rep) || !slices.Contains(la.devices, vf) {
 				stale[vf] = rep
@@ -483,27 +597,97 @@ func (a *Agent) syncAttachment(ctx context.Context, id string) error {
 	}
 	a.mu.Unlock()
 	if err := a.removeReps(ctx, id, stale); err != nil {
+		a.events.warn("Pod", la.att.PodNamespace, la.att.PodName, reasonTCRemove, err.Error())
 		errs = append(errs, err)
 	}
-	a.writePodRules(la, rs, reps)
-	a.mu.Lock()
-	a.programmed[id] = &programmedState{reps: reps, state: stateProgrammed}
-	if len(errs) > 0 {
-		a.programmed[id].state = stateFailed
+	if rs != nil {
+		a.writePodRules(la, rs, reps)
 	}
+	state := stateProgrammed
+	switch {
+	case len(errs) > 0:
+		state = stateFailed
+	case held:
+		state = stateHeld
+	}
+	if !held && len(errs) == 0 {
+		if err := a.cutConnections(ctx, la, good, rs); err != nil {
+			errs = append(errs, err) // retried: good stays the old rules
+		} else {
+			good = rs
+		}
+	}
+	a.mu.Lock()
+	a.programmed[id] = &programmedState{reps: reps, state: state, good: good}
 	a.mu.Unlock()
 	return errors.Join(errs...)
 }
 
-func (a *Agent) markFailed(id string) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	ps := a.programmed[id]
-	if ps == nil {
-		ps = &programmedState{reps: map[string]string{}}
-		a.programmed[id] = ps
+// cutConnections removes the conntrack entries of the pod's established
+// connections that the new rule set denies, once it is programmed: else
+// they would pass as established until they end. Nothing is cut for a
+// first rule set (after a restart the kernel's rules were the last ones).
+func (a *Agent) cutConnections(ctx context.Context, la *localAttachment, old, rs *policy.RuleSet) error {
+	if a.conntrack == nil || old == nil || reflect.DeepEqual(old, rs) {
+		return nil
 	}
-	ps.state = stateFailed
+	ips := a.engine.PodIPs(la.att.PodNamespace, la.att.PodName, la.att.Network)
+	n, err := a.conntrack.Cut(ctx, ips, rs)
+	a.metrics.connectionsCut.Add(float64(n))
+	if err != nil {
+		a.metrics.errors.WithLabelValues(reasonConntrack).Inc()
+		a.events.warn("Pod", la.att.PodNamespace, la.att.PodName, reasonConntrack,
+			fmt.Sprintf("network %s: %v; connections the new rules deny may continue until this succeeds (retried); fix: check that the kernel has nf_conntrack_netlink", la.att.Network, err))
+		return err
+	}
+	if n > 0 {
+		a.log.WithFields(logrus.Fields{"attachment": la.att.String(), "connections": n}).Info("cut established connections the new rules deny")
+	}
+	return nil
+}
+
+// resolveFix is what a user can do about a VF or TC error.
+func resolveFix(reason string) string {
+	switch reason {
+	case reasonRepresentorNotFound:
+		return "put the PF in switchdev mode and check that the VF's representor netdev exists (ip -d link)"
+	case reasonVFNotResolved:
+		return "the device plugin resource must hold VFs of a switchdev PF; check the NAD's resourceName"
+	default:
+		return "see the agent's log and `tc filter show dev <representor> ingress/egress`; check the kernel has cls_flower and act_ct"
+	}
+}
+
+// ruleSetFor returns the rule set to program for an attachment and whether
+// it is held: its input is unusable (the pod's VFs could not be mapped,
+// its network's NAD is gone or no longer enforced, or the NAD's config does
+// not parse), so it keeps its last good rules — nil when this run has none
+// (programHeld) — or, unmapped, is isolated both ways. Every reason is
+// reported with an Event on the object at fault.
+func (a *Agent) ruleSetFor(la *localAttachment) (rs *policy.RuleSet, held bool) {
+	id := la.att.ID()
+	switch la.kind {
+	case vfsUnmapped:
+		return a.isolatedRuleSet(la.att), true
+	case vfsOpen:
+		return &policy.RuleSet{Attachment: la.att}, false
+	}
+	if !a.engine.Enforced(la.att.Network) {
+		if p := a.networkProblem(la.att.PodNamespace, la.att.PodName, la.att.Network); p != nil {
+			a.metrics.errors.WithLabelValues(reasonInvalidInput).Inc()
+			a.events.warn(p.kind, p.namespace, p.name, reasonInvalidInput, fmt.Sprintf(
+				"%s: %s; attachment %s keeps its last rules (isolated both ways if none); fix: %s", p.field, p.what, la.att, p.fix))
+		}
+		return a.heldRuleSet(id), true
+	}
+	rs, err := a.engine.Compute(la.att)
+	if err != nil && !errors.Is(err, policy.ErrUnknownPod) { // the pod cache is a moment behind: held until it catches up
+		a.reportComputeErrors(la, err)
+	}
+	if rs == nil {
+		return a.heldRuleSet(id), true
+	}
+	return rs, false
 }
 
 // removeAttachment removes our rules from every representor a gone
@@ -525,10 +709,10 @@ func (a *Agent) removeAttachment(ctx context.Context, id string) error {
 	return nil
 }
 
-// removeReps removes our rules from the representors (VF PCI → netdev) that
-// attachment id programmed, except where the VF now belongs to another
-// attachment: the new owner's Apply replaces the rules, and removing them
-// here could leave the new pod unprotected for a moment.
+// removeReps leaves the representors (VF PCI → netdev) that attachment id
+// programmed as a free VF's are: closed, isolated both ways (freeVF).
+// Where the VF now belongs to another attachment it does nothing: the new
+// owner's Apply replaces the rules without a moment unprotected.
 func (a *Agent) removeReps(ctx context.Context, id string, reps map[string]string) error {
 	var errs []error
 	for vf, rep := range reps {
@@ -539,33 +723,49 @@ func (a *Agent) removeReps(ctx context.Context, id string, reps map[string]strin
 		reused := taken && owner != id
 		var err error
 		if !reused {
-			err = a.driver.Remove(ctx, rep)
+			err = a.driver.Apply(ctx, rep, a.freeVF(vf))
 		}
 		a.driverMu.Unlock()
 		if err != nil && !errors.Is(err, tcdriver.ErrNoDevice) {
 			a.metrics.errors.WithLabelValues(reasonTCRemove).Inc()
-			errs = append(errs, fmt.Errorf("removing rules of %s from representor %s: %w", id, rep, err))
+			errs = append(errs, fmt.Errorf("closing representor %s of VF %s released by %s: %w", rep, vf, id, err))
 			continue
 		}
-		a.log.WithFields(logrus.Fields{"attachment": id, "representor": rep, "vf": vf, "reusedBy": owner}).Info("VF released; rules removed")
+		a.log.WithFields(logrus.Fields{"attachment": id, "representor": rep, "vf": vf, "reusedBy": owner}).Info("VF released; closed until its next pod's rules are in place")
 	}
 	return errors.Join(errs...)
 }
 
 // reportComputeErrors logs the problems the policy core found and records
-// an Event on each object at fault (the policy, the pod, the NAD).
+// an Event on each object at fault (the policy, the pod, the NAD), saying
+// what the agent does about it and how to fix it.
 func (a *Agent) reportComputeErrors(la *localAttachment, err error) {
 	inputs, other := inputErrors(err)
 	for _, ie := range inputs {
 		a.metrics.errors.WithLabelValues(reasonInvalidInput).Inc()
 		a.events.warn(ie.Kind, ie.Namespace, ie.Name, reasonInvalidInput,
-			fmt.Sprintf("%s: %v (that part allows nothing; the pods it selects stay isolated)", ie.Field, ie.Err))
+			fmt.Sprintf("%s: %v (%s; fix: correct %s)", ie.Field, ie.Err, inputEffect(ie), ie.Field))
 	}
 	for _, e := range other {
 		a.metrics.errors.WithLabelValues(reasonInvalidInput).Inc()
 		a.events.warn("Pod", la.att.PodNamespace, la.att.PodName, reasonInvalidInput, e.Error())
 	}
 	a.log.WithError(err).WithField("attachment", la.att.String()).Warn("invalid input; the rule set fails closed")
+}
+
+// inputEffect is what an invalid field does to the rules
+// (docs/policy-semantics.md §8).
+func inputEffect(ie *policy.InputError) string {
+	switch {
+	case ie.Kind == "NetworkAttachmentDefinition":
+		return "the attachments on this network keep their last rules, or are isolated both ways if they have none"
+	case ie.Kind == "Pod":
+		return "as a peer the pod matches nothing on that network"
+	case strings.Contains(ie.Field, policy.PolicyForAnnotation):
+		return "that entry is ignored; the policy applies to the networks of its valid entries"
+	default:
+		return "that part allows nothing"
+	}
 }
 
 func (a *Agent) updateStateGauge() {

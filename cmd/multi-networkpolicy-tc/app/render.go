@@ -111,6 +111,11 @@ func runRender(o *renderOptions, stdin io.Reader, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
+	for _, p := range objs.Policies {
+		for _, u := range engine.UnenforcedNetworks(p.Namespace, p.Name) {
+			fmt.Fprintf(stderr, "enforces nothing: MultiNetworkPolicy %s/%s: %s\n", p.Namespace, p.Name, u)
+		}
+	}
 	if joined := errors.Join(inputErrs...); joined != nil {
 		for _, line := range strings.Split(joined.Error(), "\n") {
 			fmt.Fprintf(stderr, "invalid: %s\n", line)

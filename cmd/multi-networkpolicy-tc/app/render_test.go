@@ -160,3 +160,32 @@ func TestHelpExamplesRun(t *testing.T) {
 		t.Errorf("ran %d examples; want the render and explain ones", n)
 	}
 }
+
+// TestRenderSaysWhenAPolicyEnforcesNothing: a policy-for naming a network
+// without NAD, or one whose plugin is not enforced, gets a line on stderr
+// naming which; the render itself succeeds.
+func TestRenderSaysWhenAPolicyEnforcesNothing(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "p.yaml")
+	manifests := `apiVersion: k8s.cni.cncf.io/v1
+kind: NetworkAttachmentDefinition
+metadata: {name: mac, namespace: blue}
+spec: {config: '{"cniVersion":"0.4.0","name":"mac","type":"macvlan"}'}
+---
+apiVersion: k8s.cni.cncf.io/v1beta1
+kind: MultiNetworkPolicy
+metadata: {name: p, namespace: blue, annotations: {k8s.v1.cni.cncf.io/policy-for: "sriov-a, nope, mac"}}
+spec: {podSelector: {}}
+`
+	if err := os.WriteFile(path, []byte(manifests), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, errOut, code := runCLI(t, "render", "-f", "../../../docs/examples/00-cluster.yaml", "-f", path)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	want := "enforces nothing: MultiNetworkPolicy blue/p: network blue/mac: its plugin type \"macvlan\" is not one of --network-plugins\n" +
+		"enforces nothing: MultiNetworkPolicy blue/p: network blue/nope: no NetworkAttachmentDefinition blue/nope exists\n"
+	if errOut != want {
+		t.Errorf("stderr:\n%s\nwant:\n%s", errOut, want)
+	}
+}

@@ -1,0 +1,113 @@
+//go:build kernel
+
+package tcdriver
+
+import (
+	"bufio"
+	"context"
+	"net"
+	"net/netip"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
+
+	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/policy"
+	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/test/datapath"
+)
+
+// TestKernelCutConnectionsATighterPolicyDenies: a long-lived TCP connection
+// and a UDP flow, both allowed, keep passing as established after the
+// policy stops allowing them; NetlinkConntrack.Cut removes their conntrack
+// entries, and their next packets, either way, are dropped by the new rules.
+func TestKernelCutConnectionsATighterPolicyDenies(t *testing.T) {
+	datapath.RequireBed(t)
+	topo := datapath.NewTopology(t, datapath.Options{Timeout: time.Second})
+	a, b := topo.AddPod(t, "a", datapath.PodOptions{}), topo.AddPod(t, "b", datapath.PodOptions{})
+	drv := newKernelDriver(t, Options{})
+	t.Cleanup(func() { _ = drv.Remove(context.Background(), b.Rep) })
+	from := func(ports ...policy.PortMatch) policy.Rule {
+		return policy.Rule{Peers: []netip.Prefix{host(a.IPv4)}, Ports: ports}
+	}
+	open := &policy.RuleSet{Ingress: isolated(from(tcp(80), udp(53)))}
+	// Both directions isolated: with egress open, the ingress hook commits
+	// whatever the pod sends, and a packet the pod sends first after the
+	// cut would re-open the connection as the pod's own (docs/policy-semantics.md §7).
+	tight := &policy.RuleSet{Ingress: isolated(from(tcp(443))), Egress: isolated()}
+	apply(t, drv, b.Rep, open)
+	tcpSrv, udpSrv := b.Serve(t, datapath.TCP, 80), b.Serve(t, datapath.UDP, 53)
+
+	var tcpConn, udpConn net.Conn
+	if err := datapath.Do(a.NS, func() error {
+		var err error
+		if tcpConn, err = net.DialTimeout("tcp", net.JoinHostPort(b.IPv4.String(), "80"), 2*time.Second); err != nil {
+			return err
+		}
+		udpConn, err = net.Dial("udp", net.JoinHostPort(b.IPv4.String(), "53"))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = tcpConn.Close(); _ = udpConn.Close() }()
+	reader := bufio.NewReader(tcpConn)
+	// send writes one request on each flow and reports which the servers
+	// answered.
+	send := func(token string) (tcpOK, udpOK bool) {
+		t.Helper()
+		_ = tcpConn.SetDeadline(time.Now().Add(time.Second))
+		if _, err := tcpConn.Write([]byte("t" + token + "\n")); err == nil {
+			_, err = reader.ReadString('\n')
+			tcpOK = err == nil
+		}
+		_ = udpConn.SetDeadline(time.Now().Add(time.Second))
+		if _, err := udpConn.Write([]byte("u" + token)); err == nil {
+			buf := make([]byte, 64)
+			_, err = udpConn.Read(buf)
+			udpOK = err == nil
+		}
+		return tcpOK && tcpSrv.Saw("t"+token), udpOK && udpSrv.Saw("u"+token)
+	}
+	if tcpOK, udpOK := send("1"); !tcpOK || !udpOK {
+		t.Fatalf("allowed flows do not pass: tcp %v udp %v", tcpOK, udpOK)
+	}
+	apply(t, drv, b.Rep, tight)
+	// What Cut is for: the established flows still pass the new rules.
+	if tcpOK, udpOK := send("2"); !tcpOK || !udpOK {
+		t.Fatalf("established flows before the cut: tcp %v udp %v, want both passing (else Cut proves nothing here)", tcpOK, udpOK)
+	}
+	n, err := NetlinkConntrack{}.Cut(context.Background(), []netip.Addr{b.IPv4, b.IPv6}, tight)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n < 2 {
+		t.Errorf("Cut removed %d entries, want the TCP and the UDP one", n)
+	}
+	dumpCT(t, "after the cut")
+	for i := 3; i < 6; i++ {
+		token := strconv.Itoa(i)
+		if tcpOK, udpOK := send(token); tcpOK || udpOK {
+			t.Errorf("after the cut, request %s passed: tcp %v udp %v", token, tcpOK, udpOK)
+			dumpCT(t, "after request "+token)
+		}
+	}
+	// A connection the tighter policy allows is not cut.
+	apply(t, drv, b.Rep, open)
+	n, err = NetlinkConntrack{}.Cut(context.Background(), []netip.Addr{b.IPv4, b.IPv6}, open)
+	if err != nil || n != 0 {
+		t.Errorf("Cut with the rules that allow every flow: %d removed, %v; want 0", n, err)
+	}
+}
+
+func dumpCT(t *testing.T, when string) {
+	for _, fam := range []netlink.InetFamily{nl.FAMILY_V4} {
+		flows, err := netlink.ConntrackTableList(netlink.ConntrackTable, fam)
+		if err != nil {
+			t.Log(err)
+		}
+		for _, f := range flows {
+			t.Logf("%s: %s", when, f)
+		}
+	}
+}

@@ -103,6 +103,14 @@ func (p *Pod) Probe(dst netip.Addr, proto Proto, port uint16) Result {
 func (p *Pod) Expect(t testing.TB, dst netip.Addr, proto Proto, port uint16, want Outcome) Result {
 	t.Helper()
 	res := p.Probe(dst, proto, port)
+	// A loaded host can make the guest miss one short timeout: an expected
+	// delivery gets two more tries before it counts as dropped. A rule that
+	// drops drops every try, and an expected drop is never retried, so this
+	// loosens nothing the suites assert about policy.
+	for try := 0; try < 2 && want == Delivered && !res.Delivered && errors.Is(res.Err, errTimeout); try++ {
+		t.Logf("%s: no answer in %s, trying again", res, p.topo.opts.Timeout)
+		res = p.Probe(dst, proto, port)
+	}
 	if Outcome(res.Delivered) != want {
 		t.Errorf("want %s, got %s", want, res)
 	}

@@ -173,16 +173,17 @@ func TestAgent(t *testing.T) {
 		c.createPod(podSpec{ns: ns, name: "orphan", node: localNode, labels: map[string]string{"app": "db"}, network: network, ip: "10.10.0.12", port: 5432})
 		eventually(t, 15*time.Second, func() (bool, string) {
 			evs := c.events(ns, "Pod", "orphan")
+			// The Event is sent before the gauge is updated: wait for both.
 			for _, e := range evs {
 				if e.Reason == "RepresentorNotFound" && strings.Contains(e.Message, vfPCI(7)) {
+					if n := metricValue(t, c, "multi_networkpolicy_tc_attachments", "failed"); n != 1 {
+						return false, fmt.Sprintf("attachments{state=failed} = %v, want 1", n)
+					}
 					return true, ""
 				}
 			}
 			return false, "no RepresentorNotFound Event on shop/orphan: " + eventsText(evs)
 		})
-		if n := metricValue(t, c, "multi_networkpolicy_tc_attachments", "failed"); n != 1 {
-			t.Errorf("attachments{state=failed} = %v, want 1", n)
-		}
 		// The representor comes back: the retry programs it (orphan is
 		// app=db, so db-from-api isolates it).
 		c.resolver.addVF(7)

@@ -2,6 +2,7 @@ package tcdriver
 
 import (
 	"fmt"
+	"sort"
 	"sync"
 	"syscall"
 
@@ -43,6 +44,18 @@ func (f *Fake) AddDevice(dev string) {
 	if f.k.devs[dev] == nil {
 		f.k.devs[dev] = &fakeDev{}
 	}
+}
+
+// Devices lists the fake kernel's network devices, sorted.
+func (f *Fake) Devices() []string {
+	f.k.mu.Lock()
+	defer f.k.mu.Unlock()
+	devs := make([]string, 0, len(f.k.devs))
+	for d := range f.k.devs {
+		devs = append(devs, d)
+	}
+	sort.Strings(devs)
+	return devs
 }
 
 // RenameDevice renames a representor netdev. Its qdisc and filters go with

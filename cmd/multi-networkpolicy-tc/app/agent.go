@@ -54,6 +54,10 @@ type AgentConfig struct {
 	// Conntrack cuts the established connections a changed rule set
 	// denies (nil: none are cut).
 	Conntrack tcdriver.ConnCutter
+	// Links lists the node's network devices, for the sweep that removes
+	// our filters from devices that are neither the representor of a VF
+	// the kubelet can allocate nor an attachment's (nil: no such sweep).
+	Links func() ([]string, error)
 	// Registry receives the metrics (nil: a private registry).
 	Registry *prometheus.Registry
 	Log      logrus.FieldLogger
@@ -68,6 +72,7 @@ type Agent struct {
 	resolver  sriov.Resolver
 	driver    tcdriver.Driver
 	conntrack tcdriver.ConnCutter
+	links     func() ([]string, error)
 	engine    *policy.Engine
 	mapper    *podresources.Mapper
 	registry  *prometheus.Registry
@@ -171,6 +176,7 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 		resolver:  cfg.Resolver,
 		driver:    cfg.Driver,
 		conntrack: cfg.Conntrack,
+		links:     cfg.Links,
 		engine: policy.NewEngine(policy.Options{
 			NetworkPlugins: cfg.Options.NetworkPlugins,
 			AcceptICMP:     cfg.Options.AcceptICMP,
@@ -500,6 +506,7 @@ func newAgentCommandRunner(opts *AgentOptions) func(*cobra.Command, []string) er
 			Resolver:     sriov.NewSysfsResolver(),
 			Driver:       drv,
 			Conntrack:    tcdriver.NetlinkConntrack{},
+			Links:        linkNames,
 			Registry:     reg,
 		})
 		if err != nil {

@@ -2,7 +2,9 @@ package app
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net"
 	"slices"
 	"sort"
 	"strings"
@@ -14,6 +16,8 @@ import (
 
 	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/podresources"
 	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/policy"
+	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/sriov"
+	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/tcdriver"
 )
 
 // unmappedNetwork and openNetwork name the pseudo-networks of a pod's VFs
@@ -263,14 +267,22 @@ func (a *Agent) sweepFreeVFs(ctx context.Context, held map[string]bool) {
 		return
 	}
 	resources := a.enforcedResources()
+	// allocReps: the representors of every VF the kubelet can allocate.
+	// complete: each of those VFs was resolved, so a device outside
+	// allocReps is surely no such VF's representor (one renamed or without
+	// a representor just now might be, and its rules must stay).
+	allocReps, complete := map[string]bool{}, true
 	for _, d := range alloc.GetDevices() {
 		for _, id := range d.GetDeviceIds() {
-			if held[id] {
-				continue
-			}
 			vf, err := a.resolver.Resolve(id)
 			if err != nil {
-				continue // not a VF with a representor: nothing of ours there
+				// Not a VF (another plugin's device): nothing of ours there.
+				complete = complete && (errors.Is(err, sriov.ErrNotVF) || errors.Is(err, sriov.ErrUnknownDevice) || errors.Is(err, sriov.ErrInvalidAddress))
+				continue
+			}
+			allocReps[vf.Representor] = true
+			if held[id] {
+				continue
 			}
 			var want *policy.RuleSet
 			if resources[d.GetResourceName()] {
@@ -298,6 +310,72 @@ func (a *Agent) sweepFreeVFs(ctx context.Context, held map[string]bool) {
 			}
 		}
 	}
+	if complete {
+		a.sweepStrayDevices(ctx, allocReps)
+	}
+}
+
+// sweepStrayDevices removes our filters from every device that is neither
+// the representor of a VF the kubelet can allocate (allocReps: those get a
+// free VF's state above, also when they left the bridge) nor programmed for
+// an attachment: a representor whose VF left the device plugin's pool, a
+// port that left the bridge for another use, a netdev renamed away from an
+// old VF. Nothing there is a pod's, so removing cannot open a pod. A device
+// the driver is meant to program besides the pods' representors must be
+// counted as owned here.
+func (a *Agent) sweepStrayDevices(ctx context.Context, allocReps map[string]bool) {
+	if a.links == nil {
+		return
+	}
+	links, err := a.links()
+	if err != nil {
+		if a.logs.allow("links") {
+			a.log.WithError(err).Warn("cannot list the node's network devices; stray filters are not checked")
+		}
+		return
+	}
+	a.mu.Lock()
+	owned := map[string]bool{}
+	for _, ps := range a.programmed {
+		for _, rep := range ps.reps {
+			owned[rep] = true
+		}
+	}
+	a.mu.Unlock()
+	for _, dev := range links {
+		if allocReps[dev] || owned[dev] {
+			continue
+		}
+		a.driverMu.Lock()
+		st, err := a.driver.Dump(ctx, dev)
+		if err == nil && len(st.Ours()) > 0 {
+			err = a.driver.Remove(ctx, dev)
+			if err == nil {
+				a.metrics.orphansCleaned.Inc()
+				a.log.WithField("device", dev).Info("filters of ours on a device that is no allocatable VF's representor and no attachment's: removed")
+			}
+		}
+		a.driverMu.Unlock()
+		if err != nil && !errors.Is(err, tcdriver.ErrNoDevice) {
+			a.metrics.errors.WithLabelValues(reasonTCRemove).Inc()
+			if a.logs.allow("stray " + dev) {
+				a.log.WithError(err).WithField("device", dev).Warn("cannot remove stray filters of ours")
+			}
+		}
+	}
+}
+
+// linkNames lists the network devices of the agent's network namespace.
+func linkNames() ([]string, error) {
+	ifs, err := net.Interfaces()
+	if err != nil {
+		return nil, err
+	}
+	names := make([]string, 0, len(ifs))
+	for _, i := range ifs {
+		names = append(names, i.Name)
+	}
+	return names, nil
 }
 
 // setFree programs a free VF's representor (want nil: none of our

@@ -404,6 +404,65 @@ func TestOrphansCleaned(t *testing.T) {
 	}
 }
 
+// TestStrayFiltersRemoved: at start, our filters on devices that are no
+// allocatable VF's representor and no attachment's (a representor whose VF
+// left the pool, a port that left the bridge for another use) are removed
+// and counted; another tool's filters there stay. While some allocatable VF
+// cannot be resolved, nothing is removed: the device might be its
+// representor under a new name.
+func TestStrayFiltersRemoved(t *testing.T) {
+	isolated := &policy.RuleSet{Ingress: policy.DirectionRules{Isolated: true, Stateful: true}}
+	foreign := &tcdriver.Filter{Hook: tcdriver.HookIngress, Prio: 10, Protocol: tcdriver.EthIPv4, Handle: 1,
+		Match: tcdriver.Match{IPProto: tcdriver.ProtoUDP}, Actions: []tcdriver.Action{{Kind: tcdriver.ActAccept}}}
+	for _, tc := range []struct {
+		name        string
+		unresolved  bool
+		wantRemoved bool
+	}{
+		{"every allocatable VF resolved", false, true},
+		{"a VF without representor", true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarnessWith(t, func(h *harness) {
+				h.createNAD(sriovNAD(fcNS, "net", "accelerated-bridge"))
+				for _, dev := range []string{"old-rep", "left-bridge", "uplink0"} {
+					h.tc.AddDevice(dev)
+				}
+				for _, dev := range []string{"old-rep", "left-bridge"} {
+					h.must(h.tc.Apply(hctx(), dev, isolated), "left by the last run")
+				}
+				h.must(h.tc.AddForeign("left-bridge", foreign), "another tool's filter")
+				h.must(h.tc.AddForeign("uplink0", foreign), "another tool's filter")
+				if tc.unresolved {
+					h.sw.RemoveRepresentor(hVF(3))
+				}
+			})
+			for _, dev := range []string{"old-rep", "left-bridge"} {
+				if got, want := h.ours(dev) == 0, tc.wantRemoved; got != want {
+					t.Errorf("%s: our filters removed = %v, want %v", dev, got, want)
+				}
+			}
+			for _, dev := range []string{"left-bridge", "uplink0"} {
+				if st, _ := h.tc.Dump(hctx(), dev); len(st.Filters)-len(st.Ours()) != 1 {
+					t.Errorf("%s: another tool's filter touched: %s", dev, st.Canonical())
+				}
+			}
+			if h.ours(hRep(1)) == 0 {
+				t.Errorf("free VF %s is not closed", hRep(1))
+			}
+			var m dto.Metric
+			h.must(h.agent.metrics.orphansCleaned.Write(&m), "read metric")
+			want := 0.0
+			if tc.wantRemoved {
+				want = 2
+			}
+			if got := m.GetCounter().GetValue(); got != want {
+				t.Errorf("orphans_cleaned_total = %v, want %v", got, want)
+			}
+		})
+	}
+}
+
 // TestRestartWithBadInput: an agent that starts while a NAD's config does
 // not parse knows no last good rules for the pods on it: it keeps the
 // filters of ours the last run left, and isolates a representor that has

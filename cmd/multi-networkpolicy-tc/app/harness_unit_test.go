@@ -180,7 +180,8 @@ func newHarnessWith(t *testing.T, before func(*harness)) *harness {
 	opts.MetricsBindAddress, opts.HealthProbeBindAddress = "0", "0"
 	log := logrus.New()
 	log.SetLevel(logrus.ErrorLevel)
-	agent, err := NewAgent(AgentConfig{Options: opts, Clients: h.clients, PodResources: h.pr, Resolver: sw, Driver: h.tc, Conntrack: h.ct, Log: log})
+	agent, err := NewAgent(AgentConfig{Options: opts, Clients: h.clients, PodResources: h.pr, Resolver: sw, Driver: h.tc, Conntrack: h.ct, Log: log,
+		Links: func() ([]string, error) { return h.tc.Devices(), nil }})
 	if err != nil {
 		t.Fatal(err)
 	}

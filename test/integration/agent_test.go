@@ -210,13 +210,16 @@ func TestAgent(t *testing.T) {
 
 	t.Run("pod deleted: its representor is closed, as a free VF's is", func(t *testing.T) {
 		c.deletePod(ns, "db")
+		// The representor is closed first, then the pod's rules file goes.
 		eventually(t, 10*time.Second, func() (bool, string) {
-			v := c.ingressVerdict(db, "10.10.0.20", "10.10.0.10", 5432)
-			return v == tcdriver.Drop, db + ": db-from-api's peer: " + v.String() + ", want drop (closed)"
+			if v := c.ingressVerdict(db, "10.10.0.20", "10.10.0.10", 5432); v != tcdriver.Drop {
+				return false, db + ": db-from-api's peer: " + v.String() + ", want drop (closed)"
+			}
+			if _, err := os.Stat(filepath.Join(c.opts.PodRulesPath, "shop_db_shop_sriov-net.rules")); !os.IsNotExist(err) {
+				return false, fmt.Sprintf("pod rules file of the deleted pod still there: %v", err)
+			}
+			return true, ""
 		})
-		if _, err := os.Stat(filepath.Join(c.opts.PodRulesPath, "shop_db_shop_sriov-net.rules")); !os.IsNotExist(err) {
-			t.Errorf("pod rules file of the deleted pod still there: %v", err)
-		}
 	})
 
 	t.Run("policy deleted: isolation lifted", func(t *testing.T) {

@@ -236,7 +236,11 @@ func (f *Filter) matches(p *Packet, ctState uint16) bool {
 	if m.Dst.IsValid() && (!isIP || !m.Dst.Contains(p.Dst)) {
 		return false
 	}
-	if m.DstPortMin != 0 && (p.DstPort < m.DstPortMin || p.DstPort > m.DstPortMax) {
+	if m.DstPortMask != 0 {
+		if p.DstPort&m.DstPortMask != m.DstPortMin {
+			return false
+		}
+	} else if m.DstPortMin != 0 && (p.DstPort < m.DstPortMin || p.DstPort > m.DstPortMax) {
 		return false
 	}
 	if m.HasICMPType && p.ICMPType != m.ICMPType {

@@ -487,7 +487,8 @@ func newAgentCommandRunner(opts *AgentOptions) func(*cobra.Command, []string) er
 		defer func() { _ = pr.Close() }()
 		reg := newRegistry()
 		offload, _ := tcdriver.ParseOffload(opts.TCOffload)
-		drv, err := tcdriver.New(tcdriver.Options{Offload: offload}, logrus.StandardLogger(), tcdriver.NewMetrics(reg))
+		profile, _ := opts.Profile()
+		drv, err := tcdriver.New(tcdriver.Options{Offload: offload, Profile: profile}, logrus.StandardLogger(), tcdriver.NewMetrics(reg))
 		if err != nil {
 			return err
 		}

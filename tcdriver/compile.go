@@ -43,12 +43,12 @@ func (o Offload) flags() uint32 {
 
 // Defaults of Options.
 const (
-	// DefaultZone is the conntrack zone of every representor. One zone for
-	// all representors of the node: a packet between two local pods crosses
-	// the sender's ingress hook and the receiver's egress hook with the
-	// same conntrack entry attached, so the receiver sees "+trk+new" until
-	// a reply was seen and decides with its own policy (see
-	// docs/tc-rule-pipeline.md, "Conntrack zone").
+	// DefaultZone is the first zone of DefaultZoneRange. One zone per
+	// network for all its representors: a packet between two local pods
+	// crosses the sender's ingress hook and the receiver's egress hook
+	// with the same conntrack entry attached, so the receiver sees
+	// "+trk+new" until a reply was seen and decides with its own policy
+	// (see docs/tc-rule-pipeline.md, "Conntrack zones").
 	DefaultZone uint16 = 0x4D50
 	// DefaultEntryPrio is the priority of the entry filter in chain 0.
 	DefaultEntryPrio uint16 = 0xC000
@@ -64,8 +64,9 @@ const (
 // Options configures compilation and the driver.
 type Options struct {
 	Offload Offload
-	// Zone is the conntrack zone (0 means DefaultZone).
-	Zone uint16
+	// Zones is the range of conntrack zones, one per network (zero value:
+	// DefaultZoneRange).
+	Zones ZoneRange
 	// EntryPrio is the priority of the entry filter in chain 0 (0 means
 	// DefaultEntryPrio). Foreign filters at a lower priority run first.
 	EntryPrio uint16
@@ -87,8 +88,8 @@ func (o Options) withDefaults() Options {
 	if o.Offload == "" {
 		o.Offload = OffloadAuto
 	}
-	if o.Zone == 0 {
-		o.Zone = DefaultZone
+	if o.Zones.First == 0 {
+		o.Zones = DefaultZoneRange
 	}
 	if o.EntryPrio == 0 {
 		o.EntryPrio = DefaultEntryPrio
@@ -286,17 +287,18 @@ func Compile(rs *policy.RuleSet, opts Options) (*Program, error) {
 		return nil, err
 	}
 	p := &Program{opts: opts}
+	zone := opts.Zones.Of(rs.Attachment.Network)
 	anyIsolated := rs.Ingress.Isolated || rs.Egress.Isolated
 	for _, h := range Hooks {
 		dr := rs.Direction(directionOf(h))
 		switch {
 		case dr.Isolated:
-			p.Hooks[h] = compileIsolated(h, dr, opts)
+			p.Hooks[h] = compileIsolated(h, dr, opts, zone)
 		case anyIsolated:
 			// Not isolated, but the other direction is: connections that
 			// start here must be committed so that the other hook
 			// recognises their replies as established.
-			p.Hooks[h] = compileTrackOnly(h, opts)
+			p.Hooks[h] = compileTrackOnly(h, opts, zone)
 		}
 	}
 	return p, nil
@@ -305,6 +307,7 @@ func Compile(rs *policy.RuleSet, opts Options) (*Program, error) {
 type builder struct {
 	h     Hook
 	opts  Options
+	zone  uint16 // conntrack zone of the rule set's network
 	prog  *hookProgram
 	flags uint32
 }
@@ -324,17 +327,17 @@ func (b *builder) variants(chain uint32, prio, prioTagged, eth uint16, m Match, 
 	}
 }
 
-func newBuilder(h Hook, opts Options) *builder {
-	return &builder{h: h, opts: opts, flags: opts.Offload.flags(),
+func newBuilder(h Hook, opts Options, zone uint16) *builder {
+	return &builder{h: h, opts: opts, zone: zone, flags: opts.Offload.flags(),
 		prog: &hookProgram{roles: map[uint32]chainRole{}}}
 }
 
 func (b *builder) accept() []Action {
-	return []Action{{Kind: ActCt, Zone: b.opts.Zone, Commit: true}, {Kind: ActAccept}}
+	return []Action{{Kind: ActCt, Zone: b.zone, Commit: true}, {Kind: ActAccept}}
 }
 
-func compileTrackOnly(h Hook, opts Options) *hookProgram {
-	b := newBuilder(h, opts)
+func compileTrackOnly(h Hook, opts Options, zone uint16) *hookProgram {
+	b := newBuilder(h, opts, zone)
 	// act_ct drops what is not IPv4/IPv6, so only IP (tagged or not) goes
 	// through it; everything else passes by falling off the chain.
 	b.variants(chainClassify, prioIPv4, prioIPv4Tagged, EthIPv4, Match{}, b.accept()...)
@@ -343,12 +346,12 @@ func compileTrackOnly(h Hook, opts Options) *hookProgram {
 	return b.prog
 }
 
-func compileIsolated(h Hook, dr *policy.DirectionRules, opts Options) *hookProgram {
-	b := newBuilder(h, opts)
+func compileIsolated(h Hook, dr *policy.DirectionRules, opts Options, zone uint16) *hookProgram {
+	b := newBuilder(h, opts, zone)
 	pass := Action{Kind: ActAccept}
 	drop := Action{Kind: ActDrop}
 	gotoC := func(c uint32) Action { return Action{Kind: ActGoto, Chain: c} }
-	ct := Action{Kind: ActCt, Zone: opts.Zone}
+	ct := Action{Kind: ActCt, Zone: b.zone}
 	for _, c := range []uint32{chainClassify, chainState, chainNew} {
 		b.prog.roles[c] = chainRole{kind: roleFixed}
 	}

@@ -488,7 +488,8 @@ func newAgentCommandRunner(opts *AgentOptions) func(*cobra.Command, []string) er
 		reg := newRegistry()
 		offload, _ := tcdriver.ParseOffload(opts.TCOffload)
 		profile, _ := opts.Profile()
-		drv, err := tcdriver.New(tcdriver.Options{Offload: offload, Profile: profile}, logrus.StandardLogger(), tcdriver.NewMetrics(reg))
+		zones, _ := tcdriver.ParseZoneRange(opts.CTZoneRange)
+		drv, err := tcdriver.New(tcdriver.Options{Offload: offload, Profile: profile, Zones: zones}, logrus.StandardLogger(), tcdriver.NewMetrics(reg))
 		if err != nil {
 			return err
 		}
@@ -506,7 +507,7 @@ func newAgentCommandRunner(opts *AgentOptions) func(*cobra.Command, []string) er
 			PodResources: pr,
 			Resolver:     sriov.NewSysfsResolver(),
 			Driver:       drv,
-			Conntrack:    tcdriver.NetlinkConntrack{},
+			Conntrack:    tcdriver.NetlinkConntrack{Zones: zones},
 			Links:        linkNames,
 			Registry:     reg,
 		})

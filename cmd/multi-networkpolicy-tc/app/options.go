@@ -42,6 +42,7 @@ type AgentOptions struct {
 	AcceptICMPv6           bool
 	TCOffload              string
 	OffloadProfile         string
+	CTZoneRange            string
 	Workers                int
 }
 
@@ -55,6 +56,7 @@ func NewAgentOptions() *AgentOptions {
 		HealthProbeBindAddress: DefaultHealthProbeBindAddress,
 		TCOffload:              string(tcdriver.OffloadAuto),
 		OffloadProfile:         tcdriver.ProfileAuto,
+		CTZoneRange:            tcdriver.DefaultZoneRange.String(),
 		Workers:                2,
 	}
 }
@@ -74,6 +76,7 @@ func (o *AgentOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&o.AcceptICMPv6, "accept-icmpv6", o.AcceptICMPv6, "always allow ICMPv6 (every type) on isolated attachments; neighbour discovery always passes")
 	fs.StringVar(&o.TCOffload, "tc-offload", o.TCOffload, "hardware offload of the TC filters: auto (no skip flag), skip-sw (hardware only) or skip-hw (software only)")
 	fs.StringVar(&o.OffloadProfile, "offload-profile", o.OffloadProfile, offloadProfileUsage)
+	fs.StringVar(&o.CTZoneRange, "ct-zone-range", o.CTZoneRange, "conntrack zones FIRST-LAST: each network gets the zone its namespace/name hashes to, so networks with overlapping addresses never share connection state; two networks on one zone are refused (Event), choose another range")
 	fs.IntVar(&o.Workers, "workers", o.Workers, "attachments computed in parallel (programming the kernel is serialized)")
 }
 
@@ -115,6 +118,9 @@ func (o *AgentOptions) Validate() error {
 		errs = append(errs, err)
 	}
 	if _, err := o.Profile(); err != nil {
+		errs = append(errs, err)
+	}
+	if _, err := tcdriver.ParseZoneRange(o.CTZoneRange); err != nil {
 		errs = append(errs, err)
 	}
 	if o.Workers < 1 {

@@ -91,9 +91,10 @@ func TestNoConstructHardwareRefusesIsInHardware(t *testing.T) {
 // TestOffloadedOnlyNeverDisagrees is the first step of the eswitch model:
 // over the random clusters of policytest, every attachment's rule set is
 // compiled for each hardware profile and every probe is traced twice, in
-// software and through the offloaded filters only. Whenever the offloaded
-// filters decide, they must decide what policy.Evaluate decides; what they
-// do not decide falls to software, and the test reports why.
+// software (the whole pipeline must decide as policy.Evaluate, the
+// reference evaluator) and through the offloaded filters only. Whenever the
+// offloaded filters decide, they must decide the same; what they do not
+// decide falls to software, and the test reports why.
 //
 // The same probes over the pipelines of the software profile (port ranges,
 // ct_state +new), judged by the mlx5-6.1 profile, must disagree: that is
@@ -124,6 +125,9 @@ func TestOffloadedOnlyNeverDisagrees(t *testing.T) {
 						h := hookOf(pp.Direction)
 						pkt := toTC(pp, 40000)
 						probes++
+						if sw := Trace(fake.Filters(dev, h), h, pkt, NewConntrack()); (sw.Verdict == Pass) != want {
+							t.Fatalf("scenario %d %s %+v: the %s pipeline in software %s, policy allows=%v", sc, att, pp, prof.Name, sw, want)
+						}
 						hw := TraceOffloaded(prof, fake.Filters(dev, h), h, pkt, NewConntrack())
 						if !hw.Decided {
 							toSoftware[softwareReason(prof, fake.Filters(dev, h), h, hw)]++

@@ -193,18 +193,7 @@ func parsePacket(t *testing.T, s string) policy.Packet {
 	if f[0] == "out" {
 		pkt.Direction = policy.Egress
 	}
-	switch strings.ToLower(f[2]) {
-	case "tcp":
-		pkt.Protocol = policy.TCP
-	case "udp":
-		pkt.Protocol = policy.UDP
-	case "sctp":
-		pkt.Protocol = policy.SCTP
-	case "icmp":
-		pkt.Protocol = policy.ICMP
-	case "icmpv6":
-		pkt.Protocol = policy.ICMPv6
-	}
+	pkt.Protocol, _ = policy.ParseProtocol(f[2])
 	if len(f) > 3 {
 		var n int
 		for _, c := range f[3] {

@@ -88,6 +88,17 @@ const (
 	ICMPv6 Protocol = "ICMPv6"
 )
 
+// ParseProtocol reads a protocol name as a user spells it (tcp, UDP,
+// icmpv6, ...).
+func ParseProtocol(s string) (Protocol, bool) {
+	for _, p := range []Protocol{TCP, UDP, SCTP, ICMP, ICMPv6} {
+		if strings.EqualFold(s, string(p)) {
+			return p, true
+		}
+	}
+	return "", false
+}
+
 // IPProto returns the IANA protocol number.
 func (p Protocol) IPProto() uint8 {
 	switch p {

@@ -2,11 +2,14 @@ package tcdriver
 
 import (
 	"fmt"
+	"net/netip"
 	"sort"
 	"sync"
 	"syscall"
 
 	"github.com/sirupsen/logrus"
+
+	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/policy"
 )
 
 // Fake is a Driver over an in-memory kernel. It runs the same reconciler as
@@ -89,6 +92,14 @@ func (f *Fake) FailAfter(n int) {
 	f.k.mu.Lock()
 	defer f.k.mu.Unlock()
 	f.k.failAfter = n
+}
+
+// Admits reports whether the filters installed on the representor dev let
+// the first frame of the connection pp of its pod (address pod) through,
+// traced on the hook that enforces pp's direction with empty conntrack.
+func (f *Fake) Admits(dev string, pp policy.Packet, pod netip.Addr) bool {
+	h := HookFor(pp.Direction)
+	return Trace(f.Filters(dev, h), h, FrameFor(pp, pod, 40000), NewConntrack()).Verdict == Pass
 }
 
 // Filters returns a copy of everything installed on hook h of dev, for the

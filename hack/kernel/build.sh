@@ -25,6 +25,9 @@
 #   root-<key>/                root tree; <key> hashes init.c, this script and ROOT_REV
 #   tools/xsave-size-<hash>    the compiled probe
 #
+# Exit codes: 0 built (or cached); 3 this host cannot run the bed (one line
+# on stderr says why and the fix); others: the build failed.
+#
 # Env: KERNEL_CACHE, CACHE_DIR, KERNEL_JOBS (default nproc),
 #      BED_HOST_XSAVE_SIZE (bytes: build for that host instead of this one).
 set -euo pipefail
@@ -99,10 +102,13 @@ xsave_probe() {
 # host_xsave_size: this host's XSAVE size in bytes, or BED_HOST_XSAVE_SIZE.
 host_xsave_size() {
   if [[ -n ${BED_HOST_XSAVE_SIZE:-} ]]; then echo "$BED_HOST_XSAVE_SIZE"; return; fi
-  local probe size
+  local probe out
   probe=$(xsave_probe)
-  size=$("$probe") || die "cannot build the bed for this host: the XSAVE probe failed (see above); fix: run as root where ptrace is allowed, on an x86-64 CPU with XSAVE"
-  echo "$size"
+  out=$("$probe" 2>&1) || {
+    echo "kernel-bed: cannot run on this host: ${out#xsave-size: }; fix: run as root where ptrace is allowed, on an x86-64 CPU with XSAVE" >&2
+    exit 3
+  }
+  echo "$out"
 }
 
 # patch_source SIZE: makes the UML source in . save SIZE bytes of FP state.

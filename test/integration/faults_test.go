@@ -19,7 +19,6 @@ import (
 
 	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/podresources"
 	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/policy"
-	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/tcdriver"
 )
 
 // scene is one fault's world, in its own namespace: a local server pod on
@@ -94,15 +93,11 @@ func (c *cluster) allowed(s *scene) map[string]bool {
 	pod := netip.MustParseAddr(s.serverIP)
 	rep := s.representor()
 	for _, r := range []string{s.clientIP, s.strangerIP} {
-		remote := netip.MustParseAddr(r)
 		for _, port := range []uint16{80, 443} {
-			// The representor's egress hook carries what the pod receives.
-			in := tcdriver.Packet{EthType: tcdriver.EthIPv4, Src: remote, Dst: pod, IPProto: tcdriver.ProtoTCP, SrcPort: 40000, DstPort: port}
-			if tcdriver.Trace(c.tc.Filters(rep, tcdriver.HookEgress), tcdriver.HookEgress, in, tcdriver.NewConntrack()).Verdict == tcdriver.Pass {
+			if c.tc.Admits(rep, policy.Packet{Direction: policy.Ingress, Remote: netip.MustParseAddr(r), Protocol: policy.TCP, Port: port}, pod) {
 				out[fmt.Sprintf("in %s:%d", r, port)] = true
 			}
-			eg := tcdriver.Packet{EthType: tcdriver.EthIPv4, Src: pod, Dst: remote, IPProto: tcdriver.ProtoTCP, SrcPort: 40000, DstPort: port}
-			if tcdriver.Trace(c.tc.Filters(rep, tcdriver.HookIngress), tcdriver.HookIngress, eg, tcdriver.NewConntrack()).Verdict == tcdriver.Pass {
+			if c.tc.Admits(rep, policy.Packet{Direction: policy.Egress, Remote: netip.MustParseAddr(r), Protocol: policy.TCP, Port: port}, pod) {
 				out[fmt.Sprintf("out %s:%d", r, port)] = true
 			}
 		}

@@ -8,7 +8,9 @@ package kernelbed
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -351,5 +353,36 @@ func TestCrashExplained(t *testing.T) {
 		if lines := strings.Count(errOut, "\n"); (tc.want == "" && errOut != "") || (tc.want != "" && (lines != 1 || !strings.HasPrefix(errOut, tc.want) || !strings.Contains(errOut, "fix: "))) {
 			t.Errorf("console %q: said %q, want one line starting %q with a fix", tc.console, errOut, tc.want)
 		}
+	}
+}
+
+// Where the XSAVE probe cannot run (ptrace refused), build.sh stops before
+// building anything, with exit code 3 and one line naming cause and fix.
+func TestBuildRefusesHostWithoutPtrace(t *testing.T) {
+	dir, cache := bedCopy(t, "6.1.172-1")
+	src, err := os.ReadFile(filepath.Join(dir, "xsave-size.c"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The probe build.sh would compile, already in its cache, as a host
+	// that refuses ptrace makes it behave.
+	probe := filepath.Join(cache, "tools", fmt.Sprintf("xsave-size-%x", sha256.Sum256(src))[:len("xsave-size-")+12])
+	if err := os.MkdirAll(filepath.Dir(probe), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(probe, []byte("#!/bin/sh\necho 'xsave-size: ptrace is not permitted here: Operation not permitted' >&2\nexit 2\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(filepath.Join(dir, "build.sh"), "plan")
+	cmd.Env = append(os.Environ(), "KERNEL_CACHE="+cache, "BED_HOST_XSAVE_SIZE=")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	err = cmd.Run()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 3 {
+		t.Fatalf("build.sh plan: %v, want exit code 3 (stderr %q)", err, stderr.String())
+	}
+	if got := stderr.String(); strings.Count(got, "\n") != 1 || !strings.HasPrefix(got, "kernel-bed: cannot run on this host: ptrace is not permitted here") || !strings.Contains(got, "fix: ") {
+		t.Errorf("stderr %q, want one line with cause and fix", got)
 	}
 }

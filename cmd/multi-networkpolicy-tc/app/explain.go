@@ -132,20 +132,11 @@ func (o *explainOptions) packet() (policy.Packet, error) {
 		return pp, fmt.Errorf("%s %q: not an IP address", flag, addr)
 	}
 	pp.Direction, pp.Remote = dir, remote.Unmap()
-	switch strings.ToLower(o.proto) {
-	case "tcp":
-		pp.Protocol = policy.TCP
-	case "udp":
-		pp.Protocol = policy.UDP
-	case "sctp":
-		pp.Protocol = policy.SCTP
-	case "icmp":
-		pp.Protocol = policy.ICMP
-	case "icmpv6":
-		pp.Protocol = policy.ICMPv6
-	default:
+	proto, ok := policy.ParseProtocol(o.proto)
+	if !ok {
 		return pp, fmt.Errorf("--proto %q: want tcp, udp, sctp, icmp or icmpv6", o.proto)
 	}
+	pp.Protocol = proto
 	icmp := pp.Protocol == policy.ICMP || pp.Protocol == policy.ICMPv6
 	switch {
 	case icmp && o.port != 0:

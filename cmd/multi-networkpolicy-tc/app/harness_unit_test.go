@@ -270,15 +270,11 @@ func (h *harness) allowed(rep, podIP string) map[string]bool {
 	out := map[string]bool{}
 	pod := netip.MustParseAddr(podIP)
 	for _, r := range probeRemotes {
-		remote := netip.MustParseAddr(r)
 		for _, port := range []uint16{80, 443} {
-			// The representor's egress hook is the pod's ingress.
-			in := tcdriver.Packet{EthType: tcdriver.EthIPv4, Src: remote, Dst: pod, IPProto: tcdriver.ProtoTCP, SrcPort: 40000, DstPort: port}
-			if tcdriver.Trace(h.tc.Filters(rep, tcdriver.HookEgress), tcdriver.HookEgress, in, tcdriver.NewConntrack()).Verdict == tcdriver.Pass {
+			if h.tc.Admits(rep, policy.Packet{Direction: policy.Ingress, Remote: netip.MustParseAddr(r), Protocol: policy.TCP, Port: port}, pod) {
 				out[fmt.Sprintf("in %s:%d", r, port)] = true
 			}
-			eg := tcdriver.Packet{EthType: tcdriver.EthIPv4, Src: pod, Dst: remote, IPProto: tcdriver.ProtoTCP, SrcPort: 40000, DstPort: port}
-			if tcdriver.Trace(h.tc.Filters(rep, tcdriver.HookIngress), tcdriver.HookIngress, eg, tcdriver.NewConntrack()).Verdict == tcdriver.Pass {
+			if h.tc.Admits(rep, policy.Packet{Direction: policy.Egress, Remote: netip.MustParseAddr(r), Protocol: policy.TCP, Port: port}, pod) {
 				out[fmt.Sprintf("out %s:%d", r, port)] = true
 			}
 		}

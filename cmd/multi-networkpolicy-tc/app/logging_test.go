@@ -59,39 +59,7 @@ func TestUnreachableAPIServerIsLogged(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	log, hook := logtest.NewNullLogger()
-	opts := *NewAgentOptions()
-	opts.HostnameOverride = "node-a"
-	opts.MetricsBindAddress, opts.HealthProbeBindAddress = "0", "0"
-	agent, err := NewAgent(AgentConfig{Options: opts, Clients: clients, PodResources: &fakePodResources{}, Resolver: sriov.NewFake(),
-		Driver: tcdriver.NewFake(tcdriver.Options{}), Log: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- agent.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
-			t.Errorf("Run: %v", err)
-		}
-	}()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		for _, e := range hook.AllEntries() {
-			if e.Level == logrus.WarnLevel && strings.Contains(e.Message, "API server unreachable") && e.Data[logrus.ErrorKey] != nil {
-				if agent.Ready() {
-					t.Error("ready without caches")
-				}
-				return
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no warning about the API server; log: %v", hook.AllEntries())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	expectWarningBeforeReady(t, clients, &fakePodResources{}, 20*time.Second, "API server unreachable")
 }
 
 // TestKubeletDownIsLogged: with no PodResources socket, the agent says so
@@ -103,11 +71,19 @@ func TestKubeletDownIsLogged(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { _ = pr.Close() }()
+	clients := &Clients{Kube: kubefake.NewClientset(), MNP: mnpfake.NewSimpleClientset(), NAD: nadfake.NewSimpleClientset()}
+	expectWarningBeforeReady(t, clients, pr, 3*initialMappingDeadline, "kubelet PodResources")
+}
+
+// expectWarningBeforeReady runs an agent on clients and pr and fails t
+// unless, within, it logs a warning containing msg, with the error, while
+// not ready.
+func expectWarningBeforeReady(t *testing.T, clients *Clients, pr PodResources, within time.Duration, msg string) {
+	t.Helper()
 	log, hook := logtest.NewNullLogger()
 	opts := *NewAgentOptions()
 	opts.HostnameOverride = "node-a"
 	opts.MetricsBindAddress, opts.HealthProbeBindAddress = "0", "0"
-	clients := &Clients{Kube: kubefake.NewClientset(), MNP: mnpfake.NewSimpleClientset(), NAD: nadfake.NewSimpleClientset()}
 	agent, err := NewAgent(AgentConfig{Options: opts, Clients: clients, PodResources: pr, Resolver: sriov.NewFake(),
 		Driver: tcdriver.NewFake(tcdriver.Options{}), Log: log})
 	if err != nil {
@@ -122,18 +98,18 @@ func TestKubeletDownIsLogged(t *testing.T) {
 			t.Errorf("Run: %v", err)
 		}
 	}()
-	deadline := time.Now().Add(3 * initialMappingDeadline)
+	deadline := time.Now().Add(within)
 	for {
 		for _, e := range hook.AllEntries() {
-			if e.Level == logrus.WarnLevel && strings.Contains(e.Message, "kubelet PodResources") {
+			if e.Level == logrus.WarnLevel && strings.Contains(e.Message, msg) && e.Data[logrus.ErrorKey] != nil {
 				if agent.Ready() {
-					t.Error("ready without PodResources")
+					t.Errorf("ready while warning %q", msg)
 				}
 				return
 			}
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("no warning about PodResources; log: %v", hook.AllEntries())
+			t.Fatalf("no warning %q; log: %v", msg, hook.AllEntries())
 		}
 		time.Sleep(10 * time.Millisecond)
 	}

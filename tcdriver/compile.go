@@ -43,12 +43,12 @@ func (o Offload) flags() uint32 {
 
 // Defaults of Options.
 const (
-	// DefaultZone is the conntrack zone of every representor. One zone for
-	// all representors of the node: a packet between two local pods crosses
-	// the sender's ingress hook and the receiver's egress hook with the
-	// same conntrack entry attached, so the receiver sees "+trk+new" until
-	// a reply was seen and decides with its own policy (see
-	// docs/tc-rule-pipeline.md, "Conntrack zone").
+	// DefaultZone is the first zone of DefaultZoneRange. One zone per
+	// network for all its representors: a packet between two local pods
+	// crosses the sender's ingress hook and the receiver's egress hook
+	// with the same conntrack entry attached, so the receiver sees
+	// "+trk+new" until a reply was seen and decides with its own policy
+	// (see docs/tc-rule-pipeline.md, "Conntrack zones").
 	DefaultZone uint16 = 0x4D50
 	// DefaultEntryPrio is the priority of the entry filter in chain 0.
 	DefaultEntryPrio uint16 = 0xC000
@@ -64,8 +64,9 @@ const (
 // Options configures compilation and the driver.
 type Options struct {
 	Offload Offload
-	// Zone is the conntrack zone (0 means DefaultZone).
-	Zone uint16
+	// Zones is the range of conntrack zones, one per network (zero value:
+	// DefaultZoneRange).
+	Zones ZoneRange
 	// EntryPrio is the priority of the entry filter in chain 0 (0 means
 	// DefaultEntryPrio). Foreign filters at a lower priority run first.
 	EntryPrio uint16
@@ -76,14 +77,19 @@ type Options struct {
 	// of matching the inner ethertype (halves the filter count on ports
 	// that never carry tagged traffic).
 	NoVLAN bool
+	// Profile is what the offload target matches in hardware (zero value:
+	// ProfileSoftware). Hardware profiles compile port ranges into masked
+	// ports, avoid the ct_state forms they refuse, and install what they
+	// cannot match skip_hw with the chain's miss kept in software.
+	Profile Profile
 }
 
 func (o Options) withDefaults() Options {
 	if o.Offload == "" {
 		o.Offload = OffloadAuto
 	}
-	if o.Zone == 0 {
-		o.Zone = DefaultZone
+	if o.Zones.First == 0 {
+		o.Zones = DefaultZoneRange
 	}
 	if o.EntryPrio == 0 {
 		o.EntryPrio = DefaultEntryPrio
@@ -91,6 +97,7 @@ func (o Options) withDefaults() Options {
 	if o.ChainBase == 0 {
 		o.ChainBase = DefaultChainBase
 	}
+	o.Profile = o.Profile.withDefault()
 	return o
 }
 
@@ -109,6 +116,10 @@ const (
 	chainState    uint32 = 1
 	chainNew      uint32 = 2
 	chainRules    uint32 = 3 // rule i: peers 3+3i, IPv4 ports 4+3i, IPv6 ports 5+3i
+	// chainND holds the neighbour-discovery type matches for profiles
+	// without ICMP type offload; it is the last chain of the slot, after
+	// every rule chain, and entirely software (see compileIsolated).
+	chainND uint32 = slotSize - 1
 )
 
 func rulePeerChain(i int) uint32 { return chainRules + 3*uint32(i) }
@@ -139,6 +150,11 @@ const (
 	prioEstablished uint16 = 1
 	prioRelated     uint16 = 2
 	prioNewConn     uint16 = 3
+	// On hardware profiles new connections come before related packets:
+	// the related filter is software-only, and everything after it in
+	// the chain must be too.
+	prioNewConnHW   uint16 = 2
+	prioRelatedHW   uint16 = 3
 	prioEcho        uint16 = 1
 	prioEchoTagged  uint16 = 2
 	prioEcho6       uint16 = 3
@@ -271,17 +287,18 @@ func Compile(rs *policy.RuleSet, opts Options) (*Program, error) {
 		return nil, err
 	}
 	p := &Program{opts: opts}
+	zone := opts.Zones.Of(rs.Attachment.Network)
 	anyIsolated := rs.Ingress.Isolated || rs.Egress.Isolated
 	for _, h := range Hooks {
 		dr := rs.Direction(directionOf(h))
 		switch {
 		case dr.Isolated:
-			p.Hooks[h] = compileIsolated(h, dr, opts)
+			p.Hooks[h] = compileIsolated(h, dr, opts, zone)
 		case anyIsolated:
 			// Not isolated, but the other direction is: connections that
 			// start here must be committed so that the other hook
 			// recognises their replies as established.
-			p.Hooks[h] = compileTrackOnly(h, opts)
+			p.Hooks[h] = compileTrackOnly(h, opts, zone)
 		}
 	}
 	return p, nil
@@ -290,6 +307,7 @@ func Compile(rs *policy.RuleSet, opts Options) (*Program, error) {
 type builder struct {
 	h     Hook
 	opts  Options
+	zone  uint16 // conntrack zone of the rule set's network
 	prog  *hookProgram
 	flags uint32
 }
@@ -309,17 +327,17 @@ func (b *builder) variants(chain uint32, prio, prioTagged, eth uint16, m Match, 
 	}
 }
 
-func newBuilder(h Hook, opts Options) *builder {
-	return &builder{h: h, opts: opts, flags: opts.Offload.flags(),
+func newBuilder(h Hook, opts Options, zone uint16) *builder {
+	return &builder{h: h, opts: opts, zone: zone, flags: opts.Offload.flags(),
 		prog: &hookProgram{roles: map[uint32]chainRole{}}}
 }
 
 func (b *builder) accept() []Action {
-	return []Action{{Kind: ActCt, Zone: b.opts.Zone, Commit: true}, {Kind: ActAccept}}
+	return []Action{{Kind: ActCt, Zone: b.zone, Commit: true}, {Kind: ActAccept}}
 }
 
-func compileTrackOnly(h Hook, opts Options) *hookProgram {
-	b := newBuilder(h, opts)
+func compileTrackOnly(h Hook, opts Options, zone uint16) *hookProgram {
+	b := newBuilder(h, opts, zone)
 	// act_ct drops what is not IPv4/IPv6, so only IP (tagged or not) goes
 	// through it; everything else passes by falling off the chain.
 	b.variants(chainClassify, prioIPv4, prioIPv4Tagged, EthIPv4, Match{}, b.accept()...)
@@ -328,12 +346,12 @@ func compileTrackOnly(h Hook, opts Options) *hookProgram {
 	return b.prog
 }
 
-func compileIsolated(h Hook, dr *policy.DirectionRules, opts Options) *hookProgram {
-	b := newBuilder(h, opts)
+func compileIsolated(h Hook, dr *policy.DirectionRules, opts Options, zone uint16) *hookProgram {
+	b := newBuilder(h, opts, zone)
 	pass := Action{Kind: ActAccept}
 	drop := Action{Kind: ActDrop}
 	gotoC := func(c uint32) Action { return Action{Kind: ActGoto, Chain: c} }
-	ct := Action{Kind: ActCt, Zone: opts.Zone}
+	ct := Action{Kind: ActCt, Zone: b.zone}
 	for _, c := range []uint32{chainClassify, chainState, chainNew} {
 		b.prog.roles[c] = chainRole{kind: roleFixed}
 	}
@@ -341,18 +359,45 @@ func compileIsolated(h Hook, dr *policy.DirectionRules, opts Options) *hookProgr
 	// Classify: what must always pass, what goes through conntrack, what
 	// is dropped (QinQ, unknown ethertypes, 802.1Q carrying anything else).
 	b.variants(chainClassify, prioARP, prioARPTagged, EthARP, Match{}, pass)
+	ndChain := chainClassify
+	if !opts.Profile.ICMPType {
+		// The target cannot match ICMPv6 types: every ICMPv6 packet goes
+		// (in hardware) to chainND, whose filters are all software, so
+		// its hardware miss continues in software, which passes ND and
+		// sends the rest of ICMPv6 through conntrack as classify would.
+		b.variants(chainClassify, prioND, prioNDTagged, EthIPv6, Match{IPProto: ProtoICMPv6}, gotoC(chainND))
+		ndChain = chainND
+		b.prog.roles[chainND] = chainRole{kind: roleFixed}
+	}
 	for _, t := range []uint8{133, 134, 135, 136} {
-		b.variants(chainClassify, prioND, prioNDTagged, EthIPv6, Match{IPProto: ProtoICMPv6, HasICMPType: true, ICMPType: t}, pass)
+		b.variants(ndChain, prioND, prioNDTagged, EthIPv6, Match{IPProto: ProtoICMPv6, HasICMPType: true, ICMPType: t}, pass)
 	}
 	b.variants(chainClassify, prioIPv4, prioIPv4Tagged, EthIPv4, Match{}, ct, gotoC(chainState))
 	b.variants(chainClassify, prioIPv6, prioIPv6Tagged, EthIPv6, Match{}, ct, gotoC(chainState))
 	b.add(chainClassify, prioCatchAll, EthAll, Match{}, drop)
+	if ndChain == chainND {
+		b.variants(chainND, prioIPv6, prioIPv6Tagged, EthIPv6, Match{}, ct, gotoC(chainState))
+		b.add(chainND, prioCatchAll, EthAll, Match{}, drop)
+	}
 
 	// State: established and related pass, new connections are decided by
 	// the policy, anything else (invalid) is dropped.
-	b.add(chainState, prioEstablished, EthAll, Match{CtState: CtTracked | CtEstablished, CtStateMask: CtTracked | CtEstablished}, pass)
-	b.add(chainState, prioRelated, EthAll, Match{CtState: CtTracked | CtRelated, CtStateMask: CtTracked | CtRelated | CtInvalid}, pass)
-	b.add(chainState, prioNewConn, EthAll, Match{CtState: CtTracked | CtNew, CtStateMask: CtTracked | CtNew}, gotoC(chainNew))
+	est := Match{CtState: CtTracked | CtEstablished, CtStateMask: CtTracked | CtEstablished}
+	related := Match{CtState: CtTracked | CtRelated, CtStateMask: CtTracked | CtRelated | CtInvalid}
+	newConn := Match{CtState: CtTracked | CtNew, CtStateMask: CtTracked | CtNew}
+	prioNew, prioRel := prioNewConn, prioRelated
+	if !opts.Profile.CtNew {
+		// The same packets without +new: act_ct gives a tracked packet
+		// exactly one of new, est, rel, inv, so "+trk-est-rel-inv" is
+		// "+trk+new" in a form mlx5 offloads before 6.3.
+		newConn = Match{CtState: CtTracked, CtStateMask: CtTracked | CtEstablished | CtRelated | CtInvalid}
+	}
+	if opts.Profile.Hardware {
+		prioNew, prioRel = prioNewConnHW, prioRelatedHW
+	}
+	b.add(chainState, prioEstablished, EthAll, est, pass)
+	b.add(chainState, prioRel, EthAll, related, pass)
+	b.add(chainState, prioNew, EthAll, newConn, gotoC(chainNew))
 	b.add(chainState, prioCatchAll, EthAll, Match{}, drop)
 
 	// New: every new ICMP/ICMPv6 packet per the flags, as
@@ -429,22 +474,44 @@ func compileIsolated(h Hook, dr *policy.DirectionRules, opts Options) *hookProgr
 			}
 			pc := rulePortChain(i, fam.v6)
 			b.prog.roles[pc] = chainRole{kind: rolePorts, rule: i}
-			seen := map[policy.PortMatch]bool{}
+			seen := map[Match]bool{}
 			for _, pm := range r.Ports {
-				if seen[pm] {
-					continue // flower refuses two filters with the same key
+				for _, m := range b.portMatches(pm) {
+					if seen[m] {
+						continue // flower refuses two filters with the same key
+					}
+					seen[m] = true
+					b.variants(pc, fam.p, fam.pt, fam.eth, m, b.accept()...)
 				}
-				seen[pm] = true
-				m := Match{IPProto: pm.Protocol.IPProto()}
-				if !pm.AllPorts() {
-					m.DstPortMin, m.DstPortMax = pm.Port, pm.EndPort
-				}
-				b.variants(pc, fam.p, fam.pt, fam.eth, m, b.accept()...)
 			}
 			b.add(pc, prioCatchAll, EthAll, Match{}, next(i))
 		}
 	}
+	opts.Profile.keepMissInSoftware(b.prog.filters)
 	return b.prog
+}
+
+// portMatches returns the flower matches of one port match: one filter, or
+// the masked-port cover of a range the profile cannot offload. Covers of
+// overlapping port matches may share blocks; the caller deduplicates them.
+func (b *builder) portMatches(pm policy.PortMatch) []Match {
+	m := Match{IPProto: pm.Protocol.IPProto()}
+	switch {
+	case pm.AllPorts():
+		return []Match{m}
+	case pm.Port == pm.EndPort || b.opts.Profile.PortRanges:
+		m.DstPortMin, m.DstPortMax = pm.Port, pm.EndPort
+		return []Match{m}
+	}
+	var out []Match
+	for _, pmk := range MaskedPorts(pm.Port, pm.EndPort) {
+		m.DstPortMin, m.DstPortMax, m.DstPortMask = pmk.Value, pmk.Value, pmk.Mask
+		if pmk.Mask == 0xFFFF {
+			m.DstPortMask = 0
+		}
+		out = append(out, m)
+	}
+	return out
 }
 
 // FilterCount returns how many filters the program installs, the entry

@@ -5,6 +5,7 @@ package tcdriver
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"net"
 	"net/netip"
 	"strconv"
@@ -109,5 +110,71 @@ func dumpCT(t *testing.T, when string) {
 		for _, f := range flows {
 			t.Logf("%s: %s", when, f)
 		}
+	}
+}
+
+// TestKernelNetworksDoNotShareConnections: a UDP flow established while
+// the pod's attachment is on network X is, on network Y (another zone), a
+// new connection, judged (and denied) by Y's rules; with one zone for all
+// networks (the negative control) it would pass as established. So two
+// networks with overlapping addresses never share connection state.
+func TestKernelNetworksDoNotShareConnections(t *testing.T) {
+	datapath.RequireBed(t)
+	x := policy.NetworkRef{Namespace: "red", Name: "net-x"}
+	y := policy.NetworkRef{Namespace: "blue", Name: "net-y"}
+	if DefaultZoneRange.Of(x) == DefaultZoneRange.Of(y) {
+		t.Fatalf("networks %s and %s share zone %d: pick other names", x, y, DefaultZoneRange.Of(x))
+	}
+	topo := datapath.NewTopology(t, datapath.Options{Timeout: time.Second})
+	a, b := topo.AddPod(t, "a", datapath.PodOptions{}), topo.AddPod(t, "b", datapath.PodOptions{})
+	for i, tc := range []struct {
+		name       string
+		zones      ZoneRange
+		passOnNetY bool
+	}{
+		{"a zone per network", DefaultZoneRange, false},
+		{"one zone for all (control)", ZoneRange{First: DefaultZone, Count: 1}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			drv := newKernelDriver(t, Options{Zones: tc.zones})
+			t.Cleanup(func() { _ = drv.Remove(context.Background(), b.Rep) })
+			onX := &policy.RuleSet{Attachment: policy.Attachment{PodName: "b", Network: x},
+				Ingress: isolated(policy.Rule{Peers: []netip.Prefix{host(a.IPv4)}, Ports: []policy.PortMatch{udp(53)}})}
+			onY := &policy.RuleSet{Attachment: policy.Attachment{PodName: "b", Network: y}, Ingress: isolated()}
+			apply(t, drv, b.Rep, onX)
+			srv := b.Serve(t, datapath.UDP, 53)
+			var conn net.Conn
+			if err := datapath.Do(a.NS, func() (err error) {
+				conn, err = net.Dial("udp", net.JoinHostPort(b.IPv4.String(), "53"))
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+			defer func() { _ = conn.Close() }()
+			// send reports whether one of three requests was answered (a
+			// first datagram on a fresh bridge port may be lost).
+			send := func(token string) bool {
+				for try := 0; try < 3; try++ {
+					_ = conn.SetDeadline(time.Now().Add(time.Second))
+					tok := fmt.Sprintf("%s-%d-%d", token, i, try)
+					if _, err := conn.Write([]byte(tok)); err != nil {
+						return false
+					}
+					buf := make([]byte, 64)
+					if _, err := conn.Read(buf); err == nil && srv.Saw(tok) {
+						return true
+					}
+				}
+				return false
+			}
+			if !send("x") {
+				t.Fatal("the flow allowed on network X does not pass")
+			}
+			apply(t, drv, b.Rep, onY)
+			if got := send("y"); got != tc.passOnNetY {
+				dumpCT(t, "on network Y")
+				t.Errorf("the flow established on network X, sent again on network Y: passed=%v, want %v", got, tc.passOnNetY)
+			}
+		})
 	}
 }

@@ -11,12 +11,13 @@ import (
 	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/policy"
 )
 
-// NetlinkConntrack cuts connections through ctnetlink, in one conntrack
-// zone (the driver's, Options.Zone). The kernel has no way to select
+// NetlinkConntrack cuts connections through ctnetlink, in the conntrack
+// zone of the rule set's network (Zones.Of, the driver's Options.Zones). The kernel has no way to select
 // entries by rule, so it dumps the table and deletes the entries Denied
 // matches: one dump per changed rule set.
 type NetlinkConntrack struct {
-	Zone uint16
+	// Zones is the driver's zone range (zero value: DefaultZoneRange).
+	Zones ZoneRange
 }
 
 var _ ConnCutter = NetlinkConntrack{}
@@ -26,10 +27,7 @@ func (n NetlinkConntrack) Cut(_ context.Context, podIPs []netip.Addr, rs *policy
 	if len(podIPs) == 0 {
 		return 0, nil
 	}
-	zone := n.Zone
-	if zone == 0 {
-		zone = DefaultZone
-	}
+	zone := Options{Zones: n.Zones}.withDefaults().Zones.Of(rs.Attachment.Network)
 	total := 0
 	for _, fam := range []netlink.InetFamily{nl.FAMILY_V4, nl.FAMILY_V6} {
 		k, err := netlink.ConntrackDeleteFilters(netlink.ConntrackTable, fam, flowFilter{zone: zone, podIPs: podIPs, rs: rs})

@@ -50,7 +50,7 @@ func CountersOf(st *State, h Hook, dr *policy.DirectionRules, opts Options) (c C
 		switch last := f.Actions[len(f.Actions)-1].Kind; {
 		case last == ActDrop:
 			c.Dropped += f.Packets
-		case last != ActAccept:
+		case last != ActAccept, rel == chainND: // ND passes are no connection
 		case rel == chainNew:
 			c.ICMP += f.Packets
 		case rel >= chainRules:

@@ -99,6 +99,10 @@ func (r *reconciler) Apply(ctx context.Context, dev string, rs *policy.RuleSet) 
 	if err != nil {
 		return fmt.Errorf("representor %s: refusing rule set, previous rules kept: %w", dev, err)
 	}
+	if other, clash := zoneConflict(r.opts.Zones, rs, r.Applied(), dev); clash {
+		return fmt.Errorf("representor %s: refusing rule set, previous rules kept: networks %s and %s map to the same conntrack zone %d of --ct-zone-range %s and would share connection state; choose another range",
+			dev, rs.Attachment.Network, other, r.opts.Zones.Of(rs.Attachment.Network), r.opts.Zones)
+	}
 	if prog.Hooks[HookIngress] != nil || prog.Hooks[HookEgress] != nil {
 		if err := r.k.ensureClsact(dev); err != nil {
 			return err

@@ -66,25 +66,37 @@ var goldenRuleSets = map[string]*policy.RuleSet{
 			Origins: []string{"demo/web egress[0]"}}}}},
 }
 
-// TestGoldenPipelines: the compiled pipelines of the example scenarios, as
-// `tc -batch` commands (what `render -o tc` prints) and as the canonical
-// dump of the fake after Apply.
+// TestGoldenPipelines: the compiled pipelines of the example scenarios, per
+// offload profile, as `tc -batch` commands (what `render -o tc` prints) and
+// as the canonical dump of the fake after Apply.
 func TestGoldenPipelines(t *testing.T) {
 	for name, rs := range goldenRuleSets {
-		t.Run(name, func(t *testing.T) {
-			var batch bytes.Buffer
-			if err := WriteBatch(&batch, "rep0", rs, Options{}); err != nil {
-				t.Fatal(err)
-			}
-			golden(t, filepath.Join("testdata", name+".tc"), batch.Bytes())
-			fake := NewFake(Options{}, "rep0")
-			if err := fake.Apply(context.Background(), "rep0", rs); err != nil {
-				t.Fatal(err)
-			}
-			st, _ := fake.Dump(context.Background(), "rep0")
-			golden(t, filepath.Join("testdata", name+".dump"), []byte(st.Canonical()))
-		})
+		for _, prof := range Profiles {
+			t.Run(name+"/"+prof.Name, func(t *testing.T) {
+				opts := Options{Profile: prof}
+				var batch bytes.Buffer
+				if err := WriteBatch(&batch, "rep0", rs, opts); err != nil {
+					t.Fatal(err)
+				}
+				golden(t, goldenPath(name, prof, ".tc"), batch.Bytes())
+				fake := NewFake(opts, "rep0")
+				if err := fake.Apply(context.Background(), "rep0", rs); err != nil {
+					t.Fatal(err)
+				}
+				st, _ := fake.Dump(context.Background(), "rep0")
+				golden(t, goldenPath(name, prof, ".dump"), []byte(st.Canonical()))
+			})
+		}
 	}
+}
+
+// goldenPath is testdata/NAME.EXT for the software profile and
+// testdata/NAME.PROFILE.EXT for the others.
+func goldenPath(name string, prof Profile, ext string) string {
+	if prof.Hardware {
+		name += "." + prof.Name
+	}
+	return filepath.Join("testdata", name+ext)
 }
 
 func golden(t *testing.T, path string, got []byte) {

@@ -134,9 +134,13 @@ type Match struct {
 	// DstPortMin..DstPortMax is the destination port range; equal values
 	// mean one port (flower dst_port), zero means any port.
 	DstPortMin, DstPortMax uint16
-	HasICMPType            bool
-	ICMPType               uint8
-	CtState, CtStateMask   uint16
+	// DstPortMask, when not zero, makes the port a masked one (flower
+	// dst_port VALUE/MASK): a port p matches when p&DstPortMask ==
+	// DstPortMin (DstPortMax equals DstPortMin). 0xFFFF is stored as 0.
+	DstPortMask          uint16
+	HasICMPType          bool
+	ICMPType             uint8
+	CtState, CtStateMask uint16
 }
 
 // ActionKind is what an action does.
@@ -265,7 +269,9 @@ func (f *Filter) matchString() string {
 		parts = append(parts, "dst_ip "+m.Dst.String())
 	}
 	if m.DstPortMin != 0 {
-		if m.DstPortMin == m.DstPortMax {
+		if m.DstPortMask != 0 {
+			parts = append(parts, fmt.Sprintf("dst_port %d/0x%04x", m.DstPortMin, m.DstPortMask))
+		} else if m.DstPortMin == m.DstPortMax {
 			parts = append(parts, fmt.Sprintf("dst_port %d", m.DstPortMin))
 		} else {
 			parts = append(parts, fmt.Sprintf("dst_port %d-%d", m.DstPortMin, m.DstPortMax))

@@ -373,15 +373,20 @@ func encodeFilter(ifidx int, f *Filter) ([]byte, error) {
 		putPrefix(o, m.Dst, flKeyIPv4Dst, flKeyIPv4DstMask, flKeyIPv6Dst, flKeyIPv6DstMask)
 		if m.DstPortMin != 0 {
 			if m.DstPortMin == m.DstPortMax {
+				key, maskKey := uint16(0), uint16(0)
 				switch m.IPProto {
 				case ProtoTCP:
-					o.Bytes(flKeyTCPDst, be16(m.DstPortMin))
+					key, maskKey = flKeyTCPDst, flKeyTCPDstMask
 				case ProtoUDP:
-					o.Bytes(flKeyUDPDst, be16(m.DstPortMin))
+					key, maskKey = flKeyUDPDst, flKeyUDPDstMask
 				case ProtoSCTP:
-					o.Bytes(flKeySCTPDst, be16(m.DstPortMin))
+					key, maskKey = flKeySCTPDst, flKeySCTPDstMask
 				default:
 					return fmt.Errorf("port match on ip_proto %d", m.IPProto)
+				}
+				o.Bytes(key, be16(m.DstPortMin))
+				if m.DstPortMask != 0 {
+					o.Bytes(maskKey, be16(m.DstPortMask))
 				}
 			} else {
 				o.Bytes(flKeyPortDstMin, be16(m.DstPortMin))
@@ -574,8 +579,8 @@ func decodeFlower(data []byte, f *Filter) bool {
 			m.DstPortMin = binary.BigEndian.Uint16(b)
 			m.DstPortMax = m.DstPortMin
 		case flKeyTCPDstMask, flKeyUDPDstMask, flKeySCTPDstMask:
-			if binary.BigEndian.Uint16(b) != 0xFFFF {
-				ok = false
+			if mask := binary.BigEndian.Uint16(b); mask != 0xFFFF {
+				m.DstPortMask = mask
 			}
 		case flKeyPortDstMin:
 			m.DstPortMin = binary.BigEndian.Uint16(b)

@@ -29,6 +29,13 @@ func (p *Program) WriteBatch(w io.Writer, dev, title string) error {
 	if title != "" {
 		fmt.Fprintf(bw, "# %s on representor %s\n", title, dev)
 	}
+	prof := p.opts.Profile.withDefault()
+	if prof.Hardware {
+		hw, total := len(prof.Offloaded(p.Filters())), p.FilterCount()
+		fmt.Fprintf(bw, "# offload profile %s: %d of %d filters in hardware; \"sw:\" filters run in software only\n", prof.Name, hw, total)
+	} else {
+		fmt.Fprintf(bw, "# offload profile %s: every filter runs in software\n", prof.Name)
+	}
 	fs := p.Filters()
 	if len(fs) == 0 {
 		fmt.Fprintf(bw, "# no policy isolates this attachment: no filters\n")
@@ -41,12 +48,23 @@ func (p *Program) WriteBatch(w io.Writer, dev, title string) error {
 			entries = append(entries, f)
 			continue
 		}
-		fmt.Fprintln(bw, BatchLine(dev, f))
+		fmt.Fprintln(bw, p.markedLine(dev, f))
 	}
 	for _, f := range entries {
-		fmt.Fprintln(bw, BatchLine(dev, f))
+		fmt.Fprintln(bw, p.markedLine(dev, f))
 	}
 	return bw.Flush()
+}
+
+// markedLine is BatchLine with, on hardware profiles, a trailing comment
+// saying whether the profile offloads the filter and why not (tc -batch
+// ignores it).
+func (p *Program) markedLine(dev string, f *Filter) string {
+	line := BatchLine(dev, f)
+	if prof := p.opts.Profile.withDefault(); prof.Hardware {
+		line += "  # " + prof.OffloadMark(f)
+	}
+	return line
 }
 
 // BatchLine renders one filter as a `tc -batch` line.

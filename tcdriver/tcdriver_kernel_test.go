@@ -80,7 +80,6 @@ func TestKernelPolicySemantics(t *testing.T) {
 		pods[n] = topo.AddPod(t, n, datapath.PodOptions{})
 	}
 	a, b, c := pods["a"], pods["b"], pods["c"]
-	drv := newKernelDriver(t, Options{})
 	except := func(block netip.Prefix, out netip.Addr) []netip.Prefix {
 		// block minus one host, as disjoint prefixes (what the core sends)
 		var res []netip.Prefix
@@ -127,6 +126,9 @@ func TestKernelPolicySemantics(t *testing.T) {
 			{"a", "b", false, datapath.SCTP, 9999, datapath.Delivered},
 			{"a", "b", false, datapath.SCTP, 9998, datapath.Dropped},
 			{"a", "b", false, datapath.TCP, 8000, datapath.Delivered},
+			{"a", "b", false, datapath.TCP, 8007, datapath.Delivered}, // masked: 8000/0xfff8 ends
+			{"a", "b", false, datapath.TCP, 8008, datapath.Delivered}, // 8008/0xfffe starts
+			{"a", "b", true, datapath.TCP, 8009, datapath.Delivered},
 			{"a", "b", false, datapath.TCP, 8010, datapath.Delivered},
 			{"a", "b", false, datapath.TCP, 8011, datapath.Dropped},
 			{"a", "b", false, datapath.TCP, 7999, datapath.Dropped},
@@ -169,40 +171,46 @@ func TestKernelPolicySemantics(t *testing.T) {
 			{"a", "b", true, datapath.ICMP, 0, datapath.Dropped},
 		}},
 	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			for n, p := range pods {
-				rs := tc.rules[n]
-				if rs == nil {
-					rs = &policy.RuleSet{}
+	// Every profile's pipeline enforces the same semantics with real
+	// packets: mlx5's masked ports (8000-8010), its ct_state forms, its
+	// software ND chain.
+	for _, prof := range []Profile{ProfileSoftware, ProfileMLX561, ProfileMLX563} {
+		drv := newKernelDriver(t, Options{Profile: prof})
+		for _, tc := range cases {
+			t.Run(prof.Name+"/"+tc.name, func(t *testing.T) {
+				for n, p := range pods {
+					rs := tc.rules[n]
+					if rs == nil {
+						rs = &policy.RuleSet{}
+					}
+					rs.Attachment = policy.Attachment{PodNamespace: "test", PodName: n}
+					apply(t, drv, p.Rep, rs)
 				}
-				rs.Attachment = policy.Attachment{PodNamespace: "test", PodName: n}
-				apply(t, drv, p.Rep, rs)
+				// Flush neighbours so that ARP/ND must work under the policy.
+				for _, p := range pods {
+					datapath.Run(t, "ip", "-n", p.Name, "neigh", "flush", "all")
+				}
+				for _, pc := range tc.probes {
+					dst := pods[pc.to].IPv4
+					if pc.v6 {
+						dst = pods[pc.to].IPv6
+					}
+					res := pods[pc.from].Probe(dst, pc.proto, pc.port)
+					if !res.Delivered && pc.want == datapath.Delivered {
+						// One retry: a first SCTP INIT lost in the bed costs
+						// a 3 s RTO, longer than the probe timeout.
+						res = pods[pc.from].Probe(dst, pc.proto, pc.port)
+					}
+					if datapath.Outcome(res.Delivered) != pc.want {
+						t.Errorf("want %s, got %s", pc.want, res)
+					}
+				}
+			})
+		}
+		for _, p := range pods {
+			if err := drv.Remove(context.Background(), p.Rep); err != nil {
+				t.Fatal(err)
 			}
-			// Flush neighbours so that ARP/ND must work under the policy.
-			for _, p := range pods {
-				datapath.Run(t, "ip", "-n", p.Name, "neigh", "flush", "all")
-			}
-			for _, pc := range tc.probes {
-				dst := pods[pc.to].IPv4
-				if pc.v6 {
-					dst = pods[pc.to].IPv6
-				}
-				res := pods[pc.from].Probe(dst, pc.proto, pc.port)
-				if !res.Delivered && pc.want == datapath.Delivered {
-					// One retry: a first SCTP INIT lost in the bed costs
-					// a 3 s RTO, longer than the probe timeout.
-					res = pods[pc.from].Probe(dst, pc.proto, pc.port)
-				}
-				if datapath.Outcome(res.Delivered) != pc.want {
-					t.Errorf("want %s, got %s", pc.want, res)
-				}
-			}
-		})
-	}
-	for _, p := range pods {
-		if err := drv.Remove(context.Background(), p.Rep); err != nil {
-			t.Fatal(err)
 		}
 	}
 }
@@ -284,7 +292,12 @@ func TestKernelDifferential(t *testing.T) {
 	subj := topo.AddPod(t, "dsubj", datapath.PodOptions{})
 	peerRaw := openRaw(t, peer.NS, "eth0")
 	subjRaw := openRaw(t, subj.NS, "eth0")
-	drv := newKernelDriver(t, Options{})
+	// The sets alternate between the profiles, so the driver also switches
+	// a device between their pipelines (generation switches).
+	drvs := make([]*TC, len(Profiles))
+	for i, prof := range Profiles {
+		drvs[i] = newKernelDriver(t, Options{Profile: prof})
+	}
 	nextID := uint16(1)
 	sets, packets := 0, 0
 	for sets < 200 {
@@ -295,8 +308,9 @@ func TestKernelDifferential(t *testing.T) {
 		if rs == nil || (!rs.Ingress.Isolated && !rs.Egress.Isolated && sets%5 != 0) {
 			continue // mostly sets that isolate something
 		}
+		prof, drv := Profiles[sets%len(Profiles)], drvs[sets%len(Profiles)]
 		apply(t, drv, subj.Rep, rs)
-		fake := NewFake(Options{}, dev)
+		fake := NewFake(Options{Profile: prof}, dev)
 		apply(t, fake, dev, rs)
 		sets++
 		type sent struct {
@@ -505,50 +519,52 @@ func TestKernelGoldenAndBatch(t *testing.T) {
 	datapath.RequireBed(t)
 	vethPair(t, "rep0")
 	vethPair(t, "rep1")
-	drv := newKernelDriver(t, Options{})
-	for name, rs := range goldenRuleSets {
-		t.Run(name, func(t *testing.T) {
-			apply(t, drv, "rep0", rs)
-			st, err := drv.Dump(context.Background(), "rep0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			want, err := os.ReadFile(filepath.Join("testdata", name+".dump"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if got := st.Canonical(); got != string(want) {
-				t.Errorf("kernel dump differs from testdata/%s.dump:\n%s", name, got)
-			}
-			// Render and replay with tc on rep1.
-			var buf bytes.Buffer
-			if err := WriteBatch(&buf, "rep1", rs, Options{}); err != nil {
-				t.Fatal(err)
-			}
-			path := filepath.Join(t.TempDir(), "batch")
-			if err := os.WriteFile(path, buf.Bytes(), 0o644); err != nil {
-				t.Fatal(err)
-			}
-			datapath.Run(t, "tc", "-batch", path)
-			st1, err := drv.Dump(context.Background(), "rep1")
-			if err != nil {
-				t.Fatal(err)
-			}
-			got1 := strings.Replace(st1.Canonical(), "dev rep1", "dev rep0", 1)
-			if got1 != string(want) {
-				t.Errorf("tc -batch of the rendered commands installs something else:\n%s\nbatch:\n%s", got1, buf.String())
-			}
-			// The driver adopts what tc installed: nothing to change.
-			apply(t, drv, "rep1", rs)
-			if w := drv.LastApply(); w.Adds+w.Replaces+w.Deletes+w.Flushes != 0 {
-				t.Errorf("apply over an identical tc-installed pipeline changed things: %+v", w)
-			}
-			for _, d := range []string{"rep0", "rep1"} {
-				if err := drv.Remove(context.Background(), d); err != nil {
+	for _, prof := range Profiles {
+		drv := newKernelDriver(t, Options{Profile: prof})
+		for name, rs := range goldenRuleSets {
+			t.Run(name+"/"+prof.Name, func(t *testing.T) {
+				apply(t, drv, "rep0", rs)
+				st, err := drv.Dump(context.Background(), "rep0")
+				if err != nil {
 					t.Fatal(err)
 				}
-			}
-		})
+				want, err := os.ReadFile(goldenPath(name, prof, ".dump"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got := st.Canonical(); got != string(want) {
+					t.Errorf("kernel dump differs from %s:\n%s", goldenPath(name, prof, ".dump"), got)
+				}
+				// Render and replay with tc on rep1.
+				var buf bytes.Buffer
+				if err := WriteBatch(&buf, "rep1", rs, Options{Profile: prof}); err != nil {
+					t.Fatal(err)
+				}
+				path := filepath.Join(t.TempDir(), "batch")
+				if err := os.WriteFile(path, buf.Bytes(), 0o644); err != nil {
+					t.Fatal(err)
+				}
+				datapath.Run(t, "tc", "-batch", path)
+				st1, err := drv.Dump(context.Background(), "rep1")
+				if err != nil {
+					t.Fatal(err)
+				}
+				got1 := strings.Replace(st1.Canonical(), "dev rep1", "dev rep0", 1)
+				if got1 != string(want) {
+					t.Errorf("tc -batch of the rendered commands installs something else:\n%s\nbatch:\n%s", got1, buf.String())
+				}
+				// The driver adopts what tc installed: nothing to change.
+				apply(t, drv, "rep1", rs)
+				if w := drv.LastApply(); w.Adds+w.Replaces+w.Deletes+w.Flushes != 0 {
+					t.Errorf("apply over an identical tc-installed pipeline changed things: %+v", w)
+				}
+				for _, d := range []string{"rep0", "rep1"} {
+					if err := drv.Remove(context.Background(), d); err != nil {
+						t.Fatal(err)
+					}
+				}
+			})
+		}
 	}
 }
 

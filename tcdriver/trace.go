@@ -138,6 +138,46 @@ func (c *Conntrack) commit(zone uint16, p *Packet) {
 // order, goto restarting classification in the target chain, a chain
 // without a match letting the packet pass. ct is updated by ct actions.
 func Trace(filters []*Filter, h Hook, p Packet, ct *Conntrack) TraceResult {
+	res, _ := trace(filters, h, p, ct, false)
+	return res
+}
+
+// HardwareResult is the outcome of tracing a packet through the filters a
+// profile offloads (TraceOffloaded).
+type HardwareResult struct {
+	TraceResult
+	// Decided is false when the packet misses to software: a chain other
+	// than 0 in which no offloaded filter matches (mlx5 then continues in
+	// software at that chain), or a hook the target does not offload. The
+	// Verdict is then meaningless.
+	Decided bool
+	// MissChain is the chain that missed.
+	MissChain uint32
+}
+
+// TraceOffloaded runs a packet the way the profile's hardware would: only
+// the filters prof offloads exist, and a chain (other than chain 0) without
+// a matching filter misses to software instead of passing. Conntrack is the
+// software one: this evaluates the offloaded filters, not mlx5's CT table
+// (which holds only established TCP and confirmed UDP connections, so
+// today every new connection misses to software at its ct action).
+func TraceOffloaded(prof Profile, filters []*Filter, h Hook, p Packet, ct *Conntrack) HardwareResult {
+	if h == HookEgress && prof.withDefault().Hardware {
+		// Nothing on a representor's egress hook is offloaded: a frame
+		// that reaches it is in software (and one switched in hardware
+		// never reaches it: issue 11's placement change).
+		return HardwareResult{TraceResult: TraceResult{Path: []string{"egress hook: software only"}}}
+	}
+	res, miss := trace(prof.Offloaded(filters), h, p, ct, true)
+	if miss != nil {
+		return HardwareResult{TraceResult: res, MissChain: *miss}
+	}
+	return HardwareResult{TraceResult: res, Decided: true}
+}
+
+// trace is Trace; with missToSoftware, a chain other than 0 without a
+// matching filter stops the trace and is returned.
+func trace(filters []*Filter, h Hook, p Packet, ct *Conntrack, missToSoftware bool) (TraceResult, *uint32) {
 	byChain := map[uint32][]*Filter{}
 	for _, f := range filters {
 		if f.Hook == h {
@@ -163,7 +203,10 @@ func Trace(filters []*Filter, h Hook, p Packet, ct *Conntrack) TraceResult {
 		if hit == nil {
 			res.Path = append(res.Path, fmt.Sprintf("chain %d: no match", chain))
 			res.Verdict = Pass
-			return res
+			if missToSoftware && chain != 0 {
+				return res, &chain
+			}
+			return res, nil
 		}
 		res.Path = append(res.Path, fmt.Sprintf("chain %d pref %d", hit.Chain, hit.Prio))
 		res.Hits = append(res.Hits, hit)
@@ -175,7 +218,7 @@ func Trace(filters []*Filter, h Hook, p Packet, ct *Conntrack) TraceResult {
 					// act_ct drops what it cannot track.
 					res.Path = append(res.Path, "ct: not IP")
 					res.Verdict = Drop
-					return res
+					return res, nil
 				}
 				res.CtState = ct.lookup(a.Zone, &p)
 				if a.Commit && res.CtState&CtTracked != 0 && res.CtState&CtInvalid == 0 {
@@ -192,16 +235,16 @@ func Trace(filters []*Filter, h Hook, p Packet, ct *Conntrack) TraceResult {
 			break
 		}
 		if done {
-			return res
+			return res, nil
 		}
 		if !next {
 			res.Verdict = Pass // pipe at the end of the action list
-			return res
+			return res, nil
 		}
 	}
 	res.Path = append(res.Path, "loop limit")
 	res.Verdict = Drop
-	return res
+	return res, nil
 }
 
 // matches evaluates the flower keys of f against p.
@@ -236,7 +279,11 @@ func (f *Filter) matches(p *Packet, ctState uint16) bool {
 	if m.Dst.IsValid() && (!isIP || !m.Dst.Contains(p.Dst)) {
 		return false
 	}
-	if m.DstPortMin != 0 && (p.DstPort < m.DstPortMin || p.DstPort > m.DstPortMax) {
+	if m.DstPortMask != 0 {
+		if p.DstPort&m.DstPortMask != m.DstPortMin {
+			return false
+		}
+	} else if m.DstPortMin != 0 && (p.DstPort < m.DstPortMin || p.DstPort > m.DstPortMax) {
 		return false
 	}
 	if m.HasICMPType && p.ICMPType != m.ICMPType {

@@ -487,7 +487,9 @@ func newAgentCommandRunner(opts *AgentOptions) func(*cobra.Command, []string) er
 		defer func() { _ = pr.Close() }()
 		reg := newRegistry()
 		offload, _ := tcdriver.ParseOffload(opts.TCOffload)
-		drv, err := tcdriver.New(tcdriver.Options{Offload: offload}, logrus.StandardLogger(), tcdriver.NewMetrics(reg))
+		profile, _ := opts.Profile()
+		zones, _ := tcdriver.ParseZoneRange(opts.CTZoneRange)
+		drv, err := tcdriver.New(tcdriver.Options{Offload: offload, Profile: profile, Zones: zones}, logrus.StandardLogger(), tcdriver.NewMetrics(reg))
 		if err != nil {
 			return err
 		}
@@ -505,7 +507,7 @@ func newAgentCommandRunner(opts *AgentOptions) func(*cobra.Command, []string) er
 			PodResources: pr,
 			Resolver:     sriov.NewSysfsResolver(),
 			Driver:       drv,
-			Conntrack:    tcdriver.NetlinkConntrack{},
+			Conntrack:    tcdriver.NetlinkConntrack{Zones: zones},
 			Links:        linkNames,
 			Registry:     reg,
 		})

@@ -42,6 +42,7 @@ type explainOptions struct {
 	networkPlugins []string
 	acceptICMP     bool
 	acceptICMPv6   bool
+	offloadProfile string
 }
 
 func newExplainCommand(stdout io.Writer) *cobra.Command {
@@ -112,6 +113,7 @@ this node (--on-node); 2 bad input; 4 disagreement.`,
 	f.StringSliceVar(&o.networkPlugins, "network-plugins", policy.DefaultNetworkPlugins, "CNI plugin types whose networks are enforced (the agent's flag)")
 	f.BoolVar(&o.acceptICMP, "accept-icmp", false, "the agent's --accept-icmp")
 	f.BoolVar(&o.acceptICMPv6, "accept-icmpv6", false, "the agent's --accept-icmpv6")
+	f.StringVar(&o.offloadProfile, "offload-profile", tcdriver.ProfileAuto, "the agent's "+offloadProfileUsage+"; the computed filters are marked with whether it offloads them")
 	return cmd
 }
 
@@ -165,6 +167,10 @@ func runExplain(ctx context.Context, o *explainOptions, node *explainNode, stdin
 	} else if objs, err = listObjects(ctx, o.kubeconfig); err != nil {
 		return err
 	}
+	profile, err := tcdriver.ParseProfile(o.offloadProfile, tcdriver.RunningKernelRelease())
+	if err != nil {
+		return badInput(err)
+	}
 	opts := policy.Options{NetworkPlugins: o.networkPlugins, AcceptICMP: o.acceptICMP, AcceptICMPv6: o.acceptICMPv6}
 	engine := policy.NewEngine(opts)
 	atts, _ := loadEngine(engine, objs)
@@ -185,7 +191,7 @@ func runExplain(ctx context.Context, o *explainOptions, node *explainNode, stdin
 	var nodeErrs []error
 	for _, att := range atts {
 		rs, _ := engine.Compute(att)
-		e := explanation{att: att, pp: pp, rs: rs, enforced: engine.Enforced(att.Network),
+		e := explanation{att: att, pp: pp, rs: rs, profile: profile, enforced: engine.Enforced(att.Network),
 			reference: policy.Evaluate(objs, opts, att, pp), referenceRules: policy.AllowedBy(objs, opts, att, pp), dev: o.dev}
 		if r, ok := reps[nodeKey(att)]; o.onNode && o.dev == "" {
 			if podErr, found := reps[att.PodNamespace+"/"+att.PodName]; !ok && found {
@@ -280,6 +286,7 @@ type explanation struct {
 	installed      *tcdriver.State
 	dev            string
 	disagree       bool
+	profile        tcdriver.Profile
 }
 
 func verdictWord(allowed bool) string {
@@ -341,14 +348,22 @@ func (e *explanation) write(ctx context.Context, w io.Writer) error {
 
 	hook := tcdriver.HookFor(e.pp.Direction)
 	frame := tcdriver.FrameFor(e.pp, unspecified(e.pp.Remote), 40000)
-	computed := tcdriver.NewFake(tcdriver.Options{}, "computed")
+	computed := tcdriver.NewFake(tcdriver.Options{Profile: e.profile}, "computed")
 	if err := computed.Apply(ctx, "computed", e.rs); err != nil {
 		return fmt.Errorf("%s: compiling the rules: %w", e.att, err)
 	}
 	st, _ := computed.Dump(ctx, "computed")
 	res := tcdriver.Trace(st.Filters, hook, frame, tcdriver.NewConntrack())
-	p.printf("  computed filters, representor %s hook: %s\n", hook, res.Verdict)
-	writeHits(p, res, false)
+	p.printf("  computed filters (offload profile %s), representor %s hook: %s\n", e.profile.Name, hook, res.Verdict)
+	writeHits(p, res, false, e.profile)
+	if e.profile.Hardware {
+		hw := tcdriver.TraceOffloaded(e.profile, st.Filters, hook, frame, tcdriver.NewConntrack())
+		if hw.Decided {
+			p.printf("  the filters %s offloads alone: %s in hardware\n", e.profile.Name, hw.Verdict)
+		} else {
+			p.printf("  the filters %s offloads alone do not decide: software decides (%s)\n", e.profile.Name, hw.Path[len(hw.Path)-1])
+		}
+	}
 	if (res.Verdict == tcdriver.Pass) != allowed {
 		e.disagree = true
 		p.printf("  DISAGREEMENT: the computed filters %s what the rules %s\n", map[bool]string{true: "pass", false: "drop"}[res.Verdict == tcdriver.Pass], verdictWord(allowed))
@@ -357,7 +372,7 @@ func (e *explanation) write(ctx context.Context, w io.Writer) error {
 		got := tcdriver.Trace(e.installed.Filters, hook, frame, tcdriver.NewConntrack())
 		inHW, total := e.installed.InHWCount()
 		p.printf("  installed on %s (%d filters of ours, %d in hardware): %s\n", e.dev, total, inHW, got.Verdict)
-		writeHits(p, got, true)
+		writeHits(p, got, true, e.profile)
 		if cnt, ok := tcdriver.CountersOf(e.installed, hook, d, tcdriver.Options{}); ok {
 			p.printf("  counters on %s since its filters were installed: %d new connections allowed, %d packets dropped\n", e.dev, cnt.Allowed(), cnt.Dropped)
 			for i, n := range cnt.Rules {
@@ -385,11 +400,14 @@ func (e *explanation) write(ctx context.Context, w io.Writer) error {
 	return p.err
 }
 
-func writeHits(p *debugTableWriter, res tcdriver.TraceResult, inHW bool) {
+func writeHits(p *debugTableWriter, res tcdriver.TraceResult, inHW bool, prof tcdriver.Profile) {
 	for _, f := range res.Hits {
 		hw := ""
 		if inHW {
 			hw = fmt.Sprintf("  [%s, %d packets]", map[bool]string{true: "in_hw", false: "not_in_hw"}[f.InHW], f.Packets)
+		}
+		if prof.Hardware {
+			hw += "  # " + prof.OffloadMark(f)
 		}
 		p.printf("    %s%s\n", f, hw)
 	}

@@ -27,7 +27,7 @@ func TestExplainExamples(t *testing.T) {
 	}
 	var all strings.Builder
 	for _, args := range cases {
-		out, errOut, code := runCLI(t, append([]string{"explain", "-f", "../../../docs/examples"}, args...)...)
+		out, errOut, code := runCLI(t, append([]string{"explain", "-f", "../../../docs/examples", "--offload-profile", "mlx5-6.1"}, args...)...)
 		if code != 0 {
 			t.Errorf("%v: exit %d: %s", args, code, errOut)
 		}

@@ -41,6 +41,8 @@ type AgentOptions struct {
 	AcceptICMP             bool
 	AcceptICMPv6           bool
 	TCOffload              string
+	OffloadProfile         string
+	CTZoneRange            string
 	Workers                int
 }
 
@@ -53,6 +55,8 @@ func NewAgentOptions() *AgentOptions {
 		MetricsBindAddress:     DefaultMetricsBindAddress,
 		HealthProbeBindAddress: DefaultHealthProbeBindAddress,
 		TCOffload:              string(tcdriver.OffloadAuto),
+		OffloadProfile:         tcdriver.ProfileAuto,
+		CTZoneRange:            tcdriver.DefaultZoneRange.String(),
 		Workers:                2,
 	}
 }
@@ -71,6 +75,8 @@ func (o *AgentOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&o.AcceptICMP, "accept-icmp", o.AcceptICMP, "always allow ICMP (every type, as multi-networkpolicy-iptables) on isolated attachments")
 	fs.BoolVar(&o.AcceptICMPv6, "accept-icmpv6", o.AcceptICMPv6, "always allow ICMPv6 (every type) on isolated attachments; neighbour discovery always passes")
 	fs.StringVar(&o.TCOffload, "tc-offload", o.TCOffload, "hardware offload of the TC filters: auto (no skip flag), skip-sw (hardware only) or skip-hw (software only)")
+	fs.StringVar(&o.OffloadProfile, "offload-profile", o.OffloadProfile, offloadProfileUsage)
+	fs.StringVar(&o.CTZoneRange, "ct-zone-range", o.CTZoneRange, "conntrack zones FIRST-LAST: each network gets the zone its namespace/name hashes to, so networks with overlapping addresses never share connection state; two networks on one zone are refused (Event), choose another range")
 	fs.IntVar(&o.Workers, "workers", o.Workers, "attachments computed in parallel (programming the kernel is serialized)")
 }
 
@@ -111,10 +117,24 @@ func (o *AgentOptions) Validate() error {
 	if _, err := tcdriver.ParseOffload(o.TCOffload); err != nil {
 		errs = append(errs, err)
 	}
+	if _, err := o.Profile(); err != nil {
+		errs = append(errs, err)
+	}
+	if _, err := tcdriver.ParseZoneRange(o.CTZoneRange); err != nil {
+		errs = append(errs, err)
+	}
 	if o.Workers < 1 {
 		errs = append(errs, fmt.Errorf("--workers=%d: must be at least 1", o.Workers))
 	}
 	return errors.Join(errs...)
+}
+
+const offloadProfileUsage = "what the NIC matches in hardware, which the TC compiler respects: auto (mlx5-6.3 on Linux 6.3+, else mlx5-6.1), mlx5-6.1, mlx5-6.3 or software (compact ranges, nothing offloaded)"
+
+// Profile returns the --offload-profile, "auto" resolved from the running
+// kernel.
+func (o *AgentOptions) Profile() (tcdriver.Profile, error) {
+	return tcdriver.ParseProfile(o.OffloadProfile, tcdriver.RunningKernelRelease())
 }
 
 func enabledAddress(addr string) bool { return addr != "" && addr != "0" }

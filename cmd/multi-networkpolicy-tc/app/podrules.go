@@ -46,8 +46,9 @@ func (a *Agent) writePodRules(la *localAttachment, rs *policy.RuleSet, reps map[
 		}
 	}
 	offload, _ := tcdriver.ParseOffload(a.opts.TCOffload)
+	profile, _ := a.opts.Profile()
 	for _, vf := range vfs {
-		if err := tcdriver.WriteBatch(&b, reps[vf], rs, tcdriver.Options{Offload: offload}); err != nil {
+		if err := tcdriver.WriteBatch(&b, reps[vf], rs, tcdriver.Options{Offload: offload, Profile: profile}); err != nil {
 			fmt.Fprintf(&b, "# cannot render tc commands: %v\n", err)
 		}
 	}

@@ -28,6 +28,7 @@ type renderOptions struct {
 	networkPlugins []string
 	acceptICMP     bool
 	acceptICMPv6   bool
+	offloadProfile string
 }
 
 func newRenderCommand(stdout io.Writer) *cobra.Command {
@@ -57,6 +58,7 @@ stderr; their faulty parts allow nothing).`,
 	f.StringVar(&o.pod, "pod", "", "only this pod (namespace/name)")
 	f.StringVarP(&o.output, "output", "o", "text", "output format: text, json or tc (tc -batch commands)")
 	f.StringVar(&o.dev, "dev", "REPRESENTOR", "representor name used in -o tc output")
+	f.StringVar(&o.offloadProfile, "offload-profile", tcdriver.ProfileAuto, "-o tc: the agent's "+offloadProfileUsage+"; each filter is marked with whether the profile offloads it")
 	f.StringSliceVar(&o.networkPlugins, "network-plugins", policy.DefaultNetworkPlugins, "CNI plugin types whose networks are enforced")
 	f.BoolVar(&o.acceptICMP, "accept-icmp", false, "always accept ICMP (every type) in isolated directions")
 	f.BoolVar(&o.acceptICMPv6, "accept-icmpv6", false, "always accept ICMPv6 (every type) in isolated directions")
@@ -89,6 +91,10 @@ func runRender(o *renderOptions, stdin io.Reader, stdout, stderr io.Writer) erro
 	ruleSets, _ := engine.ComputeAll()
 	inputErrs = append(inputErrs, engine.InputErrors()...)
 
+	profile, perr := tcdriver.ParseProfile(o.offloadProfile, tcdriver.RunningKernelRelease())
+	if perr != nil {
+		return badInput(perr)
+	}
 	switch o.output {
 	case "json":
 		enc := json.NewEncoder(stdout)
@@ -99,7 +105,7 @@ func runRender(o *renderOptions, stdin io.Reader, stdout, stderr io.Writer) erro
 		err = enc.Encode(ruleSets)
 	case "tc":
 		for _, rs := range ruleSets {
-			if err = tcdriver.WriteBatch(stdout, o.dev, rs, tcdriver.Options{}); err != nil {
+			if err = tcdriver.WriteBatch(stdout, o.dev, rs, tcdriver.Options{Profile: profile}); err != nil {
 				return fmt.Errorf("%s: %w", rs.Attachment, err)
 			}
 		}

@@ -39,15 +39,24 @@ func golden(t *testing.T, name, got string) {
 	}
 }
 
-// TestRenderExamples renders every docs/examples scenario in each format.
+// TestRenderExamples renders every docs/examples scenario in each format,
+// -o tc for each offload profile (each filter marked with whether the
+// profile offloads it).
 func TestRenderExamples(t *testing.T) {
-	for _, format := range []string{"text", "json", "tc"} {
-		t.Run(format, func(t *testing.T) {
-			out, errOut, code := runCLI(t, "render", "-f", "../../../docs/examples", "-o", format)
+	for _, tc := range []struct{ name, format, profile string }{
+		{"text", "text", ""}, {"json", "json", ""},
+		{"tc", "tc", "software"}, {"tc.mlx5-6.1", "tc", "mlx5-6.1"}, {"tc.mlx5-6.3", "tc", "mlx5-6.3"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			args := []string{"render", "-f", "../../../docs/examples", "-o", tc.format}
+			if tc.profile != "" {
+				args = append(args, "--offload-profile", tc.profile)
+			}
+			out, errOut, code := runCLI(t, args...)
 			if code != 0 {
 				t.Fatalf("exit %d: %s", code, errOut)
 			}
-			golden(t, "render/examples."+format, out)
+			golden(t, "render/examples."+tc.name, out)
 		})
 	}
 }

@@ -30,22 +30,7 @@ func TestKernelExplainInstalled(t *testing.T) {
 	datapath.Run(t, "ip", "link", "set", "exp0", "up")
 	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", "exp0").Run() })
 
-	objs, err := readManifests([]string{"../../../docs/examples"}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	engine := policy.NewEngine(policy.Options{})
-	atts, _ := loadEngine(engine, objs)
-	engine.SetAttachments(atts)
-	var server *policy.RuleSet
-	for _, a := range atts {
-		if a.PodNamespace == "blue" && a.PodName == "server" {
-			server, _ = engine.Compute(a)
-		}
-	}
-	if server == nil {
-		t.Fatal("no blue/server attachment in docs/examples")
-	}
+	server := exampleServerRuleSet(t)
 	drv, err := tcdriver.New(tcdriver.Options{}, logrus.StandardLogger(), nil)
 	if err != nil {
 		t.Fatal(err)

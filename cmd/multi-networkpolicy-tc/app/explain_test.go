@@ -67,19 +67,7 @@ func TestExplainBadInput(t *testing.T) {
 // installed there, and reports a pod that is not on this node.
 func TestExplainOnNode(t *testing.T) {
 	ctx := context.Background()
-	objs, err := readManifests([]string{"../../../docs/examples"}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	engine := policy.NewEngine(policy.Options{})
-	atts, _ := loadEngine(engine, objs)
-	engine.SetAttachments(atts)
-	var server *policy.RuleSet
-	for _, a := range atts {
-		if a.PodNamespace == "blue" && a.PodName == "server" {
-			server, _ = engine.Compute(a)
-		}
-	}
+	server := exampleServerRuleSet(t)
 	nic := sriovtest.ConnectX6Dx()
 	const rep = "ens1f0npf0vf0" // the representor of VF 0000:3b:00.2
 	drv := tcdriver.NewFake(tcdriver.Options{}, rep)
@@ -119,4 +107,27 @@ func TestExplainOnNode(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "blue/client net1 (network blue/sriov-a): not in this node's PodResources") || strings.Contains(out, "installed on") {
 		t.Errorf("blue/client (not on this node): %v\n%s", err, out)
 	}
+}
+
+// exampleServerRuleSet is the rule set docs/examples give blue/server.
+func exampleServerRuleSet(t *testing.T) *policy.RuleSet {
+	t.Helper()
+	objs, err := readManifests([]string{"../../../docs/examples"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	engine := policy.NewEngine(policy.Options{})
+	atts, _ := loadEngine(engine, objs)
+	engine.SetAttachments(atts)
+	for _, a := range atts {
+		if a.PodNamespace == "blue" && a.PodName == "server" {
+			rs, err := engine.Compute(a)
+			if rs == nil {
+				t.Fatalf("blue/server: no rule set: %v", err)
+			}
+			return rs
+		}
+	}
+	t.Fatal("no blue/server attachment in docs/examples")
+	return nil
 }

@@ -29,20 +29,17 @@ import (
 const exitDisagreement = 4
 
 type explainOptions struct {
-	files          []string
-	kubeconfig     string
-	pod            string
-	network        string
-	from, to       string
-	proto          string
-	port           int
-	dev            string
-	onNode         bool
-	socket         string
-	networkPlugins []string
-	acceptICMP     bool
-	acceptICMPv6   bool
-	offloadProfile string
+	files      []string
+	kubeconfig string
+	pod        string
+	network    string
+	from, to   string
+	proto      string
+	port       int
+	dev        string
+	onNode     bool
+	socket     string
+	agentRuleFlags
 }
 
 func newExplainCommand(stdout io.Writer) *cobra.Command {
@@ -110,10 +107,7 @@ this node (--on-node); 2 bad input; 4 disagreement.`,
 	f.StringVar(&o.dev, "dev", "", "also trace through the filters installed on this representor of this node")
 	f.BoolVar(&o.onNode, "on-node", false, "find the pod's representors on this node (PodResources and sysfs, as debug mappings) and trace through their installed filters")
 	f.StringVar(&o.socket, "podresources-socket", podresources.DefaultSocket, "the kubelet's PodResources socket (with --on-node)")
-	f.StringSliceVar(&o.networkPlugins, "network-plugins", policy.DefaultNetworkPlugins, "CNI plugin types whose networks are enforced (the agent's flag)")
-	f.BoolVar(&o.acceptICMP, "accept-icmp", false, "the agent's --accept-icmp")
-	f.BoolVar(&o.acceptICMPv6, "accept-icmpv6", false, "the agent's --accept-icmpv6")
-	f.StringVar(&o.offloadProfile, "offload-profile", tcdriver.ProfileAuto, "the agent's "+offloadProfileUsage+"; the computed filters are marked with whether it offloads them")
+	o.add(f, "the computed filters are marked with whether it offloads them")
 	return cmd
 }
 
@@ -167,11 +161,11 @@ func runExplain(ctx context.Context, o *explainOptions, node *explainNode, stdin
 	} else if objs, err = listObjects(ctx, o.kubeconfig); err != nil {
 		return err
 	}
-	profile, err := tcdriver.ParseProfile(o.offloadProfile, tcdriver.RunningKernelRelease())
+	profile, err := o.profile()
 	if err != nil {
-		return badInput(err)
+		return err
 	}
-	opts := policy.Options{NetworkPlugins: o.networkPlugins, AcceptICMP: o.acceptICMP, AcceptICMPv6: o.acceptICMPv6}
+	opts := o.policyOptions()
 	engine := policy.NewEngine(opts)
 	atts, _ := loadEngine(engine, objs)
 	atts = slices.DeleteFunc(atts, func(a policy.Attachment) bool {

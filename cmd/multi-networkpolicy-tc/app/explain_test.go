@@ -84,7 +84,7 @@ func TestExplainOnNode(t *testing.T) {
 	}
 	explain := func(pod string) (string, error) {
 		o := &explainOptions{files: []string{"../../../docs/examples"}, pod: pod, from: "10.10.0.20", proto: "tcp", port: 8080,
-			onNode: true, networkPlugins: policy.DefaultNetworkPlugins}
+			onNode: true, agentRuleFlags: agentRuleFlags{networkPlugins: policy.DefaultNetworkPlugins}}
 		var out strings.Builder
 		err := runExplain(ctx, o, node, nil, &out)
 		return out.String(), err

@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/policy"
 	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/policy/manifest"
@@ -21,14 +22,43 @@ import (
 const exitInvalidObjects = 3
 
 type renderOptions struct {
-	files          []string
-	pod            string
-	output         string
-	dev            string
+	files  []string
+	pod    string
+	output string
+	dev    string
+	agentRuleFlags
+}
+
+// agentRuleFlags are the agent's flags that decide what rules it computes
+// and programs, which the offline commands (render, explain) take too, so
+// that they show what the agent would do.
+type agentRuleFlags struct {
 	networkPlugins []string
 	acceptICMP     bool
 	acceptICMPv6   bool
 	offloadProfile string
+}
+
+// add registers the flags; offloadUse says what --offload-profile does in
+// this command.
+func (a *agentRuleFlags) add(f *pflag.FlagSet, offloadUse string) {
+	f.StringSliceVar(&a.networkPlugins, "network-plugins", policy.DefaultNetworkPlugins, "the agent's --network-plugins: CNI plugin types whose networks are enforced")
+	f.BoolVar(&a.acceptICMP, "accept-icmp", false, "the agent's --accept-icmp: always accept ICMP (every type) in isolated directions")
+	f.BoolVar(&a.acceptICMPv6, "accept-icmpv6", false, "the agent's --accept-icmpv6: always accept ICMPv6 (every type) in isolated directions")
+	f.StringVar(&a.offloadProfile, "offload-profile", tcdriver.ProfileAuto, "the agent's "+offloadProfileUsage+"; "+offloadUse)
+}
+
+func (a *agentRuleFlags) policyOptions() policy.Options {
+	return policy.Options{NetworkPlugins: a.networkPlugins, AcceptICMP: a.acceptICMP, AcceptICMPv6: a.acceptICMPv6}
+}
+
+// profile is --offload-profile, "auto" resolved from the running kernel.
+func (a *agentRuleFlags) profile() (tcdriver.Profile, error) {
+	p, err := tcdriver.ParseProfile(a.offloadProfile, tcdriver.RunningKernelRelease())
+	if err != nil {
+		return p, badInput(err)
+	}
+	return p, nil
 }
 
 func newRenderCommand(stdout io.Writer) *cobra.Command {
@@ -58,10 +88,7 @@ stderr; their faulty parts allow nothing).`,
 	f.StringVar(&o.pod, "pod", "", "only this pod (namespace/name)")
 	f.StringVarP(&o.output, "output", "o", "text", "output format: text, json or tc (tc -batch commands)")
 	f.StringVar(&o.dev, "dev", "REPRESENTOR", "representor name used in -o tc output")
-	f.StringVar(&o.offloadProfile, "offload-profile", tcdriver.ProfileAuto, "-o tc: the agent's "+offloadProfileUsage+"; each filter is marked with whether the profile offloads it")
-	f.StringSliceVar(&o.networkPlugins, "network-plugins", policy.DefaultNetworkPlugins, "CNI plugin types whose networks are enforced")
-	f.BoolVar(&o.acceptICMP, "accept-icmp", false, "always accept ICMP (every type) in isolated directions")
-	f.BoolVar(&o.acceptICMPv6, "accept-icmpv6", false, "always accept ICMPv6 (every type) in isolated directions")
+	o.add(f, "with -o tc each filter is marked with whether the profile offloads it")
 	_ = cmd.MarkFlagRequired("filename")
 	return cmd
 }
@@ -78,7 +105,7 @@ func runRender(o *renderOptions, stdin io.Reader, stdout, stderr io.Writer) erro
 	if err != nil {
 		return badInput(err)
 	}
-	engine := policy.NewEngine(policy.Options{NetworkPlugins: o.networkPlugins, AcceptICMP: o.acceptICMP, AcceptICMPv6: o.acceptICMPv6})
+	engine := policy.NewEngine(o.policyOptions())
 	atts, inputErrs := loadEngine(engine, objs)
 	if o.pod != "" {
 		atts = slices.DeleteFunc(atts, func(a policy.Attachment) bool { return a.PodNamespace+"/"+a.PodName != o.pod })
@@ -91,9 +118,9 @@ func runRender(o *renderOptions, stdin io.Reader, stdout, stderr io.Writer) erro
 	ruleSets, _ := engine.ComputeAll()
 	inputErrs = append(inputErrs, engine.InputErrors()...)
 
-	profile, perr := tcdriver.ParseProfile(o.offloadProfile, tcdriver.RunningKernelRelease())
+	profile, perr := o.profile()
 	if perr != nil {
-		return badInput(perr)
+		return perr
 	}
 	switch o.output {
 	case "json":

@@ -16,13 +16,13 @@ type ZoneRange struct {
 	First, Count uint16
 }
 
-// DefaultZoneRange is [0x4D50, 65535]: out of zone 0 (host netfilter) and
+// DefaultZoneRange is [DefaultZone (0x4D50), 65535]: out of zone 0 (host netfilter) and
 // of the low zones OVS and others allocate from, and as wide as the rest of
 // the 16-bit zone space, because two networks of one node that hash to the
 // same zone are refused (fail closed): with 45,743 zones for real networks
 // the chance that any two of N networks collide is about N²/91,486 (0.1 %
 // for 10 networks, 1.7 % for 40), where 1,023 zones gave 4.3 % for 10.
-var DefaultZoneRange = ZoneRange{First: 0x4D50, Count: 65535 - 0x4D50 + 1}
+var DefaultZoneRange = ZoneRange{First: DefaultZone, Count: 65535 - DefaultZone + 1}
 
 func (z ZoneRange) String() string {
 	return fmt.Sprintf("%d-%d", z.First, uint32(z.First)+uint32(z.Count)-1)

@@ -118,7 +118,7 @@ const (
 	chainRules    uint32 = 3 // rule i: peers 3+3i, IPv4 ports 4+3i, IPv6 ports 5+3i
 	// chainND holds the neighbour-discovery type matches for profiles
 	// without ICMP type offload; it is the last chain of the slot, after
-	// every rule chain, and entirely software (see compileIsolated).
+	// every rule chain, and entirely software (see compileSection).
 	chainND uint32 = slotSize - 1
 )
 
@@ -167,6 +167,9 @@ const (
 type chainRole struct {
 	kind roleKind
 	rule int
+	// section is the chain the rule's section starts at (bridge
+	// placement; 0 for a representor's hooks).
+	section uint32
 }
 
 type roleKind uint8
@@ -175,6 +178,9 @@ const (
 	roleFixed roleKind = iota // classify, state, new and track-only chains
 	rolePeers
 	rolePorts
+	// roleDispatch is a port's dispatch chain (bridge placement): its
+	// receiver entries may change in place together with their sections.
+	roleDispatch
 )
 
 // hookProgram is the compiled pipeline of one hook, with chain numbers
@@ -182,6 +188,8 @@ const (
 type hookProgram struct {
 	filters []*Filter
 	roles   map[uint32]chainRole
+	// entry is the chain the entry filter jumps to.
+	entry uint32
 }
 
 // Program is a compiled rule set: per hook, the filters of one generation,
@@ -293,7 +301,7 @@ func Compile(rs *policy.RuleSet, opts Options) (*Program, error) {
 		dr := rs.Direction(directionOf(h))
 		switch {
 		case dr.Isolated:
-			p.Hooks[h] = compileIsolated(h, dr, opts, zone)
+			p.Hooks[h] = compileSection(h, dr, opts, zone, sectionRepresentor)
 		case anyIsolated:
 			// Not isolated, but the other direction is: connections that
 			// start here must be committed so that the other hook
@@ -346,12 +354,21 @@ func compileTrackOnly(h Hook, opts Options, zone uint16) *hookProgram {
 	return b.prog
 }
 
-func compileIsolated(h Hook, dr *policy.DirectionRules, opts Options, zone uint16) *hookProgram {
+// compileSection compiles an isolated direction: on a representor's hook
+// (sectionRepresentor), or as a section of a bridge port (the other kinds).
+func compileSection(h Hook, dr *policy.DirectionRules, opts Options, zone uint16, kind sectionKind) *hookProgram {
 	b := newBuilder(h, opts, zone)
+	accept := b.accept()
+	if kind == sectionSender {
+		accept = []Action{{Kind: ActGoto, Chain: gotoDispatch}}
+	}
 	pass := Action{Kind: ActAccept}
 	drop := Action{Kind: ActDrop}
 	gotoC := func(c uint32) Action { return Action{Kind: ActGoto, Chain: c} }
-	ct := Action{Kind: ActCt, Zone: b.zone}
+	toState := []Action{{Kind: ActCt, Zone: b.zone}, gotoC(chainState)}
+	if kind == sectionReceiverTracked {
+		toState = toState[1:] // conntrack ran in the sender's section
+	}
 	for _, c := range []uint32{chainClassify, chainState, chainNew} {
 		b.prog.roles[c] = chainRole{kind: roleFixed}
 	}
@@ -372,11 +389,11 @@ func compileIsolated(h Hook, dr *policy.DirectionRules, opts Options, zone uint1
 	for _, t := range []uint8{133, 134, 135, 136} {
 		b.variants(ndChain, prioND, prioNDTagged, EthIPv6, Match{IPProto: ProtoICMPv6, HasICMPType: true, ICMPType: t}, pass)
 	}
-	b.variants(chainClassify, prioIPv4, prioIPv4Tagged, EthIPv4, Match{}, ct, gotoC(chainState))
-	b.variants(chainClassify, prioIPv6, prioIPv6Tagged, EthIPv6, Match{}, ct, gotoC(chainState))
+	b.variants(chainClassify, prioIPv4, prioIPv4Tagged, EthIPv4, Match{}, toState...)
+	b.variants(chainClassify, prioIPv6, prioIPv6Tagged, EthIPv6, Match{}, toState...)
 	b.add(chainClassify, prioCatchAll, EthAll, Match{}, drop)
 	if ndChain == chainND {
-		b.variants(chainND, prioIPv6, prioIPv6Tagged, EthIPv6, Match{}, ct, gotoC(chainState))
+		b.variants(chainND, prioIPv6, prioIPv6Tagged, EthIPv6, Match{}, toState...)
 		b.add(chainND, prioCatchAll, EthAll, Match{}, drop)
 	}
 
@@ -405,10 +422,10 @@ func compileIsolated(h Hook, dr *policy.DirectionRules, opts Options, zone uint1
 	// type match, which mlx5 offloads only with its flex parser), then the
 	// rules in order.
 	if dr.AcceptICMP {
-		b.variants(chainNew, prioEcho, prioEchoTagged, EthIPv4, Match{IPProto: ProtoICMP}, b.accept()...)
+		b.variants(chainNew, prioEcho, prioEchoTagged, EthIPv4, Match{IPProto: ProtoICMP}, accept...)
 	}
 	if dr.AcceptICMPv6 {
-		b.variants(chainNew, prioEcho6, prioEcho6Tagged, EthIPv6, Match{IPProto: ProtoICMPv6}, b.accept()...)
+		b.variants(chainNew, prioEcho6, prioEcho6Tagged, EthIPv6, Match{IPProto: ProtoICMPv6}, accept...)
 	}
 	next := func(i int) Action {
 		if i+1 < len(dr.Rules) {
@@ -429,7 +446,7 @@ func compileIsolated(h Hook, dr *policy.DirectionRules, opts Options, zone uint1
 		var has4, has6 bool
 		onPeer := func(v6 bool) []Action {
 			if len(r.Ports) == 0 {
-				return b.accept()
+				return accept
 			}
 			return []Action{gotoC(rulePortChain(i, v6))}
 		}
@@ -481,7 +498,7 @@ func compileIsolated(h Hook, dr *policy.DirectionRules, opts Options, zone uint1
 						continue // flower refuses two filters with the same key
 					}
 					seen[m] = true
-					b.variants(pc, fam.p, fam.pt, fam.eth, m, b.accept()...)
+					b.variants(pc, fam.p, fam.pt, fam.eth, m, accept...)
 				}
 			}
 			b.add(pc, prioCatchAll, EthAll, Match{}, next(i))
@@ -536,7 +553,7 @@ func (p *Program) Filters() []*Filter {
 			continue
 		}
 		base := p.opts.slotBase(0)
-		out = append(out, p.opts.entryFilter(h, base))
+		out = append(out, p.opts.entryFilter(h, base+hp.entry))
 		out = append(out, hp.materialize(base)...)
 	}
 	return out

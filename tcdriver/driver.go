@@ -23,6 +23,12 @@ type Driver interface {
 	// cannot be expressed exactly, or the kernel refuses a change, it
 	// returns an error and the representor keeps its previous rules.
 	Apply(ctx context.Context, dev string, rs *policy.RuleSet) error
+	// ApplyBridge enforces the bridge placement on every port of b (see
+	// Bridge): every verdict on the ingress hook of the port a frame
+	// enters by.
+	ApplyBridge(ctx context.Context, b *Bridge) error
+	// RemoveBridge removes our filters from the ports of a bridge.
+	RemoveBridge(ctx context.Context, name string) error
 	// Remove deletes every filter the driver installed on the representor
 	// and nothing else.
 	Remove(ctx context.Context, dev string) error
@@ -75,6 +81,9 @@ type reconciler struct {
 	// another goroutine).
 	appliedMu sync.Mutex
 	applied   map[string]*policy.RuleSet
+
+	// bridges are the ports of each bridge as of its last ApplyBridge.
+	bridges map[string]map[string]bool
 }
 
 func newReconciler(k kernel, opts Options, log logrus.FieldLogger) *reconciler {
@@ -122,7 +131,7 @@ func (r *reconciler) Apply(ctx context.Context, dev string, rs *policy.RuleSet) 
 		}
 		defer unpin()
 	}
-	if err := r.reconcile(dev, prog.Hooks); err != nil {
+	if err := r.reconcile(dev, prog.Hooks, [2]*hookState{}); err != nil {
 		return err
 	}
 	if d := r.stats.sub(start); d.Adds+d.Replaces+d.Deletes+d.Flushes > 0 {
@@ -174,18 +183,16 @@ func (r *reconciler) readHook(dev string, h Hook) (*hookState, error) {
 	return st, nil
 }
 
-// activeBase returns the generation base the entry filter points at.
+// activeBase returns the generation base the entry filter points into.
 func (r *reconciler) activeBase(st *hookState) (uint32, bool) {
 	if st.entry == nil || len(st.entry.Actions) != 1 || st.entry.Actions[0].Kind != ActGoto {
 		return 0, false
 	}
-	base := st.entry.Actions[0].Chain
-	for slot := 0; slot < 2; slot++ {
-		if base == r.opts.slotBase(slot) {
-			return base, true
-		}
+	target := st.entry.Actions[0].Chain
+	if !r.opts.owns(target) {
+		return 0, false
 	}
-	return 0, false
+	return r.opts.slotBase(r.opts.slotOf(target)), true
 }
 
 type planKind uint8
@@ -219,12 +226,19 @@ type chainDiff struct {
 	chain      uint32
 	adds, dels []*Filter
 	created    bool
+	// emptied: nothing is wanted in the chain any more; it is flushed in
+	// one request instead of deleting its filters one by one.
+	emptied bool
 }
 
-func (r *reconciler) plan(dev string, h Hook, hp *hookProgram) (*hookPlan, error) {
-	st, err := r.readHook(dev, h)
-	if err != nil {
-		return nil, err
+// plan decides what to do on one hook; st is what the hook holds when the
+// caller has read it already (nil: read it).
+func (r *reconciler) plan(dev string, h Hook, hp *hookProgram, st *hookState) (*hookPlan, error) {
+	if st == nil {
+		var err error
+		if st, err = r.readHook(dev, h); err != nil {
+			return nil, err
+		}
 	}
 	p := &hookPlan{h: h, st: st, keepSlot: -1}
 	if hp == nil {
@@ -234,7 +248,7 @@ func (r *reconciler) plan(dev string, h Hook, hp *hookProgram) (*hookPlan, error
 		return p, nil
 	}
 	base, active := r.activeBase(st)
-	if active && st.entry.key() == r.opts.entryFilter(h, base).key() {
+	if active && st.entry.key() == r.opts.entryFilter(h, base+hp.entry).key() {
 		if diffs, ok := r.planInPlace(hp, st, base); ok {
 			p.kind, p.diffs, p.keepSlot = planInPlace, diffs, r.opts.slotOf(base)
 			if len(diffs) == 0 && !r.hasOtherSlot(st, p.keepSlot) {
@@ -250,7 +264,7 @@ func (r *reconciler) plan(dev string, h Hook, hp *hookProgram) (*hookPlan, error
 	p.kind, p.keepSlot = planSwitch, slot
 	p.newBase = r.opts.slotBase(slot)
 	p.newFilters = hp.materialize(p.newBase)
-	p.newEntry = r.opts.entryFilter(h, p.newBase)
+	p.newEntry = r.opts.entryFilter(h, p.newBase+hp.entry)
 	return p, nil
 }
 
@@ -267,10 +281,10 @@ func (r *reconciler) hasOtherSlot(st *hookState, keep int) bool {
 // either moves to the new rules or keeps the old ones: new generations are
 // built first on both hooks (invisible), then committed hook by hook; a
 // failed commit rolls the hooks already committed back.
-func (r *reconciler) reconcile(dev string, progs [2]*hookProgram) error {
+func (r *reconciler) reconcile(dev string, progs [2]*hookProgram, read [2]*hookState) error {
 	var plans []*hookPlan
 	for _, h := range Hooks {
-		p, err := r.plan(dev, h, progs[h])
+		p, err := r.plan(dev, h, progs[h], read[h])
 		if err != nil {
 			return err
 		}
@@ -364,6 +378,15 @@ func (r *reconciler) commit(dev string, p *hookPlan) error {
 			}
 		}
 		for _, d := range p.diffs {
+			if d.emptied {
+				r.stats.Flushes++
+				if err := r.k.flushChain(dev, p.h, d.chain); err != nil {
+					r.rollback(dev, p)
+					return err
+				}
+				p.deleted = append(p.deleted, d.dels...)
+				continue
+			}
 			for _, f := range d.dels {
 				if err := r.del(dev, f); err != nil {
 					r.rollback(dev, p)
@@ -447,8 +470,12 @@ func (r *reconciler) planInPlace(hp *hookProgram, st *hookState, base uint32) ([
 		wantBy[f.Chain] = append(wantBy[f.Chain], f)
 	}
 	var diffs []chainDiff
-	peersChanged := map[int]bool{}
-	portsChanged := map[int]bool{}
+	type ruleKey struct {
+		section uint32
+		rule    int
+	}
+	peersChanged := map[ruleKey]bool{}
+	portsChanged := map[ruleKey]bool{}
 	chains := map[uint32]bool{}
 	for c := range wantBy {
 		chains[c] = true
@@ -456,44 +483,95 @@ func (r *reconciler) planInPlace(hp *hookProgram, st *hookState, base uint32) ([
 	for c := range st.byChain {
 		chains[c] = true
 	}
+	slot := r.opts.slotOf(base)
+	// Bridge receiver sections that appear or go as a whole change in
+	// place: built before their dispatch entry is added, flushed after it
+	// is deleted.
+	had, wants := map[uint32]bool{}, map[uint32]bool{}
 	for c := range chains {
-		if r.opts.slotOf(c) != r.opts.slotOf(base) {
+		if r.opts.slotOf(c) == slot && c-base >= chainReceivers {
+			sec := c - base - (c-base-chainReceivers)%sectionSize
+			had[sec] = had[sec] || len(st.byChain[c]) > 0
+			wants[sec] = wants[sec] || len(wantBy[c]) > 0
+		}
+	}
+	wholeSection := func(target uint32, appear bool) bool {
+		if target < chainReceivers {
+			return false
+		}
+		sec := target - (target-chainReceivers)%sectionSize
+		if appear {
+			return !had[sec] && wants[sec]
+		}
+		return had[sec] && !wants[sec]
+	}
+	for c := range chains {
+		if r.opts.slotOf(c) != slot {
 			continue // the other slot is flushed in cleanup
 		}
 		adds, dels := diffFilters(st.byChain[c], wantBy[c])
 		if len(adds) == 0 && len(dels) == 0 {
 			continue
 		}
-		role, known := hp.roles[c-base]
-		if !known || role.kind == roleFixed {
+		rel := c - base
+		role, known := hp.roles[rel]
+		switch {
+		case rel >= chainReceivers && (wholeSection(rel, true) || wholeSection(rel, false)):
+		case !known || role.kind == roleFixed:
 			return nil, false
+		case role.kind == roleDispatch:
+			if !dispatchEntriesOnly(adds, dels, base, wholeSection) {
+				return nil, false
+			}
+		case role.kind == rolePeers:
+			peersChanged[ruleKey{role.section, role.rule}] = true
+		case len(st.byChain[c]) > 0 && len(wantBy[c]) > 0:
+			portsChanged[ruleKey{role.section, role.rule}] = true
 		}
-		if role.kind == rolePeers {
-			peersChanged[role.rule] = true
-		} else if len(st.byChain[c]) > 0 && len(wantBy[c]) > 0 {
-			portsChanged[role.rule] = true
-		}
-		diffs = append(diffs, chainDiff{chain: c, adds: adds, dels: dels, created: len(st.byChain[c]) == 0})
+		diffs = append(diffs, chainDiff{chain: c, adds: adds, dels: dels,
+			created: len(st.byChain[c]) == 0, emptied: len(wantBy[c]) == 0})
 	}
-	for rule := range peersChanged {
-		if portsChanged[rule] {
+	for rk := range peersChanged {
+		if portsChanged[rk] {
 			return nil, false
 		}
 		// A rule whose port chains appear or disappear together with a
 		// peer change has a port set we must compare.
-		if !r.portSignatureStable(st, wantBy, base, rule) {
+		if !r.portSignatureStable(st, wantBy, base+rk.section, rk.rule) {
 			return nil, false
 		}
 	}
-	// Order: chains that are created (not yet reachable) first, then the
-	// others; within the commit, all adds come before all deletes.
+	// Order: chains that are created (not yet reachable) first, then a
+	// bridge port's dispatch chain (its entries are added after their
+	// sections exist and deleted before they go), then the others; within
+	// the commit, all adds come before all deletes.
 	sort.Slice(diffs, func(i, j int) bool {
 		if diffs[i].created != diffs[j].created {
 			return diffs[i].created
 		}
+		if di, dj := diffs[i].chain-base == chainDispatch, diffs[j].chain-base == chainDispatch; di != dj {
+			return di
+		}
 		return diffs[i].chain > diffs[j].chain
 	})
 	return diffs, true
+}
+
+// dispatchEntriesOnly reports whether a dispatch chain's change is only
+// receiver entries that come with their whole section (or drop).
+func dispatchEntriesOnly(adds, dels []*Filter, base uint32, wholeSection func(uint32, bool) bool) bool {
+	ok := func(fs []*Filter, appear bool) bool {
+		for _, f := range fs {
+			if f.Prio != prioDispatchEntry || len(f.Actions) != 1 {
+				return false
+			}
+			if a := f.Actions[0]; a.Kind == ActGoto && !wholeSection(a.Chain-base, appear) {
+				return false
+			}
+		}
+		return true
+	}
+	return ok(adds, true) && ok(dels, false)
 }
 
 // portSignatureStable reports whether a rule's port set is the same before
@@ -591,7 +669,7 @@ func (r *reconciler) Remove(ctx context.Context, dev string) error {
 	if err != nil || !ok {
 		return err
 	}
-	if err := r.reconcile(dev, [2]*hookProgram{}); err != nil {
+	if err := r.reconcile(dev, [2]*hookProgram{}, [2]*hookState{}); err != nil {
 		return err
 	}
 	if r.metrics != nil {

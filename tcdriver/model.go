@@ -141,7 +141,37 @@ type Match struct {
 	HasICMPType          bool
 	ICMPType             uint8
 	CtState, CtStateMask uint16
+	// DstMAC/DstMACMask match the destination MAC (flower dst_mac
+	// VALUE/MASK); a zero mask means not matched. The bridge placement
+	// dispatches on it.
+	DstMAC, DstMACMask MAC
 }
+
+// MAC is an Ethernet address, comparable so that a Match can be a map key.
+type MAC [6]byte
+
+// MACOf converts a hardware address; ok is false unless it is 6 bytes.
+func MACOf(hw []byte) (m MAC, ok bool) {
+	if len(hw) != 6 {
+		return m, false
+	}
+	copy(m[:], hw)
+	return m, true
+}
+
+// exactMAC is the mask of a whole address.
+var exactMAC = MAC{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
+
+// groupMAC is the I/G bit: value and mask of every multicast and
+// broadcast destination.
+var groupMAC = MAC{0x01}
+
+func (m MAC) String() string {
+	return fmt.Sprintf("%02x:%02x:%02x:%02x:%02x:%02x", m[0], m[1], m[2], m[3], m[4], m[5])
+}
+
+// IsGroup reports a multicast or broadcast address.
+func (m MAC) IsGroup() bool { return m[0]&1 != 0 }
 
 // ActionKind is what an action does.
 type ActionKind uint8
@@ -256,6 +286,13 @@ func (f *Filter) tp() tpKey { return tpKey{f.Hook, f.Chain, f.Prio} }
 func (f *Filter) matchString() string {
 	m := &f.Match
 	var parts []string
+	if m.DstMACMask != (MAC{}) {
+		if m.DstMACMask == exactMAC {
+			parts = append(parts, "dst_mac "+m.DstMAC.String())
+		} else {
+			parts = append(parts, "dst_mac "+m.DstMAC.String()+"/"+m.DstMACMask.String())
+		}
+	}
 	if m.VLANEthType != 0 {
 		parts = append(parts, "vlan_ethtype "+ethName(m.VLANEthType))
 	}

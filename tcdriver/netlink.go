@@ -60,6 +60,8 @@ const (
 	flClassID          = 1
 	flIndev            = 2
 	flAct              = 3
+	flKeyEthDst        = 4
+	flKeyEthDstMask    = 5
 	flKeyEthType       = 8
 	flKeyIPProto       = 9
 	flKeyIPv4Src       = 10
@@ -366,6 +368,10 @@ func encodeFilter(ifidx int, f *Filter) ([]byte, error) {
 		default:
 			o.Bytes(flKeyEthType, be16(f.Protocol))
 		}
+		if m.DstMACMask != (MAC{}) {
+			o.Bytes(flKeyEthDst, m.DstMAC[:])
+			o.Bytes(flKeyEthDstMask, m.DstMACMask[:])
+		}
 		if m.IPProto != 0 {
 			o.Uint8(flKeyIPProto, m.IPProto)
 		}
@@ -555,6 +561,16 @@ func decodeFlower(data []byte, f *Filter) bool {
 			// in_hw count; InHW is taken from the flags
 		case flKeyEthType:
 			// equals the protocol (or the VLAN TPID)
+		case flKeyEthDst:
+			if len(b) != 6 {
+				ok = false
+			}
+			copy(m.DstMAC[:], b)
+		case flKeyEthDstMask:
+			if len(b) != 6 {
+				ok = false
+			}
+			copy(m.DstMACMask[:], b)
 		case flKeyVlanEthType:
 			m.VLANEthType = binary.BigEndian.Uint16(b)
 		case flKeyIPProto:

@@ -11,6 +11,9 @@ type Packet struct {
 	// VLANs are the TPIDs of the frame's VLAN tags, outermost first
 	// (nil: untagged; {Eth8021Q}: one 802.1Q tag; {Eth8021AD, Eth8021Q}: QinQ).
 	VLANs []uint16
+	// DstMAC is the destination address (the bridge placement dispatches
+	// on it).
+	DstMAC MAC
 	// EthType is the ethertype after the VLAN tags.
 	EthType  uint16
 	Src, Dst netip.Addr
@@ -268,6 +271,11 @@ func (f *Filter) matches(p *Packet, ctState uint16) bool {
 		}
 	} else if f.Protocol != EthAll && f.Protocol != nproto {
 		return false
+	}
+	for i, mb := range m.DstMACMask {
+		if p.DstMAC[i]&mb != m.DstMAC[i] {
+			return false
+		}
 	}
 	isIP := nproto == EthIPv4 || nproto == EthIPv6
 	if m.IPProto != 0 && (!isIP || m.IPProto != p.IPProto) {

@@ -1,0 +1,195 @@
+package tcdriver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/policy"
+)
+
+// ApplyBridge makes every port of the bridge enforce the bridge placement
+// (see Bridge). Each port changes as one make-before-break transaction of
+// its ingress hook, as Apply does for a representor: a frame sees the old
+// or the new rules of the port it enters by, never a mix and never none. A
+// pod joining or leaving adds or removes its section and dispatch entry in
+// place on every port; a changed rule set is changed in place when only
+// peers or only ports of rules differ, by a generation switch of each port
+// otherwise. Filters of the representor placement (Apply), on either hook,
+// are replaced by the same transaction (the egress hook after the ingress
+// one enforces the new rules).
+//
+// A port whose rule set cannot be enforced exactly (invalid, no MAC while
+// its ingress is isolated, a conntrack zone another network uses) keeps the
+// rule set it had, or gets a closed one when it had none; the others are
+// applied. Ports that were on the bridge at the last ApplyBridge and are not
+// any more lose our filters. The error lists every port it concerns.
+func (r *reconciler) ApplyBridge(ctx context.Context, b *Bridge) error {
+	start := r.stats
+	defer func() { r.last = r.stats.sub(start) }()
+	b, refused := r.enforceable(b)
+	errs := refused
+	now := map[string]bool{}
+	for _, dev := range portOrder(b) {
+		now[dev] = true
+		if err := ctx.Err(); err != nil {
+			return errors.Join(append(errs, err)...)
+		}
+		if err := r.applyPort(b, dev); err != nil {
+			errs = append(errs, fmt.Errorf("bridge %s: %w", b.Name, err))
+		}
+	}
+	for dev := range r.bridges[b.Name] {
+		if !now[dev] {
+			if err := r.Remove(ctx, dev); err != nil {
+				errs = append(errs, fmt.Errorf("bridge %s: port %s left it: %w", b.Name, dev, err))
+			}
+		}
+	}
+	if r.bridges == nil {
+		r.bridges = map[string]map[string]bool{}
+	}
+	r.bridges[b.Name] = now
+	return errors.Join(errs...)
+}
+
+// RemoveBridge removes our filters from every port of the bridge as of the
+// last ApplyBridge.
+func (r *reconciler) RemoveBridge(ctx context.Context, name string) error {
+	var errs []error
+	for dev := range r.bridges[name] {
+		if err := r.Remove(ctx, dev); err != nil {
+			errs = append(errs, fmt.Errorf("bridge %s: %w", name, err))
+		}
+	}
+	delete(r.bridges, name)
+	return errors.Join(errs...)
+}
+
+// enforceable returns the bridge with each port that cannot be enforced
+// as given replaced by what it keeps, and the reasons.
+func (r *reconciler) enforceable(b *Bridge) (*Bridge, []error) {
+	out := &Bridge{Name: b.Name, Uplinks: b.Uplinks, Ports: make([]BridgePort, 0, len(b.Ports))}
+	var errs []error
+	applied := r.Applied()
+	invalid := map[string]error{}
+	var pe *PortError
+	for _, err := range unjoin(ValidateBridge(b)) {
+		if errors.As(err, &pe) {
+			invalid[pe.Dev] = pe.Err
+		} else {
+			return &Bridge{Name: b.Name}, []error{err} // the bridge as a whole
+		}
+	}
+	for _, pt := range b.Ports {
+		if err, bad := invalid[pt.Dev]; bad {
+			errs = append(errs, fmt.Errorf("bridge %s: representor %s: refusing rule set, %s: %w", b.Name, pt.Dev, r.fallback(&pt, applied), err))
+		} else if other, clash := zoneConflict(r.opts.Zones, pt.RuleSet, applied, pt.Dev); clash {
+			errs = append(errs, fmt.Errorf("bridge %s: representor %s: refusing rule set, %s: networks %s and %s map to the same conntrack zone %d of --ct-zone-range %s and would share connection state; choose another range",
+				b.Name, pt.Dev, r.fallback(&pt, applied), pt.RuleSet.Attachment.Network, other, r.opts.Zones.Of(pt.RuleSet.Attachment.Network), r.opts.Zones))
+		}
+		out.Ports = append(out.Ports, pt)
+	}
+	return out, errs
+}
+
+// fallback replaces pt's rule set by the one applied before, or a closed
+// one, and says which.
+func (r *reconciler) fallback(pt *BridgePort, applied map[string]*policy.RuleSet) string {
+	if prev := applied[pt.Dev]; prev != nil && validatePort(&BridgePort{Dev: pt.Dev, MAC: pt.MAC, RuleSet: prev}) == nil {
+		pt.RuleSet = prev
+		return "previous rules kept"
+	}
+	closed := &policy.RuleSet{Egress: policy.DirectionRules{Isolated: true, Stateful: true}}
+	if pt.RuleSet != nil {
+		closed.Attachment = pt.RuleSet.Attachment
+	}
+	if _, ok := MACOf(pt.MAC); ok {
+		closed.Ingress = closed.Egress
+	}
+	pt.RuleSet = closed
+	return "closed until it can be enforced"
+}
+
+func unjoin(err error) []error {
+	if err == nil {
+		return nil
+	}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	return []error{err}
+}
+
+// applyPort reconciles one port: its ingress hook gets its bridge program
+// (keeping the section numbers installed receivers have), its egress hook
+// nothing.
+func (r *reconciler) applyPort(b *Bridge, dev string) error {
+	ok, err := r.k.hasClsact(dev)
+	if err != nil {
+		return err
+	}
+	var read [2]*hookState
+	var sections map[MAC]int
+	if ok {
+		if p, pins := r.k.(pinner); pins {
+			unpin, err := p.pin(dev)
+			if err != nil {
+				return err
+			}
+			defer unpin()
+		}
+		if read[HookIngress], err = r.readHook(dev, HookIngress); err != nil {
+			return err
+		}
+		sections = r.installedSections(read[HookIngress])
+	}
+	prog := compilePort(b, dev, r.opts, sections)
+	if prog == nil && !ok {
+		return nil // nothing installed, nothing wanted
+	}
+	if prog != nil && !ok {
+		if err := r.k.ensureClsact(dev); err != nil {
+			return err
+		}
+		if p, pins := r.k.(pinner); pins {
+			unpin, err := p.pin(dev)
+			if err != nil {
+				return err
+			}
+			defer unpin()
+		}
+	}
+	before := r.stats
+	if err := r.reconcile(dev, [2]*hookProgram{HookIngress: prog}, read); err != nil {
+		return err
+	}
+	for _, pt := range b.Ports {
+		if pt.Dev == dev {
+			r.setApplied(dev, pt.RuleSet)
+		}
+	}
+	if d := r.stats.sub(before); d.Adds+d.Replaces+d.Deletes+d.Flushes > 0 {
+		r.reportOffload(dev)
+	}
+	return nil
+}
+
+// installedSections reads the receiver sections of a port's active
+// generation from its dispatch entries.
+func (r *reconciler) installedSections(st *hookState) map[MAC]int {
+	base, active := r.activeBase(st)
+	if !active {
+		return nil
+	}
+	out := map[MAC]int{}
+	for _, f := range st.byChain[base+chainDispatch] {
+		if f.Prio != prioDispatchEntry || f.Match.DstMACMask != exactMAC || len(f.Actions) != 1 || f.Actions[0].Kind != ActGoto {
+			continue
+		}
+		if rel := f.Actions[0].Chain - base; rel >= chainReceivers && (rel-chainReceivers)%sectionSize == 0 {
+			out[f.Match.DstMAC] = int((rel - chainReceivers) / sectionSize)
+		}
+	}
+	return out
+}

@@ -102,7 +102,7 @@ func (p *BridgeProgram) Filters(dev string) []*Filter {
 		return nil
 	}
 	base := p.opts.slotBase(0)
-	return append([]*Filter{p.opts.entryFilter(HookIngress, base)}, hp.materialize(base)...)
+	return append([]*Filter{p.opts.entryFilter(HookIngress, base+hp.entry)}, hp.materialize(base)...)
 }
 
 // FilterCount is the number of filters of every port, entries included.
@@ -205,7 +205,7 @@ func portOrder(b *Bridge) []string {
 	return append(ups, reps...)
 }
 
-func isolated(rs *policy.RuleSet) bool { return rs.Ingress.Isolated || rs.Egress.Isolated }
+func isolatesAny(rs *policy.RuleSet) bool { return rs.Ingress.Isolated || rs.Egress.Isolated }
 
 // compilePort compiles the ingress program of one port of a valid bridge.
 // sections maps the receivers already installed on the port to their
@@ -240,7 +240,7 @@ func compilePort(b *Bridge, dev string, opts Options, sections map[MAC]int) *hoo
 			rx = append(rx, receiver{pt, m})
 		}
 	}
-	if len(rx) == 0 && (uplink || !isolated(self.RuleSet)) && !anyIngress {
+	if len(rx) == 0 && (uplink || !isolatesAny(self.RuleSet)) && !anyIngress {
 		return nil
 	}
 	sort.Slice(rx, func(i, j int) bool { return string(rx[i].mac[:]) < string(rx[j].mac[:]) })

@@ -29,42 +29,61 @@ func (p *Program) WriteBatch(w io.Writer, dev, title string) error {
 	if title != "" {
 		fmt.Fprintf(bw, "# %s on representor %s\n", title, dev)
 	}
-	prof := p.opts.Profile.withDefault()
+	writeDevBatch(bw, dev, p.Filters(), p.opts.Profile, "no policy isolates this attachment")
+	return bw.Flush()
+}
+
+// WriteBatch prints every port of the bridge program in `tc -batch`
+// syntax, uplinks first.
+func (p *BridgeProgram) WriteBatch(w io.Writer, title string) error {
+	bw := bufio.NewWriter(w)
+	if title != "" {
+		fmt.Fprintf(bw, "# %s\n", title)
+	}
+	for i, dev := range p.Order {
+		if i > 0 {
+			fmt.Fprintln(bw)
+		}
+		fmt.Fprintf(bw, "# port %s\n", dev)
+		writeDevBatch(bw, dev, p.Filters(dev), p.opts.Profile, "nothing on this bridge is isolated that this port must decide")
+	}
+	return bw.Flush()
+}
+
+// writeDevBatch prints one device's filters: the clsact qdisc, the chains,
+// then the entry filters (last, as the driver does, so that the pipeline is
+// complete before it becomes reachable); on hardware profiles each line
+// ends with a comment saying whether the profile offloads the filter and
+// why not (tc -batch ignores it).
+func writeDevBatch(bw *bufio.Writer, dev string, fs []*Filter, prof Profile, none string) {
+	prof = prof.withDefault()
 	if prof.Hardware {
-		hw, total := len(prof.Offloaded(p.Filters())), p.FilterCount()
-		fmt.Fprintf(bw, "# offload profile %s: %d of %d filters in hardware; \"sw:\" filters run in software only\n", prof.Name, hw, total)
+		fmt.Fprintf(bw, "# offload profile %s: %d of %d filters in hardware; \"sw:\" filters run in software only\n", prof.Name, len(prof.Offloaded(fs)), len(fs))
 	} else {
 		fmt.Fprintf(bw, "# offload profile %s: every filter runs in software\n", prof.Name)
 	}
-	fs := p.Filters()
 	if len(fs) == 0 {
-		fmt.Fprintf(bw, "# no policy isolates this attachment: no filters\n")
-		return bw.Flush()
+		fmt.Fprintf(bw, "# %s: no filters\n", none)
+		return
 	}
 	fmt.Fprintf(bw, "qdisc replace dev %s clsact\n", dev)
+	line := func(f *Filter) string {
+		if prof.Hardware {
+			return BatchLine(dev, f) + "  # " + prof.OffloadMark(f)
+		}
+		return BatchLine(dev, f)
+	}
 	var entries []*Filter
 	for _, f := range fs {
 		if f.Chain == 0 {
 			entries = append(entries, f)
 			continue
 		}
-		fmt.Fprintln(bw, p.markedLine(dev, f))
+		fmt.Fprintln(bw, line(f))
 	}
 	for _, f := range entries {
-		fmt.Fprintln(bw, p.markedLine(dev, f))
+		fmt.Fprintln(bw, line(f))
 	}
-	return bw.Flush()
-}
-
-// markedLine is BatchLine with, on hardware profiles, a trailing comment
-// saying whether the profile offloads the filter and why not (tc -batch
-// ignores it).
-func (p *Program) markedLine(dev string, f *Filter) string {
-	line := BatchLine(dev, f)
-	if prof := p.opts.Profile.withDefault(); prof.Hardware {
-		line += "  # " + prof.OffloadMark(f)
-	}
-	return line
 }
 
 // BatchLine renders one filter as a `tc -batch` line.

@@ -1,0 +1,471 @@
+package tcdriver
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/policy"
+)
+
+// The bridge of the unit tests: db (ingress from 10.56.0.10 to TCP 5432),
+// web (egress to fd00:57::5 and 10.56.0.0/24 only), fe (no policy), on
+// network demo/sriov-net, behind uplink up0.
+var (
+	macDB  = MAC{0x02, 0, 0, 0, 0, 0x01}
+	macWeb = MAC{0x02, 0, 0, 0, 0, 0x02}
+	macFE  = MAC{0x02, 0, 0, 0, 0, 0x03}
+	macOut = MAC{0x02, 0, 0, 0, 0, 0x99} // a pod of another node
+	ipDB   = netip.MustParseAddr("10.56.0.1")
+	ipWeb  = netip.MustParseAddr("10.56.0.2")
+	ipFE   = netip.MustParseAddr("10.56.0.10")
+	ipOut  = netip.MustParseAddr("10.56.0.99")
+)
+
+func hw(m MAC) net.HardwareAddr { return net.HardwareAddr(m[:]) }
+
+func dbRules() *policy.RuleSet {
+	return &policy.RuleSet{Attachment: att("db-0"), Ingress: policy.DirectionRules{Isolated: true, Stateful: true, Rules: []policy.Rule{{
+		Peers: pfx("10.56.0.10/32"), Ports: []policy.PortMatch{{Protocol: policy.TCP, Port: 5432, EndPort: 5432}}, Origins: []string{"demo/db ingress[0]"}}}}}
+}
+
+func testBridge() *Bridge {
+	web := &policy.RuleSet{Attachment: att("web-0"), Egress: policy.DirectionRules{Isolated: true, Stateful: true, Rules: []policy.Rule{{
+		Peers: pfx("10.56.0.0/24", "fd00:57::5/128"), Origins: []string{"demo/web egress[0]"}}}}}
+	return &Bridge{Name: "br0", Uplinks: []string{"up0"}, Ports: []BridgePort{
+		{Dev: "rep1", MAC: hw(macDB), RuleSet: dbRules()},
+		{Dev: "rep2", MAC: hw(macWeb), RuleSet: web},
+		{Dev: "rep3", MAC: hw(macFE), RuleSet: &policy.RuleSet{Attachment: att("fe-0")}},
+	}}
+}
+
+func bridgeFake(t *testing.T, prof Profile, b *Bridge) *Fake {
+	t.Helper()
+	devs := append([]string(nil), b.Uplinks...)
+	for _, p := range b.Ports {
+		devs = append(devs, p.Dev)
+	}
+	fake := NewFake(Options{Profile: prof}, append(devs, "rep9")...)
+	if err := fake.ApplyBridge(context.Background(), b); err != nil {
+		t.Fatal(err)
+	}
+	return fake
+}
+
+// synTo is the first packet of a TCP connection to dst's MAC.
+func synTo(dstMAC MAC, src, dst netip.Addr, port uint16) Packet {
+	return Packet{EthType: EthIPv4, DstMAC: dstMAC, Src: src, Dst: dst, IPProto: ProtoTCP, SrcPort: 40000, DstPort: port}
+}
+
+// TestBridgeVerdicts: every verdict is taken on the ingress hook of the
+// port a frame enters by, for every profile, and the egress hooks are
+// empty.
+func TestBridgeVerdicts(t *testing.T) {
+	bcast := MAC{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
+	cases := []struct {
+		name string
+		port string
+		p    Packet
+		want Verdict
+	}{
+		{"fe→db allowed port", "rep3", synTo(macDB, ipFE, ipDB, 5432), Pass},
+		{"fe→db other port", "rep3", synTo(macDB, ipFE, ipDB, 80), Drop},
+		{"web→db: web allows, db does not", "rep2", synTo(macDB, ipWeb, ipDB, 5432), Drop},
+		{"web→fe: egress allowed", "rep2", synTo(macFE, ipWeb, ipFE, 80), Pass},
+		{"web→outside peer not allowed", "rep2", synTo(macOut, ipWeb, netip.MustParseAddr("10.57.0.1"), 80), Drop},
+		{"uplink→db from fe's address", "up0", synTo(macDB, ipFE, ipDB, 5432), Pass},
+		{"uplink→db from elsewhere", "up0", synTo(macDB, ipOut, ipDB, 5432), Drop},
+		{"uplink→fe (open)", "up0", synTo(macFE, ipOut, ipFE, 22), Pass},
+		{"uplink→a MAC that is not local", "up0", synTo(macOut, ipOut, netip.MustParseAddr("10.56.0.98"), 22), Pass},
+		{"db→outside (egress open)", "rep1", synTo(macOut, ipDB, ipOut, 22), Pass},
+		{"broadcast IP from fe: no single ingress decides it", "rep3", Packet{EthType: EthIPv4, DstMAC: bcast, Src: ipFE, Dst: netip.MustParseAddr("10.56.0.255"), IPProto: ProtoUDP, SrcPort: 1, DstPort: 2}, Drop},
+		{"broadcast IP from the uplink", "up0", Packet{EthType: EthIPv4, DstMAC: bcast, Src: ipOut, Dst: netip.MustParseAddr("10.56.0.255"), IPProto: ProtoUDP, SrcPort: 1, DstPort: 2}, Drop},
+		{"ARP broadcast", "rep3", Packet{EthType: EthARP, DstMAC: bcast}, Pass},
+		{"ARP to db", "up0", Packet{EthType: EthARP, DstMAC: macDB}, Pass},
+		{"neighbour solicitation from the uplink", "up0", Packet{EthType: EthIPv6, DstMAC: MAC{0x33, 0x33, 0xff, 0, 0, 1}, Src: netip.MustParseAddr("fe80::1"), Dst: netip.MustParseAddr("ff02::1:ff00:1"), IPProto: ProtoICMPv6, ICMPType: 135}, Pass},
+		{"neighbour solicitation from fe", "rep3", Packet{EthType: EthIPv6, DstMAC: MAC{0x33, 0x33, 0xff, 0, 0, 1}, Src: netip.MustParseAddr("fe80::1"), Dst: netip.MustParseAddr("ff02::1:ff00:1"), IPProto: ProtoICMPv6, ICMPType: 135}, Pass},
+		{"non-IP frame to db from an open sender", "rep3", Packet{EthType: 0x88b5, DstMAC: macDB}, Drop},
+		{"tagged fe→db allowed", "rep3", func() Packet { p := synTo(macDB, ipFE, ipDB, 5432); p.VLANs = []uint16{Eth8021Q}; return p }(), Pass},
+		{"tagged uplink→db denied", "up0", func() Packet { p := synTo(macDB, ipOut, ipDB, 5432); p.VLANs = []uint16{Eth8021Q}; return p }(), Drop},
+	}
+	for _, prof := range Profiles {
+		fake := bridgeFake(t, prof, testBridge())
+		for _, c := range cases {
+			got := Trace(fake.Filters(c.port, HookIngress), HookIngress, c.p, NewConntrack())
+			if got.Verdict != c.want {
+				t.Errorf("%s: %s (%s on %s): %s, want %s", prof.Name, c.name, c.p.String(), c.port, got, c.want)
+			}
+		}
+		for _, d := range []string{"up0", "rep1", "rep2", "rep3"} {
+			if fs := fake.Filters(d, HookEgress); len(fs) != 0 {
+				t.Errorf("%s: %d filters on the egress hook of %s", prof.Name, len(fs), d)
+			}
+		}
+	}
+}
+
+// TestBridgeRepliesAndOneCommit: the reply of an allowed connection passes
+// wherever it enters, and a local connection is committed once, on the
+// sender's port.
+func TestBridgeRepliesAndOneCommit(t *testing.T) {
+	fake := bridgeFake(t, ProfileSoftware, testBridge())
+	ct := NewConntrack()
+	syn := synTo(macDB, ipFE, ipDB, 5432)
+	res := Trace(fake.Filters("rep3", HookIngress), HookIngress, syn, ct)
+	commits := 0
+	for _, f := range res.Hits {
+		for _, a := range f.Actions {
+			if a.Kind == ActCt && a.Commit {
+				commits++
+			}
+		}
+	}
+	if res.Verdict != Pass || commits != 1 {
+		t.Fatalf("fe→db: %s with %d commits, want pass with 1", res, commits)
+	}
+	reply := Packet{EthType: EthIPv4, DstMAC: macFE, Src: ipDB, Dst: ipFE, IPProto: ProtoTCP, SrcPort: 5432, DstPort: 40000}
+	if r := Trace(fake.Filters("rep1", HookIngress), HookIngress, reply, ct); r.Verdict != Pass {
+		t.Errorf("db's reply on db's port: %s", r)
+	}
+	// A connection web opened to the outside: its reply enters by the uplink.
+	out := synTo(macOut, ipWeb, netip.MustParseAddr("10.56.0.200"), 443)
+	if r := Trace(fake.Filters("rep2", HookIngress), HookIngress, out, ct); r.Verdict != Pass {
+		t.Fatalf("web→outside: %s", r)
+	}
+	back := Packet{EthType: EthIPv4, DstMAC: macWeb, Src: out.Dst, Dst: ipWeb, IPProto: ProtoTCP, SrcPort: 443, DstPort: 40000}
+	if r := Trace(fake.Filters("up0", HookIngress), HookIngress, back, ct); r.Verdict != Pass {
+		t.Errorf("the reply to web by the uplink: %s", r)
+	}
+	// And from the outside to web (ingress open): web's reply is
+	// recognised on web's isolated egress because the uplink committed.
+	in := synTo(macWeb, netip.MustParseAddr("10.99.0.1"), ipWeb, 8080)
+	if r := Trace(fake.Filters("up0", HookIngress), HookIngress, in, ct); r.Verdict != Pass {
+		t.Fatalf("outside→web: %s", r)
+	}
+	ans := Packet{EthType: EthIPv4, DstMAC: macOut, Src: ipWeb, Dst: in.Src, IPProto: ProtoTCP, SrcPort: 8080, DstPort: 40000}
+	if r := Trace(fake.Filters("rep2", HookIngress), HookIngress, ans, ct); r.Verdict != Pass {
+		t.Errorf("web's reply to the outside: %s", r)
+	}
+}
+
+// TestBridgeGolden: the bridge program per profile, as `render -o tc`
+// prints it.
+func TestBridgeGolden(t *testing.T) {
+	for _, prof := range Profiles {
+		prog, err := CompileBridge(testBridge(), Options{Profile: prof})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var buf bytes.Buffer
+		if err := prog.WriteBatch(&buf, "bridge br0: db-0 (rep1), web-0 (rep2), fe-0 (rep3), uplink up0"); err != nil {
+			t.Fatal(err)
+		}
+		golden(t, goldenPath("bridge", prof, ".tc"), buf.Bytes())
+		// The driver installs exactly what render shows.
+		fake := bridgeFake(t, prof, testBridge())
+		for _, dev := range prog.Order {
+			var want, got []string
+			for _, f := range prog.Filters(dev) {
+				want = append(want, f.String())
+			}
+			st, _ := fake.Dump(context.Background(), dev)
+			for _, f := range st.Filters {
+				got = append(got, f.String())
+			}
+			sortStrings(want)
+			sortStrings(got)
+			if strings.Join(got, "\n") != strings.Join(want, "\n") {
+				t.Errorf("%s %s: installed\n%s\nrendered\n%s", prof.Name, dev, strings.Join(got, "\n"), strings.Join(want, "\n"))
+			}
+		}
+	}
+}
+
+func sortStrings(s []string) {
+	for i := 1; i < len(s); i++ {
+		for j := i; j > 0 && s[j] < s[j-1]; j-- {
+			s[j], s[j-1] = s[j-1], s[j]
+		}
+	}
+}
+
+// writes is what an ApplyBridge changed, per kind.
+func writes(f *Fake, do func()) Stats {
+	before := f.Stats()
+	do()
+	d := f.Stats().sub(before)
+	d.Dumps = 0
+	return d
+}
+
+func entryTarget(t *testing.T, f *Fake, dev string) uint32 {
+	t.Helper()
+	for _, fl := range f.Filters(dev, HookIngress) {
+		if fl.Chain == 0 {
+			return fl.Actions[0].Chain
+		}
+	}
+	return 0
+}
+
+// TestBridgePodJoinsAndLeavesInPlace: a pod with isolated ingress joining
+// the bridge adds its section and one dispatch entry on every other port,
+// without a generation switch; leaving removes them (one delete, then one
+// flush per chain) and its own port's filters.
+func TestBridgePodJoinsAndLeavesInPlace(t *testing.T) {
+	for _, prof := range Profiles {
+		b := testBridge()
+		// A second isolated pod from the start, so that no port's group
+		// filters change when one more joins.
+		second := dbRules()
+		second.Attachment = att("db-2")
+		b.Ports = append(b.Ports, BridgePort{Dev: "rep4", MAC: hw(MAC{2, 0, 0, 0, 0, 4}), RuleSet: second})
+		fake := bridgeFake(t, prof, b)
+		entries := map[string]uint32{}
+		ports := []string{"up0", "rep1", "rep2", "rep3", "rep4"}
+		for _, d := range ports {
+			entries[d] = entryTarget(t, fake, d)
+		}
+		joined := *b
+		rs := dbRules()
+		rs.Attachment = att("db-1")
+		joined.Ports = append(append([]BridgePort(nil), b.Ports...), BridgePort{Dev: "rep9", MAC: hw(MAC{2, 0, 0, 0, 0, 0x09}), RuleSet: rs})
+		var sectionFilters int
+		for _, f := range mustCompile(t, &joined, prof).Filters("rep3") {
+			if f.Chain >= DefaultChainBase+chainReceivers+2*sectionSize {
+				sectionFilters++ // the third receiver section: db-1's
+			}
+		}
+		w := writes(fake, func() {
+			if err := fake.ApplyBridge(context.Background(), &joined); err != nil {
+				t.Fatal(err)
+			}
+		})
+		for d, e := range entries {
+			if got := entryTarget(t, fake, d); got != e {
+				t.Errorf("%s: %s switched generation (%d → %d) for a pod joining", prof.Name, d, e, got)
+			}
+		}
+		// Five ports gain the section and its entry; rep9 gets its own
+		// program.
+		if own := len(mustCompile(t, &joined, prof).Filters("rep9")); w.Replaces != 0 || w.Deletes != 0 || w.Flushes != 0 || w.Adds != 5*(sectionFilters+1)+own {
+			t.Errorf("%s: joining wrote %+v, want %d adds (section %d + entry, on 5 ports, and rep9's %d)", prof.Name, w, 5*(sectionFilters+1)+own, sectionFilters, own)
+		}
+		if r := Trace(fake.Filters("up0", HookIngress), HookIngress, synTo(MAC{2, 0, 0, 0, 0, 9}, ipOut, ipDB, 5432), NewConntrack()); r.Verdict != Drop {
+			t.Errorf("%s: the new pod's ingress is not enforced on the uplink: %s", prof.Name, r)
+		}
+		w = writes(fake, func() {
+			if err := fake.ApplyBridge(context.Background(), b); err != nil {
+				t.Fatal(err)
+			}
+		})
+		if w.Adds != 0 || w.Replaces != 0 || w.Deletes != 5+1 {
+			t.Errorf("%s: leaving wrote %+v, want 5 entry deletes and rep9's entry, then flushes", prof.Name, w)
+		}
+		t.Logf("%s: a pod with isolated ingress joining a bridge of 5 ports: %d adds (its section: %d filters); leaving: %d deletes, %d flushes",
+			prof.Name, 5*(sectionFilters+1), sectionFilters, w.Deletes, w.Flushes)
+		if n := len(fake.Filters("rep9", HookIngress)); n != 0 {
+			t.Errorf("%s: the port that left keeps %d filters", prof.Name, n)
+		}
+		want := bridgeFake(t, prof, b)
+		for _, d := range ports {
+			if canon(t, fake, d) != canon(t, want, d) {
+				t.Errorf("%s: %s after join+leave differs from a fresh apply:\n%s\nwant\n%s", prof.Name, d, canon(t, fake, d), canon(t, want, d))
+			}
+		}
+	}
+}
+
+func mustCompile(t *testing.T, b *Bridge, prof Profile) *BridgeProgram {
+	t.Helper()
+	p, err := CompileBridge(b, Options{Profile: prof})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// canon is the canonical dump of dev with owned chains relative to their
+// generation, so that the same program in either generation compares equal.
+func canon(t *testing.T, f *Fake, dev string) string {
+	t.Helper()
+	st, err := f.Dump(context.Background(), dev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rel := func(c uint32) uint32 {
+		if f.opts.owns(c) {
+			return (c - f.opts.ChainBase) % slotSize
+		}
+		return c
+	}
+	for _, fl := range st.Filters {
+		fl.Chain = rel(fl.Chain)
+		for i := range fl.Actions {
+			if fl.Actions[i].Kind == ActGoto {
+				fl.Actions[i].Chain = rel(fl.Actions[i].Chain)
+			}
+		}
+	}
+	return st.Canonical()
+}
+
+// TestBridgeRestartAdoptsWithZeroWrites: a new agent over the same kernel
+// state finds every port as it wants it.
+func TestBridgeRestartAdoptsWithZeroWrites(t *testing.T) {
+	for _, prof := range Profiles {
+		b := testBridge()
+		fake := bridgeFake(t, prof, b)
+		restarted := &Fake{reconciler: newReconciler(fake.k, Options{Profile: prof}, nil), k: fake.k}
+		w := writes(restarted, func() {
+			if err := restarted.ApplyBridge(context.Background(), b); err != nil {
+				t.Fatal(err)
+			}
+		})
+		if w.Total() != 0 {
+			t.Errorf("%s: restart wrote %+v", prof.Name, w)
+		}
+	}
+}
+
+// TestBridgeReplacesOldPlacement: ports that carried the representor
+// placement (both hooks) move to the bridge placement: nothing stays on an
+// egress hook, and the verdicts are the bridge's.
+func TestBridgeReplacesOldPlacement(t *testing.T) {
+	b := testBridge()
+	fake := NewFake(Options{}, "up0", "rep1", "rep2", "rep3")
+	for _, p := range b.Ports {
+		if err := fake.Apply(context.Background(), p.Dev, p.RuleSet); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(fake.Filters("rep1", HookEgress)) == 0 {
+		t.Fatal("the old placement put nothing on db's egress hook")
+	}
+	if err := fake.ApplyBridge(context.Background(), b); err != nil {
+		t.Fatal(err)
+	}
+	want := bridgeFake(t, ProfileSoftware, b)
+	for _, d := range []string{"up0", "rep1", "rep2", "rep3"} {
+		if canon(t, fake, d) != canon(t, want, d) {
+			t.Errorf("%s after the move differs from a fresh apply:\n%s\nwant\n%s", d, canon(t, fake, d), canon(t, want, d))
+		}
+	}
+}
+
+// TestBridgeFailsClosed: a port that cannot be enforced as given keeps
+// its previous rules or is closed; the others are applied; the error
+// names the port and why.
+func TestBridgeFailsClosed(t *testing.T) {
+	b := testBridge()
+	fake := bridgeFake(t, ProfileSoftware, b)
+
+	// db's new rule set is invalid: it keeps the previous one.
+	bad := *b
+	bad.Ports = append([]BridgePort(nil), b.Ports...)
+	broken := dbRules()
+	broken.Ingress.Rules[0].Peers = pfx("10.56.0.10/24") // host bits
+	bad.Ports[0].RuleSet = broken
+	fe := policy.RuleSet{Attachment: att("fe-0"), Egress: policy.DirectionRules{Isolated: true, Stateful: true}}
+	bad.Ports[2].RuleSet = &fe // and fe is now isolated: applied
+	err := fake.ApplyBridge(context.Background(), &bad)
+	var pe *PortError
+	if err == nil || !strings.Contains(err.Error(), "representor rep1") || !strings.Contains(err.Error(), "host bits") || !strings.Contains(err.Error(), "previous rules kept") {
+		t.Fatalf("error %v, want one naming rep1, the host bits and the previous rules kept", err)
+	}
+	if !errors.As(err, &pe) && !strings.Contains(err.Error(), "db-0") {
+		t.Errorf("error %v does not name the attachment", err)
+	}
+	if r := Trace(fake.Filters("up0", HookIngress), HookIngress, synTo(macDB, ipFE, ipDB, 5432), NewConntrack()); r.Verdict != Pass {
+		t.Errorf("db's previous rules are gone: %s", r)
+	}
+	if r := Trace(fake.Filters("up0", HookIngress), HookIngress, synTo(macDB, netip.MustParseAddr("10.56.0.11"), ipDB, 5432), NewConntrack()); r.Verdict != Drop {
+		t.Errorf("db's broken rule set was widened: %s", r)
+	}
+	if r := Trace(fake.Filters("rep3", HookIngress), HookIngress, synTo(macOut, ipFE, ipOut, 80), NewConntrack()); r.Verdict != Drop {
+		t.Errorf("fe's new isolation was not applied: %s", r)
+	}
+
+	// A new pod with isolated ingress and no MAC: closed, named.
+	noMAC := *b
+	noMAC.Ports = append(append([]BridgePort(nil), b.Ports...), BridgePort{Dev: "rep9", RuleSet: dbRules()})
+	noMAC.Ports[3].RuleSet.Attachment = att("db-9")
+	err = fake.ApplyBridge(context.Background(), &noMAC)
+	if err == nil || !strings.Contains(err.Error(), "rep9") || !strings.Contains(err.Error(), "no MAC") || !strings.Contains(err.Error(), "closed") {
+		t.Fatalf("error %v, want one naming rep9, the missing MAC and that it is closed", err)
+	}
+	if r := Trace(fake.Filters("rep9", HookIngress), HookIngress, synTo(macFE, netip.MustParseAddr("10.56.0.9"), ipFE, 80), NewConntrack()); r.Verdict != Drop {
+		t.Errorf("the pod without MAC can send: %s", r)
+	}
+}
+
+// TestBridgeKernelFailureKeepsPorts: a kernel refusal in the middle of an
+// ApplyBridge leaves every port with its old or its new rules, and the
+// next ApplyBridge completes the change.
+func TestBridgeKernelFailureKeepsPorts(t *testing.T) {
+	old := testBridge()
+	tighter := testBridge()
+	tighter.Ports[0].RuleSet.Ingress.Rules[0].Ports = []policy.PortMatch{{Protocol: policy.TCP, Port: 5433, EndPort: 5433}}
+	tighter.Ports[0].RuleSet.Ingress.AcceptICMP = true // not in place: a generation switch
+	for n := 0; n < 60; n += 3 {
+		fake := bridgeFake(t, ProfileSoftware, old)
+		fake.FailAfter(n)
+		err := fake.ApplyBridge(context.Background(), tighter)
+		for _, port := range []string{"up0", "rep3"} {
+			oldV := Trace(fake.Filters(port, HookIngress), HookIngress, synTo(macDB, ipFE, ipDB, 5432), NewConntrack()).Verdict
+			newV := Trace(fake.Filters(port, HookIngress), HookIngress, synTo(macDB, ipFE, ipDB, 5433), NewConntrack()).Verdict
+			if oldV == newV {
+				t.Errorf("fail after %d (err %v): %s is neither old nor new: 5432 %s, 5433 %s", n, err, port, oldV, newV)
+			}
+			if v := Trace(fake.Filters(port, HookIngress), HookIngress, synTo(macDB, ipOut, ipDB, 5432), NewConntrack()).Verdict; v != Drop {
+				t.Errorf("fail after %d: %s lets a denied peer in", n, port)
+			}
+		}
+		if err := fake.ApplyBridge(context.Background(), tighter); err != nil {
+			t.Fatalf("fail after %d: the retry failed: %v", n, err)
+		}
+		if w := writes(fake, func() { _ = fake.ApplyBridge(context.Background(), tighter) }); w.Total() != 0 {
+			t.Errorf("fail after %d: the retry left work to do: %+v", n, w)
+		}
+		for _, port := range []string{"up0", "rep3"} {
+			if v := Trace(fake.Filters(port, HookIngress), HookIngress, synTo(macDB, ipFE, ipDB, 5433), NewConntrack()).Verdict; v != Pass {
+				t.Errorf("fail after %d: %s does not enforce the new rules after the retry", n, port)
+			}
+		}
+	}
+}
+
+// TestBridgeCrossNetworkFailsClosed: a frame from a pod of one network to
+// the MAC of an isolated pod of another network on the same bridge is
+// dropped (its connection state lives in another zone).
+func TestBridgeCrossNetworkFailsClosed(t *testing.T) {
+	b := testBridge()
+	other := dbRules()
+	other.Attachment.Network = policy.NetworkRef{Namespace: "demo", Name: "other-net"}
+	other.Ingress.Rules[0].Peers = pfx("10.56.0.0/16")
+	b.Ports = append(b.Ports, BridgePort{Dev: "rep9", MAC: hw(MAC{2, 0, 0, 0, 0, 9}), RuleSet: other})
+	fake := bridgeFake(t, ProfileSoftware, b)
+	if r := Trace(fake.Filters("rep3", HookIngress), HookIngress, synTo(MAC{2, 0, 0, 0, 0, 9}, ipFE, ipDB, 5432), NewConntrack()); r.Verdict != Drop {
+		t.Errorf("cross-network frame: %s", r)
+	}
+	if r := Trace(fake.Filters("up0", HookIngress), HookIngress, synTo(MAC{2, 0, 0, 0, 0, 9}, ipFE, ipDB, 5432), NewConntrack()); r.Verdict != Pass {
+		t.Errorf("the other network's pod from the uplink: %s", r)
+	}
+}
+
+func TestValidateBridge(t *testing.T) {
+	b := testBridge()
+	b.Ports[1].MAC = hw(macDB)
+	b.Ports = append(b.Ports, BridgePort{Dev: "rep1", MAC: hw(MAC{2, 0, 0, 0, 0, 7}), RuleSet: dbRules()},
+		BridgePort{Dev: "rep8", MAC: hw(MAC{1, 0, 0, 0, 0, 7}), RuleSet: dbRules()})
+	err := ValidateBridge(b)
+	for _, want := range []string{"MAC 02:00:00:00:00:01 is also the MAC of rep1", "listed twice", "rep8: attachment demo/db-0 net1 (network demo/sriov-net): MAC 01:00:00:00:00:07 is not a unicast address"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("ValidateBridge: %v, want %q", err, want)
+		}
+	}
+}

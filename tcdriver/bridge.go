@@ -3,6 +3,7 @@ package tcdriver
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"sort"
 
@@ -211,6 +212,13 @@ func isolatesAny(rs *policy.RuleSet) bool { return rs.Ingress.Isolated || rs.Egr
 // sections maps the receivers already installed on the port to their
 // section number, which they keep; the others take the lowest free ones.
 func compilePort(b *Bridge, dev string, opts Options, sections map[MAC]int) *hookProgram {
+	return compilePortFresh(b, dev, opts, sections, nil)
+}
+
+// compilePortFresh is compilePort with the receivers in fresh taking new
+// numbers (their installed ones stay taken): their sections are rebuilt
+// beside the installed ones.
+func compilePortFresh(b *Bridge, dev string, opts Options, sections map[MAC]int, fresh map[MAC]bool) *hookProgram {
 	var self *BridgePort
 	for i := range b.Ports {
 		if b.Ports[i].Dev == dev {
@@ -264,7 +272,7 @@ func compilePort(b *Bridge, dev string, opts Options, sections map[MAC]int) *hoo
 	taken := map[int]bool{}
 	number := map[MAC]int{}
 	for _, r := range rx {
-		if k, ok := sections[r.mac]; ok && k >= 0 && k < MaxBridgePorts && !taken[k] {
+		if k, ok := sections[r.mac]; ok && !fresh[r.mac] && k >= 0 && k < MaxBridgePorts && !taken[k] {
 			number[r.mac], taken[k] = k, true
 		}
 	}
@@ -348,6 +356,11 @@ func compilePort(b *Bridge, dev string, opts Options, sections map[MAC]int) *hoo
 	if uplink {
 		// The uplink's entry goes straight to dispatch.
 		prog.entry = chainDispatch
+	}
+	prog.recompile = func(more map[MAC]bool) *hookProgram {
+		all := maps.Clone(more)
+		maps.Copy(all, fresh)
+		return compilePortFresh(b, dev, opts, sections, all)
 	}
 	return prog
 }

@@ -469,3 +469,49 @@ func TestValidateBridge(t *testing.T) {
 		}
 	}
 }
+
+// TestBridgeReceiverChangeRebuildsOnlySection: a change to a pod's ingress
+// that cannot be made in place (a rule added) rebuilds that pod's section
+// under a new number on every port and moves its dispatch entry with one
+// replace; no port switches generation, no other section is touched.
+func TestBridgeReceiverChangeRebuildsOnlySection(t *testing.T) {
+	for _, prof := range Profiles {
+		b := testBridge()
+		fake := bridgeFake(t, prof, b)
+		entries := map[string]uint32{}
+		ports := []string{"up0", "rep1", "rep2", "rep3"}
+		for _, d := range ports {
+			entries[d] = entryTarget(t, fake, d)
+		}
+		changed := testBridge()
+		db := changed.Ports[0].RuleSet
+		db.Ingress.Rules = append(db.Ingress.Rules, policy.Rule{Peers: pfx("10.56.0.2/32"), Ports: []policy.PortMatch{{Protocol: policy.UDP, Port: 53, EndPort: 53}}})
+		w := writes(fake, func() {
+			if err := fake.ApplyBridge(context.Background(), changed); err != nil {
+				t.Fatal(err)
+			}
+		})
+		for d, e := range entries {
+			if got := entryTarget(t, fake, d); got != e {
+				t.Errorf("%s: %s switched generation for one receiver's change", prof.Name, d)
+			}
+		}
+		// db's section is on up0, rep2 and rep3 (not on its own port).
+		if w.Replaces != 3 || w.Deletes != 0 {
+			t.Errorf("%s: %+v, want 3 dispatch entry replaces and no delete", prof.Name, w)
+		}
+		want := bridgeFake(t, prof, changed)
+		for _, d := range ports {
+			ct := NewConntrack()
+			for _, p := range []Packet{synTo(macDB, ipFE, ipDB, 5432), {EthType: EthIPv4, DstMAC: macDB, Src: ipWeb, Dst: ipDB, IPProto: ProtoUDP, SrcPort: 1, DstPort: 53}, synTo(macDB, ipWeb, ipDB, 5432)} {
+				if got, exp := Trace(fake.Filters(d, HookIngress), HookIngress, p, ct).Verdict, Trace(want.Filters(d, HookIngress), HookIngress, p, NewConntrack()).Verdict; got != exp {
+					t.Errorf("%s: %s %s: %s after the change, %s on a fresh apply", prof.Name, d, p.String(), got, exp)
+				}
+			}
+		}
+		if w2 := writes(fake, func() { _ = fake.ApplyBridge(context.Background(), changed) }); w2.Total() != 0 {
+			t.Errorf("%s: reapplying wrote %+v", prof.Name, w2)
+		}
+		t.Logf("%s: a rule added to one receiver on a bridge of 4 ports: %d adds, %d replaces, %d flushes", prof.Name, w.Adds, w.Replaces, w.Flushes)
+	}
+}

@@ -190,6 +190,9 @@ type hookProgram struct {
 	roles   map[uint32]chainRole
 	// entry is the chain the entry filter jumps to.
 	entry uint32
+	// recompile, on a bridge port, compiles the same program with the
+	// sections of the given receivers under new numbers.
+	recompile func(fresh map[MAC]bool) *hookProgram
 }
 
 // Program is a compiled rule set: per hook, the filters of one generation,

@@ -219,6 +219,7 @@ type hookPlan struct {
 	diffs    []chainDiff
 	added    []*Filter
 	deleted  []*Filter
+	replaced []*Filter
 	keepSlot int // cleanup flushes every owned chain outside this slot (-1: all)
 }
 
@@ -229,6 +230,10 @@ type chainDiff struct {
 	// emptied: nothing is wanted in the chain any more; it is flushed in
 	// one request instead of deleting its filters one by one.
 	emptied bool
+	// replaces are dispatch entries moved to a rebuilt section (same
+	// match, same handle, new target), replaced after every add and
+	// before every delete; replaced are what they replace.
+	replaces, replaced []*Filter
 }
 
 // plan decides what to do on one hook; st is what the hook holds when the
@@ -249,7 +254,13 @@ func (r *reconciler) plan(dev string, h Hook, hp *hookProgram, st *hookState) (*
 	}
 	base, active := r.activeBase(st)
 	if active && st.entry.key() == r.opts.entryFilter(h, base+hp.entry).key() {
-		if diffs, ok := r.planInPlace(hp, st, base); ok {
+		diffs, ok, fresh := r.planInPlace(hp, st, base)
+		if !ok && len(fresh) > 0 && hp.recompile != nil {
+			// Only receiver sections stand in the way: build those
+			// afresh under new numbers and move their dispatch entries.
+			diffs, ok, _ = r.planInPlace(hp.recompile(fresh), st, base)
+		}
+		if ok {
 			p.kind, p.diffs, p.keepSlot = planInPlace, diffs, r.opts.slotOf(base)
 			if len(diffs) == 0 && !r.hasOtherSlot(st, p.keepSlot) {
 				p.kind = planNoop
@@ -378,6 +389,16 @@ func (r *reconciler) commit(dev string, p *hookPlan) error {
 			}
 		}
 		for _, d := range p.diffs {
+			for i, f := range d.replaces {
+				r.stats.Replaces++
+				if err := r.k.replace(dev, f); err != nil {
+					r.rollback(dev, p)
+					return err
+				}
+				p.replaced = append(p.replaced, d.replaced[i])
+			}
+		}
+		for _, d := range p.diffs {
 			if d.emptied {
 				r.stats.Flushes++
 				if err := r.k.flushChain(dev, p.h, d.chain); err != nil {
@@ -419,10 +440,14 @@ func (r *reconciler) rollback(dev string, p *hookPlan) {
 		for _, f := range p.deleted {
 			errs = append(errs, r.add(dev, f))
 		}
+		for _, f := range p.replaced {
+			r.stats.Replaces++
+			errs = append(errs, r.k.replace(dev, f))
+		}
 		for _, f := range p.added {
 			errs = append(errs, r.del(dev, f))
 		}
-		p.added, p.deleted = nil, nil
+		p.added, p.deleted, p.replaced = nil, nil, nil
 	}
 	if err := errors.Join(errs...); err != nil {
 		r.log.WithError(err).WithFields(logrus.Fields{"representor": dev, "hook": p.h.String()}).Error("rolling back a failed apply")
@@ -463,13 +488,18 @@ func (r *reconciler) flushChains(dev string, h Hook, st *hookState, sel func(uin
 // says whether applying it in place is safe: only peer filters or only port
 // filters of any rule change, so that every intermediate state allows a
 // subset of (old ∪ new) and never a (peer, port) pair that neither allows.
-func (r *reconciler) planInPlace(hp *hookProgram, st *hookState, base uint32) ([]chainDiff, bool) {
+//
+// On a bridge port, a receiver section that cannot change in place does not
+// force a generation switch: planInPlace returns the MACs of such
+// receivers (fresh), and a program that rebuilds them under new section
+// numbers (hookProgram.recompile) changes in place: the new sections are
+// built, their dispatch entries replaced, the old sections flushed.
+func (r *reconciler) planInPlace(hp *hookProgram, st *hookState, base uint32) (diffs []chainDiff, ok bool, fresh map[MAC]bool) {
 	want := hp.materialize(base)
 	wantBy := map[uint32][]*Filter{}
 	for _, f := range want {
 		wantBy[f.Chain] = append(wantBy[f.Chain], f)
 	}
-	var diffs []chainDiff
 	type ruleKey struct {
 		section uint32
 		rule    int
@@ -490,7 +520,7 @@ func (r *reconciler) planInPlace(hp *hookProgram, st *hookState, base uint32) ([
 	had, wants := map[uint32]bool{}, map[uint32]bool{}
 	for c := range chains {
 		if r.opts.slotOf(c) == slot && c-base >= chainReceivers {
-			sec := c - base - (c-base-chainReceivers)%sectionSize
+			sec := sectionOf(c - base)
 			had[sec] = had[sec] || len(st.byChain[c]) > 0
 			wants[sec] = wants[sec] || len(wantBy[c]) > 0
 		}
@@ -499,12 +529,14 @@ func (r *reconciler) planInPlace(hp *hookProgram, st *hookState, base uint32) ([
 		if target < chainReceivers {
 			return false
 		}
-		sec := target - (target-chainReceivers)%sectionSize
+		sec := sectionOf(target)
 		if appear {
 			return !had[sec] && wants[sec]
 		}
 		return had[sec] && !wants[sec]
 	}
+	blocked := map[uint32]bool{} // receiver sections that cannot change in place
+	hard := false
 	for c := range chains {
 		if r.opts.slotOf(c) != slot {
 			continue // the other slot is flushed in cleanup
@@ -515,36 +547,54 @@ func (r *reconciler) planInPlace(hp *hookProgram, st *hookState, base uint32) ([
 		}
 		rel := c - base
 		role, known := hp.roles[rel]
+		d := chainDiff{chain: c, adds: adds, dels: dels, created: len(st.byChain[c]) == 0, emptied: len(wantBy[c]) == 0}
 		switch {
 		case rel >= chainReceivers && (wholeSection(rel, true) || wholeSection(rel, false)):
+		case rel >= chainReceivers && (!known || role.kind == roleFixed):
+			blocked[sectionOf(rel)] = true
 		case !known || role.kind == roleFixed:
-			return nil, false
+			hard = true
 		case role.kind == roleDispatch:
-			if !dispatchEntriesOnly(adds, dels, base, wholeSection) {
-				return nil, false
+			var good bool
+			if d, good = dispatchEntriesOnly(d, base, wholeSection); !good {
+				hard = true
 			}
 		case role.kind == rolePeers:
 			peersChanged[ruleKey{role.section, role.rule}] = true
 		case len(st.byChain[c]) > 0 && len(wantBy[c]) > 0:
 			portsChanged[ruleKey{role.section, role.rule}] = true
 		}
-		diffs = append(diffs, chainDiff{chain: c, adds: adds, dels: dels,
-			created: len(st.byChain[c]) == 0, emptied: len(wantBy[c]) == 0})
+		diffs = append(diffs, d)
 	}
 	for rk := range peersChanged {
-		if portsChanged[rk] {
-			return nil, false
+		// Both peers and ports of one rule changed, or a rule whose port
+		// chains appear or disappear together with a peer change: an
+		// intermediate state could allow a pair neither allows.
+		if portsChanged[rk] || !r.portSignatureStable(st, wantBy, base+rk.section, rk.rule) {
+			if rk.section >= chainReceivers {
+				blocked[rk.section] = true
+			} else {
+				hard = true
+			}
 		}
-		// A rule whose port chains appear or disappear together with a
-		// peer change has a port set we must compare.
-		if !r.portSignatureStable(st, wantBy, base+rk.section, rk.rule) {
-			return nil, false
+	}
+	if hard {
+		return nil, false, nil
+	}
+	if len(blocked) > 0 {
+		fresh = map[MAC]bool{}
+		for _, f := range st.byChain[base+chainDispatch] {
+			if len(f.Actions) == 1 && f.Actions[0].Kind == ActGoto && f.Actions[0].Chain-base >= chainReceivers && blocked[sectionOf(f.Actions[0].Chain-base)] {
+				fresh[f.Match.DstMAC] = true
+			}
 		}
+		return nil, false, fresh
 	}
 	// Order: chains that are created (not yet reachable) first, then a
 	// bridge port's dispatch chain (its entries are added after their
 	// sections exist and deleted before they go), then the others; within
-	// the commit, all adds come before all deletes.
+	// the commit, all adds come before all replaces, and those before all
+	// deletes.
 	sort.Slice(diffs, func(i, j int) bool {
 		if diffs[i].created != diffs[j].created {
 			return diffs[i].created
@@ -554,24 +604,50 @@ func (r *reconciler) planInPlace(hp *hookProgram, st *hookState, base uint32) ([
 		}
 		return diffs[i].chain > diffs[j].chain
 	})
-	return diffs, true
+	return diffs, true, nil
 }
 
-// dispatchEntriesOnly reports whether a dispatch chain's change is only
-// receiver entries that come with their whole section (or drop).
-func dispatchEntriesOnly(adds, dels []*Filter, base uint32, wholeSection func(uint32, bool) bool) bool {
-	ok := func(fs []*Filter, appear bool) bool {
-		for _, f := range fs {
-			if f.Prio != prioDispatchEntry || len(f.Actions) != 1 {
-				return false
-			}
-			if a := f.Actions[0]; a.Kind == ActGoto && !wholeSection(a.Chain-base, appear) {
-				return false
-			}
+// sectionOf returns the first chain of the receiver section holding rel.
+func sectionOf(rel uint32) uint32 { return rel - (rel-chainReceivers)%sectionSize }
+
+// dispatchEntriesOnly checks that a dispatch chain's change is only
+// receiver entries that come or go with their whole section (or drop), and
+// turns an entry deleted and added again with the same match (its section
+// rebuilt under a new number) into a replace of the installed entry.
+func dispatchEntriesOnly(d chainDiff, base uint32, wholeSection func(uint32, bool) bool) (chainDiff, bool) {
+	entry := func(f *Filter, appear bool) bool {
+		if f.Prio != prioDispatchEntry || len(f.Actions) != 1 {
+			return false
 		}
-		return true
+		a := f.Actions[0]
+		return a.Kind != ActGoto || wholeSection(a.Chain-base, appear)
 	}
-	return ok(adds, true) && ok(dels, false)
+	dels := map[string]*Filter{}
+	for _, f := range d.dels {
+		if !entry(f, false) {
+			return d, false
+		}
+		dels[f.matchString()] = f
+	}
+	var adds []*Filter
+	for _, f := range d.adds {
+		if !entry(f, true) {
+			return d, false
+		}
+		if old := dels[f.matchString()]; old != nil {
+			f.Handle = old.Handle
+			d.replaces, d.replaced = append(d.replaces, f), append(d.replaced, old)
+			delete(dels, f.matchString())
+			continue
+		}
+		adds = append(adds, f)
+	}
+	d.adds, d.dels = adds, nil
+	for _, f := range dels {
+		d.dels = append(d.dels, f)
+	}
+	sortFilters(d.dels)
+	return d, true
 }
 
 // portSignatureStable reports whether a rule's port set is the same before

@@ -48,16 +48,17 @@ type BridgePort struct {
 // state, new, rules) compressed into sectionSize chains.
 const (
 	sectionSize uint32 = 4096
-	// chainSender is the section of the port's own pod (its egress).
-	chainSender uint32 = 0
 	// chainDispatch decides where a frame goes after the sender: to the
 	// section of the local pod whose MAC it is for, or on.
 	chainDispatch uint32 = sectionSize
 	// chainDispatchND is the software-only neighbour-discovery check of
 	// group frames (profiles without ICMP type match).
 	chainDispatchND uint32 = sectionSize + 1
-	// chainReceivers is the first receiver section: receiver k occupies
+	// chainReceivers is the first section: section k occupies
 	// [chainReceivers+k*sectionSize, chainReceivers+(k+1)*sectionSize).
+	// The port's own pod (its egress, the sender section) and each
+	// receiver have one, numbered so that one can be rebuilt beside the
+	// installed one and its entry moved to it.
 	chainReceivers uint32 = 2 * sectionSize
 	// MaxBridgePorts is how many receivers a port can dispatch to.
 	MaxBridgePorts = int((slotSize - chainReceivers) / sectionSize)
@@ -79,6 +80,10 @@ const (
 	prioCommitIPv4Tag   uint16 = 12
 	prioCommitIPv6Tag   uint16 = 13
 )
+
+// selfSection keys the sender section in a port's section numbers (the
+// receivers are keyed by their MAC).
+var selfSection = MAC{}
 
 // gotoDispatch is the placeholder target of the sender section's accepts,
 // resolved when the section is placed.
@@ -254,6 +259,37 @@ func compilePortFresh(b *Bridge, dev string, opts Options, sections map[MAC]int,
 	sort.Slice(rx, func(i, j int) bool { return string(rx[i].mac[:]) < string(rx[j].mac[:]) })
 
 	prog := &hookProgram{roles: map[uint32]chainRole{}}
+
+	// Section numbers: installed sections keep theirs, the others (and
+	// those in fresh) take the lowest numbers no installed section uses,
+	// so that a section is only ever created or removed as a whole.
+	keys := []MAC{}
+	if !uplink {
+		keys = append(keys, selfSection)
+	}
+	for _, r := range rx {
+		keys = append(keys, r.mac)
+	}
+	taken := map[int]bool{}
+	number := map[MAC]int{}
+	for _, key := range keys {
+		if k, ok := sections[key]; ok && !fresh[key] && k >= 0 && k < MaxBridgePorts && !taken[k] {
+			number[key], taken[k] = k, true
+		}
+	}
+	for _, k := range sections {
+		taken[k] = true
+	}
+	next := 0
+	for _, key := range keys {
+		if _, ok := number[key]; !ok {
+			for taken[next] {
+				next++
+			}
+			number[key], taken[next] = next, true
+		}
+	}
+
 	var zone uint16
 	if !uplink {
 		zone = opts.Zones.Of(self.RuleSet.Attachment.Network)
@@ -263,32 +299,12 @@ func compilePortFresh(b *Bridge, dev string, opts Options, sections map[MAC]int,
 		} else {
 			sender = compileOpenSender(opts, zone)
 		}
-		place(prog, sender, chainSender)
+		prog.entry = receiverSection(number[selfSection])
+		place(prog, sender, prog.entry)
 	}
-
-	// Receiver sections, keeping the numbers installed ones have; the
-	// numbers of sections that go are not reused by this change, so that
-	// a section is only ever created or removed as a whole.
-	taken := map[int]bool{}
-	number := map[MAC]int{}
-	for _, r := range rx {
-		if k, ok := sections[r.mac]; ok && !fresh[r.mac] && k >= 0 && k < MaxBridgePorts && !taken[k] {
-			number[r.mac], taken[k] = k, true
-		}
-	}
-	for _, k := range sections {
-		taken[k] = true
-	}
-	next := 0
 	d := newBuilder(HookIngress, opts, zone)
 	for _, r := range rx {
-		k, ok := number[r.mac]
-		if !ok {
-			for taken[next] {
-				next++
-			}
-			k, taken[next] = next, true
-		}
+		k := number[r.mac]
 		rs := r.pt.RuleSet
 		rzone := opts.Zones.Of(rs.Attachment.Network)
 		entry := Match{DstMAC: r.mac, DstMACMask: exactMAC}

@@ -234,12 +234,7 @@ func TestBridgePodJoinsAndLeavesInPlace(t *testing.T) {
 		rs := dbRules()
 		rs.Attachment = att("db-1")
 		joined.Ports = append(append([]BridgePort(nil), b.Ports...), BridgePort{Dev: "rep9", MAC: hw(MAC{2, 0, 0, 0, 0, 0x09}), RuleSet: rs})
-		var sectionFilters int
-		for _, f := range mustCompile(t, &joined, prof).Filters("rep3") {
-			if f.Chain >= DefaultChainBase+chainReceivers+2*sectionSize {
-				sectionFilters++ // the third receiver section: db-1's
-			}
-		}
+		sectionFilters := sectionFilterCount(mustCompile(t, &joined, prof).Filters("rep3"), MAC{2, 0, 0, 0, 0, 0x09})
 		w := writes(fake, func() {
 			if err := fake.ApplyBridge(context.Background(), &joined); err != nil {
 				t.Fatal(err)
@@ -278,6 +273,24 @@ func TestBridgePodJoinsAndLeavesInPlace(t *testing.T) {
 			}
 		}
 	}
+}
+
+// sectionFilterCount counts the filters of the section fs dispatch frames for
+// mac to.
+func sectionFilterCount(fs []*Filter, mac MAC) int {
+	var target uint32
+	for _, f := range fs {
+		if f.Match.DstMAC == mac && f.Match.DstMACMask == exactMAC {
+			target = f.Actions[0].Chain
+		}
+	}
+	n := 0
+	for _, f := range fs {
+		if target != 0 && f.Chain >= target && f.Chain < target+sectionSize {
+			n++
+		}
+	}
+	return n
 }
 
 func mustCompile(t *testing.T, b *Bridge, prof Profile) *BridgeProgram {
@@ -513,5 +526,43 @@ func TestBridgeReceiverChangeRebuildsOnlySection(t *testing.T) {
 			t.Errorf("%s: reapplying wrote %+v", prof.Name, w2)
 		}
 		t.Logf("%s: a rule added to one receiver on a bridge of 4 ports: %d adds, %d replaces, %d flushes", prof.Name, w.Adds, w.Replaces, w.Flushes)
+	}
+}
+
+// TestBridgeSenderChangeRebuildsOnlySection: a change to a pod's egress
+// that cannot be made in place rebuilds its sender section beside the
+// installed one and moves the entry filter to it; its port's receiver
+// sections and every other port are untouched.
+func TestBridgeSenderChangeRebuildsOnlySection(t *testing.T) {
+	for _, prof := range Profiles {
+		b := testBridge()
+		fake := bridgeFake(t, prof, b)
+		changed := testBridge()
+		web := changed.Ports[1].RuleSet
+		web.Egress.Rules = append(web.Egress.Rules, policy.Rule{Peers: pfx("10.57.0.0/16"), Ports: []policy.PortMatch{{Protocol: policy.TCP, Port: 80, EndPort: 80}}})
+		before := map[string]string{}
+		for _, d := range []string{"up0", "rep1", "rep3"} {
+			before[d] = canon(t, fake, d)
+		}
+		w := writes(fake, func() {
+			if err := fake.ApplyBridge(context.Background(), changed); err != nil {
+				t.Fatal(err)
+			}
+		})
+		if w.Replaces != 1 || w.Deletes != 0 {
+			t.Errorf("%s: %+v, want the entry filter replaced once", prof.Name, w)
+		}
+		for d, c := range before {
+			if canon(t, fake, d) != c {
+				t.Errorf("%s: %s changed for web's egress", prof.Name, d)
+			}
+		}
+		if r := Trace(fake.Filters("rep2", HookIngress), HookIngress, synTo(macOut, ipWeb, netip.MustParseAddr("10.57.0.1"), 80), NewConntrack()); r.Verdict != Pass {
+			t.Errorf("%s: web's new rule is not enforced: %s", prof.Name, r)
+		}
+		if w2 := writes(fake, func() { _ = fake.ApplyBridge(context.Background(), changed) }); w2.Total() != 0 {
+			t.Errorf("%s: reapplying wrote %+v", prof.Name, w2)
+		}
+		t.Logf("%s: a rule added to one sender: %d adds, %d replace, %d flushes, on its port only", prof.Name, w.Adds, w.Replaces, w.Flushes)
 	}
 }

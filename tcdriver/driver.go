@@ -253,11 +253,11 @@ func (r *reconciler) plan(dev string, h Hook, hp *hookProgram, st *hookState) (*
 		return p, nil
 	}
 	base, active := r.activeBase(st)
-	if active && st.entry.key() == r.opts.entryFilter(h, base+hp.entry).key() {
+	if active {
 		diffs, ok, fresh := r.planInPlace(hp, st, base)
 		if !ok && len(fresh) > 0 && hp.recompile != nil {
-			// Only receiver sections stand in the way: build those
-			// afresh under new numbers and move their dispatch entries.
+			// Only bridge sections stand in the way: build those afresh
+			// under new numbers and move their entries to them.
 			diffs, ok, _ = r.planInPlace(hp.recompile(fresh), st, base)
 		}
 		if ok {
@@ -535,8 +535,19 @@ func (r *reconciler) planInPlace(hp *hookProgram, st *hookState, base uint32) (d
 		}
 		return had[sec] && !wants[sec]
 	}
-	blocked := map[uint32]bool{} // receiver sections that cannot change in place
+	blocked := map[uint32]bool{} // bridge sections that cannot change in place
 	hard := false
+	// The entry filter: unchanged, or (bridge port) moved from a section
+	// that goes to one that appears, by one replace.
+	var entryMove *chainDiff
+	oldTarget := st.entry.Actions[0].Chain - base
+	if wantEntry := r.opts.entryFilter(st.entry.Hook, base+hp.entry); st.entry.key() != wantEntry.key() {
+		if !wholeSection(hp.entry, true) || !wholeSection(oldTarget, false) {
+			return nil, false, nil
+		}
+		wantEntry.Handle = st.entry.Handle
+		entryMove = &chainDiff{chain: 0, replaces: []*Filter{wantEntry}, replaced: []*Filter{st.entry}}
+	}
 	for c := range chains {
 		if r.opts.slotOf(c) != slot {
 			continue // the other slot is flushed in cleanup
@@ -583,12 +594,18 @@ func (r *reconciler) planInPlace(hp *hookProgram, st *hookState, base uint32) (d
 	}
 	if len(blocked) > 0 {
 		fresh = map[MAC]bool{}
+		if oldTarget >= chainReceivers && blocked[sectionOf(oldTarget)] {
+			fresh[selfSection] = true
+		}
 		for _, f := range st.byChain[base+chainDispatch] {
 			if len(f.Actions) == 1 && f.Actions[0].Kind == ActGoto && f.Actions[0].Chain-base >= chainReceivers && blocked[sectionOf(f.Actions[0].Chain-base)] {
 				fresh[f.Match.DstMAC] = true
 			}
 		}
 		return nil, false, fresh
+	}
+	if entryMove != nil {
+		diffs = append(diffs, *entryMove)
 	}
 	// Order: chains that are created (not yet reachable) first, then a
 	// bridge port's dispatch chain (its entries are added after their
@@ -607,7 +624,7 @@ func (r *reconciler) planInPlace(hp *hookProgram, st *hookState, base uint32) (d
 	return diffs, true, nil
 }
 
-// sectionOf returns the first chain of the receiver section holding rel.
+// sectionOf returns the first chain of the bridge section holding rel.
 func sectionOf(rel uint32) uint32 { return rel - (rel-chainReceivers)%sectionSize }
 
 // dispatchEntriesOnly checks that a dispatch chain's change is only

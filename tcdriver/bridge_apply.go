@@ -39,30 +39,54 @@ func (r *reconciler) ApplyBridge(ctx context.Context, b *Bridge) error {
 			errs = append(errs, fmt.Errorf("bridge %s: %w", b.Name, err))
 		}
 	}
-	for dev := range r.bridges[b.Name] {
-		if !now[dev] {
-			if err := r.Remove(ctx, dev); err != nil {
-				errs = append(errs, fmt.Errorf("bridge %s: port %s left it: %w", b.Name, dev, err))
+	r.bridgesMu.Lock()
+	prev := r.bridges[b.Name]
+	if r.bridges == nil {
+		r.bridges = map[string]*Bridge{}
+	}
+	r.bridges[b.Name] = b
+	r.bridgesMu.Unlock()
+	if prev != nil {
+		for _, dev := range portOrder(prev) {
+			if !now[dev] {
+				if err := r.Remove(ctx, dev); err != nil {
+					errs = append(errs, fmt.Errorf("bridge %s: port %s left it: %w", b.Name, dev, err))
+				}
 			}
 		}
 	}
-	if r.bridges == nil {
-		r.bridges = map[string]map[string]bool{}
-	}
-	r.bridges[b.Name] = now
 	return errors.Join(errs...)
+}
+
+// Bridges returns the bridges as last enforced (with the rule set each
+// port actually enforces), for the counters collector. Safe to call
+// concurrently.
+func (r *reconciler) Bridges() []*Bridge {
+	r.bridgesMu.Lock()
+	defer r.bridgesMu.Unlock()
+	out := make([]*Bridge, 0, len(r.bridges))
+	for _, b := range r.bridges {
+		out = append(out, b)
+	}
+	return out
 }
 
 // RemoveBridge removes our filters from every port of the bridge as of the
 // last ApplyBridge.
 func (r *reconciler) RemoveBridge(ctx context.Context, name string) error {
 	var errs []error
-	for dev := range r.bridges[name] {
+	r.bridgesMu.Lock()
+	b := r.bridges[name]
+	delete(r.bridges, name)
+	r.bridgesMu.Unlock()
+	if b == nil {
+		return nil
+	}
+	for _, dev := range portOrder(b) {
 		if err := r.Remove(ctx, dev); err != nil {
 			errs = append(errs, fmt.Errorf("bridge %s: %w", name, err))
 		}
 	}
-	delete(r.bridges, name)
 	return errors.Join(errs...)
 }
 

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/policy"
 )
 
@@ -564,5 +566,57 @@ func TestBridgeSenderChangeRebuildsOnlySection(t *testing.T) {
 			t.Errorf("%s: reapplying wrote %+v", prof.Name, w2)
 		}
 		t.Logf("%s: a rule added to one sender: %d adds, %d replace, %d flushes, on its port only", prof.Name, w.Adds, w.Replaces, w.Flushes)
+	}
+}
+
+// TestBridgeCounters: a pod's egress counters come from its sender section
+// on its own port, its ingress counters from its sections on every other
+// port; the collector exports them per rule.
+func TestBridgeCounters(t *testing.T) {
+	b := testBridge()
+	fake := bridgeFake(t, ProfileSoftware, b)
+	send := func(port string, p Packet) {
+		if _, err := fake.Send(port, HookIngress, p, NewConntrack()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send("rep3", synTo(macDB, ipFE, ipDB, 5432))                             // db ingress rule 0
+	send("up0", synTo(macDB, ipFE, ipDB, 5432))                              // db ingress rule 0, by the uplink
+	send("up0", synTo(macDB, ipOut, ipDB, 5432))                             // db ingress drop
+	send("rep2", synTo(macDB, ipWeb, ipDB, 5432))                            // web egress rule 0, then db ingress drop
+	send("rep2", synTo(macOut, ipWeb, netip.MustParseAddr("10.57.0.1"), 80)) // web egress drop
+	states := map[string]*State{}
+	for _, d := range []string{"up0", "rep1", "rep2", "rep3"} {
+		st, err := fake.Dump(context.Background(), d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		states[d] = st
+	}
+	for _, c := range []struct {
+		dev     string
+		d       policy.Direction
+		rule0   uint64
+		dropped uint64
+	}{
+		{"rep1", policy.Ingress, 2, 2},
+		{"rep2", policy.Egress, 1, 1},
+	} {
+		got, ok := BridgeCounters(states, b, c.dev, c.d, Options{})
+		if !ok || got.Rules[0] != c.rule0 || got.Dropped != c.dropped {
+			t.Errorf("%s %s: %+v (ok %v), want rule 0 %d, dropped %d", c.dev, c.d, got, ok, c.rule0, c.dropped)
+		}
+	}
+	if _, ok := BridgeCounters(states, b, "rep3", policy.Ingress, Options{}); ok {
+		t.Error("fe isolates nothing, yet has ingress sections")
+	}
+	want := `
+# HELP multi_networkpolicy_tc_rule_packets_total First packets of new connections allowed by each rule of an isolated direction; rule names the policy rules it came from, or accept-icmp.
+# TYPE multi_networkpolicy_tc_rule_packets_total counter
+multi_networkpolicy_tc_rule_packets_total{direction="egress",namespace="demo",network="demo/sriov-net",pod="web-0",rule="demo/web egress[0]"} 1
+multi_networkpolicy_tc_rule_packets_total{direction="ingress",namespace="demo",network="demo/sriov-net",pod="db-0",rule="demo/db ingress[0]"} 2
+`
+	if err := testutil.CollectAndCompare(NewCountersCollector(fake, fake, Options{}, nil), strings.NewReader(want), "multi_networkpolicy_tc_rule_packets_total"); err != nil {
+		t.Error(err)
 	}
 }

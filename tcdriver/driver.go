@@ -82,8 +82,9 @@ type reconciler struct {
 	appliedMu sync.Mutex
 	applied   map[string]*policy.RuleSet
 
-	// bridges are the ports of each bridge as of its last ApplyBridge.
-	bridges map[string]map[string]bool
+	// bridges are the bridges as of their last ApplyBridge.
+	bridgesMu sync.Mutex
+	bridges   map[string]*Bridge
 }
 
 func newReconciler(k kernel, opts Options, log logrus.FieldLogger) *reconciler {

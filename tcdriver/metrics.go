@@ -90,41 +90,80 @@ func (c *CountersCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.rulePackets
 }
 
+// BridgeSource tells the counters collector the bridges the driver
+// enforces (the driver's Bridges does); their attachments' counters come
+// from every port of their bridge.
+type BridgeSource interface {
+	Bridges() []*Bridge
+}
+
 // Collect implements prometheus.Collector.
 func (c *CountersCollector) Collect(ch chan<- prometheus.Metric) {
-	for dev, rs := range c.source.Applied() {
+	dump := func(dev string) *State {
 		st, err := c.dumper.Dump(context.Background(), dev)
 		if err != nil {
 			if !errors.Is(err, ErrNoDevice) {
 				c.log.WithError(err).WithField("representor", dev).Warn("reading filter counters")
 			}
+			return nil
+		}
+		return st
+	}
+	onBridge := map[string]bool{}
+	if bs, ok := c.source.(BridgeSource); ok {
+		for _, b := range bs.Bridges() {
+			states := map[string]*State{}
+			for _, dev := range portOrder(b) {
+				states[dev] = dump(dev)
+				onBridge[dev] = true
+			}
+			for _, pt := range b.Ports {
+				c.collect(ch, pt.RuleSet, func(d policy.Direction) (Counters, bool) {
+					return BridgeCounters(states, b, pt.Dev, d, c.opts)
+				})
+			}
+		}
+	}
+	for dev, rs := range c.source.Applied() {
+		if onBridge[dev] {
 			continue
 		}
-		att := rs.Attachment
-		for _, d := range []policy.Direction{policy.Ingress, policy.Egress} {
-			dr := rs.Direction(d)
-			cnt, ok := CountersOf(st, HookFor(d), dr, c.opts)
-			if !ok {
-				continue
-			}
-			labels := []string{att.PodNamespace, att.PodName, att.Network.String(), d.String()}
-			with := func(v string) []string { return append(slices.Clip(labels), v) }
-			ch <- prometheus.MustNewConstMetric(c.packets, prometheus.CounterValue, float64(cnt.Allowed()), with("allowed")...)
-			ch <- prometheus.MustNewConstMetric(c.packets, prometheus.CounterValue, float64(cnt.Dropped), with("dropped")...)
-			if !dr.Isolated {
-				continue
-			}
-			// Rules with the same origins share a series.
-			byRule := map[string]uint64{}
-			for i, n := range cnt.Rules {
-				byRule[strings.Join(dr.Rules[i].Origins, "; ")] += n
-			}
-			if dr.AcceptICMP || dr.AcceptICMPv6 {
-				byRule["accept-icmp"] += cnt.ICMP
-			}
-			for rule, n := range byRule {
-				ch <- prometheus.MustNewConstMetric(c.rulePackets, prometheus.CounterValue, float64(n), with(rule)...)
-			}
+		st := dump(dev)
+		if st == nil {
+			continue
+		}
+		c.collect(ch, rs, func(d policy.Direction) (Counters, bool) {
+			return CountersOf(st, HookFor(d), rs.Direction(d), c.opts)
+		})
+	}
+}
+
+// collect exports one attachment's counters, per direction.
+func (c *CountersCollector) collect(ch chan<- prometheus.Metric, rs *policy.RuleSet, counters func(policy.Direction) (Counters, bool)) {
+	att := rs.Attachment
+	for _, d := range []policy.Direction{policy.Ingress, policy.Egress} {
+		dr := rs.Direction(d)
+		cnt, ok := counters(d)
+		if !ok {
+			continue
+		}
+		labels := []string{att.PodNamespace, att.PodName, att.Network.String(), d.String()}
+		with := func(v string) []string { return append(slices.Clip(labels), v) }
+		ch <- prometheus.MustNewConstMetric(c.packets, prometheus.CounterValue, float64(cnt.Allowed()), with("allowed")...)
+		ch <- prometheus.MustNewConstMetric(c.packets, prometheus.CounterValue, float64(cnt.Dropped), with("dropped")...)
+		if !dr.Isolated {
+			continue
+		}
+		// Rules with the same origins share a series.
+		byRule := map[string]uint64{}
+		for i, n := range cnt.Rules {
+			byRule[strings.Join(dr.Rules[i].Origins, "; ")] += n
+		}
+		if dr.AcceptICMP || dr.AcceptICMPv6 {
+			byRule["accept-icmp"] += cnt.ICMP
+		}
+		for rule, n := range byRule {
+			ch <- prometheus.MustNewConstMetric(c.rulePackets, prometheus.CounterValue, float64(n), with(rule)...)
 		}
 	}
 }

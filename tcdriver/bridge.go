@@ -24,8 +24,13 @@ import (
 type Bridge struct {
 	// Name names the bridge in errors and logs.
 	Name string
-	// Uplinks are the uplink representors on the bridge: frames from the
-	// rest of the network enter by them.
+	// Uplinks are the bridge's ports that are no local attachment's
+	// representor: the uplink representor(s), by which frames from the
+	// rest of the network enter, and any other port (an unmanaged VF's
+	// representor, a veth). Every port a frame can enter the bridge by
+	// must be listed: a frame entering by a port without our filters
+	// reaches the pods' vports without their ingress rules. Frames
+	// entering by these ports are decided by the receivers' sections.
 	Uplinks []string
 	// Ports are the local attachments on the bridge.
 	Ports []BridgePort

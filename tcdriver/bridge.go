@@ -246,19 +246,24 @@ func compilePortFresh(b *Bridge, dev string, opts Options, sections map[MAC]int,
 		mac MAC
 	}
 	var rx []receiver
-	anyIngress := false
+	anyIngress, anyEgress := false, false
 	for i := range b.Ports {
 		pt := &b.Ports[i]
 		if pt == self {
 			continue
 		}
 		anyIngress = anyIngress || pt.RuleSet.Ingress.Isolated
+		anyEgress = anyEgress || pt.RuleSet.Egress.Isolated
 		m, ok := MACOf(pt.MAC)
 		if ok && (pt.RuleSet.Ingress.Isolated || uplink && pt.RuleSet.Egress.Isolated) {
 			rx = append(rx, receiver{pt, m})
 		}
 	}
-	if len(rx) == 0 && (uplink || !isolatesAny(self.RuleSet)) && !anyIngress {
+	// A port needs no filter only when nothing it carries is isolated: a
+	// connection to another pod whose egress is isolated must be committed
+	// here (the dispatch catch-all), or that pod's sender section sees its
+	// reply untracked (a SYN-ACK never seen, then the ACK invalid).
+	if len(rx) == 0 && (uplink || !isolatesAny(self.RuleSet) && !anyEgress) && !anyIngress {
 		return nil
 	}
 	sort.Slice(rx, func(i, j int) bool { return string(rx[i].mac[:]) < string(rx[j].mac[:]) })

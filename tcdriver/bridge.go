@@ -55,16 +55,18 @@ const (
 	sectionSize uint32 = 4096
 	// chainDispatch decides where a frame goes after the sender: to the
 	// section of the local pod whose MAC it is for, or on.
-	chainDispatch uint32 = sectionSize
+	chainDispatch uint32 = 2 * sectionSize
 	// chainDispatchND is the software-only neighbour-discovery check of
 	// group frames (profiles without ICMP type match).
-	chainDispatchND uint32 = sectionSize + 1
-	// chainReceivers is the first section: section k occupies
-	// [chainReceivers+k*sectionSize, chainReceivers+(k+1)*sectionSize).
-	// The port's own pod (its egress, the sender section) and each
-	// receiver have one, numbered so that one can be rebuilt beside the
-	// installed one and its entry moved to it.
-	chainReceivers uint32 = 2 * sectionSize
+	chainDispatchND uint32 = 2*sectionSize + 1
+	// chainReceivers is the first receiver section: receiver section k
+	// occupies [chainReceivers+k*sectionSize, chainReceivers+(k+1)*sectionSize).
+	// The port's own pod (its egress) has one of two sender sections
+	// before dispatch, [0, sectionSize) and [sectionSize, 2*sectionSize),
+	// so that every goto of the pipeline goes forward. Sections are
+	// numbered so that one can be rebuilt beside the installed one and its
+	// entry moved to it in one replace.
+	chainReceivers uint32 = 3 * sectionSize
 	// MaxBridgePorts is how many receivers a port can dispatch to.
 	MaxBridgePorts = int((slotSize - chainReceivers) / sectionSize)
 	// maxSectionRules keeps a section's rule chains inside it.
@@ -95,6 +97,16 @@ var selfSection = MAC{}
 const gotoDispatch = ^uint32(0)
 
 func receiverSection(k int) uint32 { return chainReceivers + uint32(k)*sectionSize }
+
+// senderSection is the chain of sender section k (0 or 1).
+func senderSection(k int) uint32 { return uint32(k) * sectionSize }
+
+// isSection reports whether rel (relative to a generation base) is in a
+// sender or receiver section, not in dispatch.
+func isSection(rel uint32) bool { return rel < chainDispatch || rel >= chainReceivers }
+
+// sectionOf returns the first chain of the section holding rel.
+func sectionOf(rel uint32) uint32 { return rel - rel%sectionSize }
 
 // BridgeProgram is the compiled bridge: per port, the program of its
 // ingress hook (nil: the port needs no filter).
@@ -268,36 +280,41 @@ func compilePortFresh(b *Bridge, dev string, opts Options, sections map[MAC]int,
 	}
 	sort.Slice(rx, func(i, j int) bool { return string(rx[i].mac[:]) < string(rx[j].mac[:]) })
 
-	prog := &hookProgram{roles: map[uint32]chainRole{}}
+	prog := &hookProgram{roles: map[uint32]chainRole{}, bridge: true}
 
 	// Section numbers: installed sections keep theirs, the others (and
 	// those in fresh) take the lowest numbers no installed section uses,
 	// so that a section is only ever created or removed as a whole.
-	keys := []MAC{}
-	if !uplink {
-		keys = append(keys, selfSection)
-	}
-	for _, r := range rx {
-		keys = append(keys, r.mac)
-	}
 	taken := map[int]bool{}
 	number := map[MAC]int{}
-	for _, key := range keys {
-		if k, ok := sections[key]; ok && !fresh[key] && k >= 0 && k < MaxBridgePorts && !taken[k] {
-			number[key], taken[k] = k, true
+	for _, r := range rx {
+		if k, ok := sections[r.mac]; ok && !fresh[r.mac] && k >= 0 && k < MaxBridgePorts && !taken[k] {
+			number[r.mac], taken[k] = k, true
 		}
 	}
-	for _, k := range sections {
-		taken[k] = true
+	for key, k := range sections {
+		if key != selfSection {
+			taken[k] = true
+		}
 	}
 	next := 0
-	for _, key := range keys {
-		if _, ok := number[key]; !ok {
+	for _, r := range rx {
+		if _, ok := number[r.mac]; !ok {
 			for taken[next] {
 				next++
 			}
-			number[key], taken[next] = next, true
+			number[r.mac], taken[next] = next, true
 		}
+	}
+	// The sender section keeps its place, or takes the other one.
+	self0, installed := sections[selfSection]
+	switch {
+	case !installed || self0 < 0 || self0 > 1:
+		number[selfSection] = 0
+	case fresh[selfSection]:
+		number[selfSection] = 1 - self0
+	default:
+		number[selfSection] = self0
 	}
 
 	var zone uint16
@@ -309,7 +326,7 @@ func compilePortFresh(b *Bridge, dev string, opts Options, sections map[MAC]int,
 		} else {
 			sender = compileOpenSender(opts, zone)
 		}
-		prog.entry = receiverSection(number[selfSection])
+		prog.entry = senderSection(number[selfSection])
 		place(prog, sender, prog.entry)
 	}
 	d := newBuilder(HookIngress, opts, zone)

@@ -207,8 +207,8 @@ func (r *reconciler) installedSections(st *hookState) map[MAC]int {
 		return nil
 	}
 	out := map[MAC]int{}
-	if rel := st.entry.Actions[0].Chain - base; rel >= chainReceivers && (rel-chainReceivers)%sectionSize == 0 {
-		out[selfSection] = int((rel - chainReceivers) / sectionSize)
+	if rel := st.entry.Actions[0].Chain - base; rel < chainDispatch && rel%sectionSize == 0 {
+		out[selfSection] = int(rel / sectionSize)
 	}
 	for _, f := range st.byChain[base+chainDispatch] {
 		if f.Prio != prioDispatchEntry || f.Match.DstMACMask != exactMAC || len(f.Actions) != 1 || f.Actions[0].Kind != ActGoto {

@@ -620,3 +620,22 @@ multi_networkpolicy_tc_rule_packets_total{direction="ingress",namespace="demo",n
 		t.Error(err)
 	}
 }
+
+// TestBridgeGotosGoForward: mlx5 offloads a goto to a lower chain only with
+// firmware support for backward gotos; every offloaded goto of a bridge
+// port's pipeline goes forward (the section of neighbour discovery jumps
+// back to state, in software only).
+func TestBridgeGotosGoForward(t *testing.T) {
+	for _, prof := range []Profile{ProfileMLX561, ProfileMLX563} {
+		prog := mustCompile(t, testBridge(), prof)
+		for _, dev := range prog.Order {
+			for _, f := range prog.Filters(dev) {
+				for _, a := range f.Actions {
+					if ok, _ := prof.Offloads(f); ok && a.Kind == ActGoto && a.Chain <= f.Chain {
+						t.Errorf("%s %s: %s jumps back in hardware", prof.Name, dev, f)
+					}
+				}
+			}
+		}
+	}
+}

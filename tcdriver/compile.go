@@ -190,8 +190,12 @@ type hookProgram struct {
 	roles   map[uint32]chainRole
 	// entry is the chain the entry filter jumps to.
 	entry uint32
+	// bridge marks a bridge port's program (bridge.go), whose sections
+	// change in place as a whole.
+	bridge bool
 	// recompile, on a bridge port, compiles the same program with the
-	// sections of the given receivers under new numbers.
+	// given sections (receivers by MAC, the sender as selfSection) under
+	// new numbers.
 	recompile func(fresh map[MAC]bool) *hookProgram
 }
 

@@ -103,7 +103,7 @@ func BridgeCounters(states map[string]*State, b *Bridge, dev string, d policy.Di
 			default:
 				continue
 			}
-			if opts.owns(target) && (target-opts.ChainBase)%slotSize >= chainReceivers {
+			if opts.owns(target) && isSection((target-opts.ChainBase)%slotSize) {
 				return target, true
 			}
 		}

@@ -520,14 +520,14 @@ func (r *reconciler) planInPlace(hp *hookProgram, st *hookState, base uint32) (d
 	// is deleted.
 	had, wants := map[uint32]bool{}, map[uint32]bool{}
 	for c := range chains {
-		if r.opts.slotOf(c) == slot && c-base >= chainReceivers {
+		if hp.bridge && r.opts.slotOf(c) == slot && isSection(c-base) {
 			sec := sectionOf(c - base)
 			had[sec] = had[sec] || len(st.byChain[c]) > 0
 			wants[sec] = wants[sec] || len(wantBy[c]) > 0
 		}
 	}
 	wholeSection := func(target uint32, appear bool) bool {
-		if target < chainReceivers {
+		if !hp.bridge || !isSection(target) {
 			return false
 		}
 		sec := sectionOf(target)
@@ -561,8 +561,8 @@ func (r *reconciler) planInPlace(hp *hookProgram, st *hookState, base uint32) (d
 		role, known := hp.roles[rel]
 		d := chainDiff{chain: c, adds: adds, dels: dels, created: len(st.byChain[c]) == 0, emptied: len(wantBy[c]) == 0}
 		switch {
-		case rel >= chainReceivers && (wholeSection(rel, true) || wholeSection(rel, false)):
-		case rel >= chainReceivers && (!known || role.kind == roleFixed):
+		case wholeSection(rel, true) || wholeSection(rel, false):
+		case hp.bridge && isSection(rel) && (!known || role.kind == roleFixed):
 			blocked[sectionOf(rel)] = true
 		case !known || role.kind == roleFixed:
 			hard = true
@@ -583,7 +583,7 @@ func (r *reconciler) planInPlace(hp *hookProgram, st *hookState, base uint32) (d
 		// chains appear or disappear together with a peer change: an
 		// intermediate state could allow a pair neither allows.
 		if portsChanged[rk] || !r.portSignatureStable(st, wantBy, base+rk.section, rk.rule) {
-			if rk.section >= chainReceivers {
+			if hp.bridge {
 				blocked[rk.section] = true
 			} else {
 				hard = true
@@ -595,11 +595,11 @@ func (r *reconciler) planInPlace(hp *hookProgram, st *hookState, base uint32) (d
 	}
 	if len(blocked) > 0 {
 		fresh = map[MAC]bool{}
-		if oldTarget >= chainReceivers && blocked[sectionOf(oldTarget)] {
+		if oldTarget < chainDispatch && blocked[sectionOf(oldTarget)] {
 			fresh[selfSection] = true
 		}
 		for _, f := range st.byChain[base+chainDispatch] {
-			if len(f.Actions) == 1 && f.Actions[0].Kind == ActGoto && f.Actions[0].Chain-base >= chainReceivers && blocked[sectionOf(f.Actions[0].Chain-base)] {
+			if len(f.Actions) == 1 && f.Actions[0].Kind == ActGoto && blocked[sectionOf(f.Actions[0].Chain-base)] {
 				fresh[f.Match.DstMAC] = true
 			}
 		}
@@ -625,8 +625,6 @@ func (r *reconciler) planInPlace(hp *hookProgram, st *hookState, base uint32) (d
 	return diffs, true, nil
 }
 
-// sectionOf returns the first chain of the bridge section holding rel.
-func sectionOf(rel uint32) uint32 { return rel - (rel-chainReceivers)%sectionSize }
 
 // dispatchEntriesOnly checks that a dispatch chain's change is only
 // receiver entries that come or go with their whole section (or drop), and

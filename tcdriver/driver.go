@@ -625,7 +625,6 @@ func (r *reconciler) planInPlace(hp *hookProgram, st *hookState, base uint32) (d
 	return diffs, true, nil
 }
 
-
 // dispatchEntriesOnly checks that a dispatch chain's change is only
 // receiver entries that come or go with their whole section (or drop), and
 // turns an entry deleted and added again with the same match (its section

@@ -400,6 +400,21 @@ func compilePortFresh(b *Bridge, dev string, opts Options, sections map[MAC]int,
 		// The uplink's entry goes straight to dispatch.
 		prog.entry = chainDispatch
 	}
+	if !uplink && opts.Profile.Hardware {
+		// On a representor, hardware leaves the sender section only for
+		// what it sends to software anyway: its `ct` passes established
+		// connections (+est) and misses for every other packet, because
+		// mlx5's CT table holds established TCP and confirmed UDP only.
+		// So dispatch and the receiver sections are software-only: one
+		// hardware rule per filter of each pod's own pipeline instead of
+		// one per receiver and port. On the uplink they are the fast path
+		// of established traffic (a section's ct and +est) and stay.
+		for _, f := range prog.filters {
+			if f.Chain >= chainDispatch {
+				f.Flags = f.Flags&^flagSkipSW | flagSkipHW
+			}
+		}
+	}
 	prog.recompile = func(more map[MAC]bool) *hookProgram {
 		all := maps.Clone(more)
 		maps.Copy(all, fresh)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"strings"
@@ -637,5 +638,34 @@ func TestBridgeGotosGoForward(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+// TestBridgeHardwareRulesPerRepresentor: on a representor, only the pod's
+// own pipeline is offloaded, whatever the number of receivers it
+// dispatches to (in hardware it passes established connections and sends
+// the rest to software); the uplink's sections are the fast path of
+// established traffic to each pod and are offloaded.
+func TestBridgeHardwareRulesPerRepresentor(t *testing.T) {
+	for _, prof := range []Profile{ProfileMLX561, ProfileMLX563} {
+		var repHW, upHW []int
+		for _, n := range []int{1, 10, 50} {
+			b := testBridge()
+			for i := 0; i < n; i++ {
+				rs := dbRules()
+				rs.Attachment = att(fmt.Sprintf("db-%d", i+10))
+				b.Ports = append(b.Ports, BridgePort{Dev: fmt.Sprintf("rx%d", i), MAC: hw(MAC{2, 1, 0, 0, 0, byte(i)}), RuleSet: rs})
+			}
+			prog := mustCompile(t, b, prof)
+			repHW = append(repHW, len(prof.Offloaded(prog.Filters("rep3"))))
+			upHW = append(upHW, len(prof.Offloaded(prog.Filters("up0"))))
+		}
+		if repHW[0] != repHW[1] || repHW[1] != repHW[2] {
+			t.Errorf("%s: hardware rules on a representor grow with the receivers: %v", prof.Name, repHW)
+		}
+		if upHW[0] >= upHW[1] || upHW[1] >= upHW[2] {
+			t.Errorf("%s: the uplink's hardware rules do not follow the receivers: %v", prof.Name, upHW)
+		}
+		t.Logf("%s: hardware rules for 1, 10, 50 extra isolated receivers: representor %v, uplink %v", prof.Name, repHW, upHW)
 	}
 }

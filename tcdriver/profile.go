@@ -141,7 +141,7 @@ func (p Profile) Offloads(f *Filter) (bool, string) {
 		return false, r
 	}
 	if f.Flags&flagSkipHW != 0 {
-		return false, "skip_hw (after a software-only filter of its chain, so that the chain misses to software; or --tc-offload=skip-hw)"
+		return false, "skip_hw (decided in software: after a software-only filter of its chain, so that the chain misses to software; or past a representor's sender section, which mlx5 leaves only for connections its CT table does not hold; or --tc-offload=skip-hw)"
 	}
 	return true, ""
 }

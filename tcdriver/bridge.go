@@ -125,7 +125,7 @@ func (p *BridgeProgram) Filters(dev string) []*Filter {
 		return nil
 	}
 	base := p.opts.slotBase(0)
-	return append([]*Filter{p.opts.entryFilter(HookIngress, base+hp.entry)}, hp.materialize(base)...)
+	return append(hp.entryFilters(HookIngress, base, p.opts), hp.materialize(base)...)
 }
 
 // FilterCount is the number of filters of every port, entries included.
@@ -326,8 +326,8 @@ func compilePortFresh(b *Bridge, dev string, opts Options, sections map[MAC]int,
 		} else {
 			sender = compileOpenSender(opts, zone)
 		}
-		prog.entry = senderSection(number[selfSection])
-		place(prog, sender, prog.entry)
+		prog.entries = []*Filter{opts.entryFilter(HookIngress, senderSection(number[selfSection]))}
+		place(prog, sender, senderSection(number[selfSection]))
 	}
 	d := newBuilder(HookIngress, opts, zone)
 	for _, r := range rx {
@@ -353,7 +353,11 @@ func compilePortFresh(b *Bridge, dev string, opts Options, sections map[MAC]int,
 			sec = compileSection(HookEgress, &rs.Ingress, opts, zone, sectionReceiverTracked)
 		}
 		place(prog, sec, receiverSection(k))
-		d.add(chainDispatch, prioDispatchEntry, EthAll, entry, Action{Kind: ActGoto, Chain: receiverSection(k)})
+		if uplink {
+			prog.entries = append(prog.entries, entryTo(opts, entry, receiverSection(k)))
+		} else {
+			d.add(chainDispatch, prioDispatchEntry, EthAll, entry, Action{Kind: ActGoto, Chain: receiverSection(k)})
+		}
 	}
 
 	// Group frames (broadcast, multicast) reach every port of the bridge:
@@ -363,6 +367,9 @@ func compilePortFresh(b *Bridge, dev string, opts Options, sections map[MAC]int,
 	// discovery pass).
 	if anyIngress {
 		group := Match{DstMAC: groupMAC, DstMACMask: groupMAC}
+		if uplink {
+			prog.entries = append(prog.entries, entryTo(opts, group, chainDispatch))
+		}
 		icmp6 := group
 		icmp6.IPProto = ProtoICMPv6
 		if opts.Profile.ICMPType {
@@ -390,15 +397,14 @@ func compilePortFresh(b *Bridge, dev string, opts Options, sections map[MAC]int,
 		d.variants(chainDispatch, prioCommitIPv4, prioCommitIPv4Tag, EthIPv4, Match{}, d.accept()...)
 		d.variants(chainDispatch, prioCommitIPv6, prioCommitIPv6Tag, EthIPv6, Match{}, d.accept()...)
 	}
-	// An explicit pass, so that in hardware a frame for no local pod goes
-	// on to the bridge instead of missing to software.
-	d.add(chainDispatch, prioCatchAll, EthAll, Match{}, Action{Kind: ActAccept})
-	opts.Profile.keepMissInSoftware(d.prog.filters)
-	prog.filters = append(prog.filters, d.prog.filters...)
-	prog.roles[chainDispatch] = chainRole{kind: roleDispatch}
-	if uplink {
-		// The uplink's entry goes straight to dispatch.
-		prog.entry = chainDispatch
+	if !uplink || anyIngress {
+		// An explicit pass, so that in hardware a frame for no local pod
+		// (or a group frame that is no IP) goes on to the bridge instead
+		// of missing to software.
+		d.add(chainDispatch, prioCatchAll, EthAll, Match{}, Action{Kind: ActAccept})
+		opts.Profile.keepMissInSoftware(d.prog.filters)
+		prog.filters = append(prog.filters, d.prog.filters...)
+		prog.roles[chainDispatch] = chainRole{kind: roleDispatch}
 	}
 	if !uplink && opts.Profile.Hardware {
 		// On a representor, hardware leaves the sender section only for
@@ -421,6 +427,13 @@ func compilePortFresh(b *Bridge, dev string, opts Options, sections map[MAC]int,
 		return compilePortFresh(b, dev, opts, sections, all)
 	}
 	return prog
+}
+
+// entryTo is an entry filter of the uplink: frames matching m go to
+// chain target of the generation.
+func entryTo(opts Options, m Match, target uint32) *Filter {
+	return &Filter{Hook: HookIngress, Chain: 0, Prio: opts.EntryPrio, Protocol: EthAll, Match: m,
+		Actions: []Action{{Kind: ActGoto, Chain: target}}, Flags: opts.Offload.flags(), Cookie: Cookie, Kind: "flower"}
 }
 
 // sectionKind says how a section compiled by compileSection starts and

@@ -199,22 +199,25 @@ func (r *reconciler) applyPort(b *Bridge, dev string) error {
 	return nil
 }
 
-// installedSections reads the receiver sections of a port's active
-// generation from its dispatch entries.
+// installedSections reads a port's section numbers in its active
+// generation from its entries: the sender section from a representor's
+// entry filter, the receivers from the dispatch entries (in chain 0 on the
+// uplink).
 func (r *reconciler) installedSections(st *hookState) map[MAC]int {
 	base, active := r.activeBase(st)
 	if !active {
 		return nil
 	}
 	out := map[MAC]int{}
-	if rel := st.entry.Actions[0].Chain - base; rel < chainDispatch && rel%sectionSize == 0 {
-		out[selfSection] = int(rel / sectionSize)
-	}
-	for _, f := range st.byChain[base+chainDispatch] {
-		if f.Prio != prioDispatchEntry || f.Match.DstMACMask != exactMAC || len(f.Actions) != 1 || f.Actions[0].Kind != ActGoto {
+	for _, f := range append(append([]*Filter(nil), st.entries...), st.byChain[base+chainDispatch]...) {
+		if len(f.Actions) != 1 || f.Actions[0].Kind != ActGoto || !r.opts.owns(f.Actions[0].Chain) {
 			continue
 		}
-		if rel := f.Actions[0].Chain - base; rel >= chainReceivers && (rel-chainReceivers)%sectionSize == 0 {
+		rel := f.Actions[0].Chain - base
+		switch {
+		case f.Chain == 0 && f.Match.DstMACMask == (MAC{}) && rel < chainDispatch && rel%sectionSize == 0:
+			out[selfSection] = int(rel / sectionSize)
+		case f.Match.DstMACMask == exactMAC && rel >= chainReceivers && rel%sectionSize == 0:
 			out[f.Match.DstMAC] = int((rel - chainReceivers) / sectionSize)
 		}
 	}

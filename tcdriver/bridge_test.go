@@ -205,11 +205,13 @@ func writes(f *Fake, do func()) Stats {
 	return d
 }
 
+// entryTarget is the generation slot the port's entry filters point into
+// (a switch changes it).
 func entryTarget(t *testing.T, f *Fake, dev string) uint32 {
 	t.Helper()
 	for _, fl := range f.Filters(dev, HookIngress) {
 		if fl.Chain == 0 {
-			return fl.Actions[0].Chain
+			return f.opts.slotBase(f.opts.slotOf(fl.Actions[0].Chain))
 		}
 	}
 	return 0
@@ -667,5 +669,25 @@ func TestBridgeHardwareRulesPerRepresentor(t *testing.T) {
 			t.Errorf("%s: the uplink's hardware rules do not follow the receivers: %v", prof.Name, upHW)
 		}
 		t.Logf("%s: hardware rules for 1, 10, 50 extra isolated receivers: representor %v, uplink %v", prof.Name, repHW, upHW)
+	}
+}
+
+// TestBridgeUplinkLeavesOtherFramesAlone: the uplink is shared with
+// everything else on the node. Our chain 0 filters there match only frames
+// for a local pod we decide (and group frames when one isolates ingress),
+// so every other frame goes on to the filters after ours (a foreign filter
+// at a higher pref) or, in hardware, to the bridge.
+func TestBridgeUplinkLeavesOtherFramesAlone(t *testing.T) {
+	for _, prof := range Profiles {
+		fake := bridgeFake(t, prof, testBridge())
+		for _, p := range []Packet{
+			synTo(macOut, ipOut, netip.MustParseAddr("10.56.0.98"), 22), // a MAC that is not local
+			synTo(macFE, ipOut, ipFE, 22),                               // a pod that isolates nothing
+			{EthType: EthARP, DstMAC: macOut},
+		} {
+			if r := Trace(fake.Filters("up0", HookIngress), HookIngress, p, NewConntrack()); len(r.Hits) != 0 || r.Verdict != Pass {
+				t.Errorf("%s: %s on the uplink: %s, want no filter of ours to match", prof.Name, p.String(), r)
+			}
+		}
 	}
 }

@@ -57,7 +57,7 @@ const (
 	// slotSize is the number of chains of one generation; the driver owns
 	// two generations (2*slotSize chains from ChainBase).
 	slotSize uint32 = 1000000
-	// entryHandle is the handle of the entry filter.
+	// entryHandle is the handle of the (single) entry filter.
 	entryHandle uint32 = 1
 )
 
@@ -188,8 +188,12 @@ const (
 type hookProgram struct {
 	filters []*Filter
 	roles   map[uint32]chainRole
-	// entry is the chain the entry filter jumps to.
-	entry uint32
+	// entries are the program's filters in chain 0 at the entry priority,
+	// their goto relative to the generation base (nil: the single entry
+	// filter to chain 0 of the generation). A bridge port's entry goes to
+	// its sender section; the uplink has one per receiver (dst_mac), so
+	// that a frame for none of them goes on to whatever else chain 0 holds.
+	entries []*Filter
 	// bridge marks a bridge port's program (bridge.go), whose sections
 	// change in place as a whole.
 	bridge bool
@@ -221,6 +225,26 @@ func (p *hookProgram) materialize(base uint32) []*Filter {
 		}
 		next[c.tp()]++
 		c.Handle = next[c.tp()]
+		out = append(out, c)
+	}
+	return out
+}
+
+// entryFilters returns the program's chain 0 filters placed at
+// generation base, handles numbered from 1.
+func (p *hookProgram) entryFilters(h Hook, base uint32, o Options) []*Filter {
+	if p.entries == nil {
+		return []*Filter{o.entryFilter(h, base)}
+	}
+	out := make([]*Filter, 0, len(p.entries))
+	for i, f := range p.entries {
+		c := cloneFilter(f)
+		c.Hook, c.Handle = h, uint32(i+1)
+		for j := range c.Actions {
+			if c.Actions[j].Kind == ActGoto {
+				c.Actions[j].Chain += base
+			}
+		}
 		out = append(out, c)
 	}
 	return out
@@ -560,7 +584,7 @@ func (p *Program) Filters() []*Filter {
 			continue
 		}
 		base := p.opts.slotBase(0)
-		out = append(out, p.opts.entryFilter(h, base+hp.entry))
+		out = append(out, hp.entryFilters(h, base, p.opts)...)
 		out = append(out, hp.materialize(base)...)
 	}
 	return out

@@ -97,9 +97,10 @@ func BridgeCounters(states map[string]*State, b *Bridge, dev string, d policy.Di
 				continue
 			}
 			target := f.Actions[0].Chain
+			entry := f.Chain == 0 && f.Prio == opts.EntryPrio
 			switch {
-			case egress && f.Chain == 0 && f.Prio == opts.EntryPrio:
-			case !egress && f.Prio == prioDispatchEntry && f.Match.DstMACMask == exactMAC && f.Match.DstMAC == mac && opts.owns(f.Chain):
+			case egress && entry && f.Match.DstMACMask == (MAC{}):
+			case !egress && f.Match.DstMACMask == exactMAC && f.Match.DstMAC == mac && (entry || opts.owns(f.Chain) && f.Prio == prioDispatchEntry):
 			default:
 				continue
 			}

@@ -162,7 +162,8 @@ func (r *reconciler) Applied() map[string]*policy.RuleSet {
 
 // hookState is what the kernel holds on one hook, split by ownership.
 type hookState struct {
-	entry   *Filter              // our entry filter in chain 0, if any
+	hook    Hook
+	entries []*Filter            // our filters in chain 0 at the entry priority
 	byChain map[uint32][]*Filter // our filters by chain (owned range)
 }
 
@@ -172,11 +173,11 @@ func (r *reconciler) readHook(dev string, h Hook) (*hookState, error) {
 	if err != nil {
 		return nil, err
 	}
-	st := &hookState{byChain: map[uint32][]*Filter{}}
+	st := &hookState{hook: h, byChain: map[uint32][]*Filter{}}
 	for _, f := range fs {
 		switch {
-		case f.Chain == 0 && f.Prio == r.opts.EntryPrio && f.Handle == entryHandle && f.ours():
-			st.entry = f
+		case f.Chain == 0 && f.Prio == r.opts.EntryPrio && f.ours():
+			st.entries = append(st.entries, f)
 		case r.opts.owns(f.Chain):
 			st.byChain[f.Chain] = append(st.byChain[f.Chain], f)
 		}
@@ -184,16 +185,14 @@ func (r *reconciler) readHook(dev string, h Hook) (*hookState, error) {
 	return st, nil
 }
 
-// activeBase returns the generation base the entry filter points into.
+// activeBase returns the generation base the entry filters point into.
 func (r *reconciler) activeBase(st *hookState) (uint32, bool) {
-	if st.entry == nil || len(st.entry.Actions) != 1 || st.entry.Actions[0].Kind != ActGoto {
-		return 0, false
+	for _, e := range st.entries {
+		if len(e.Actions) == 1 && e.Actions[0].Kind == ActGoto && r.opts.owns(e.Actions[0].Chain) {
+			return r.opts.slotBase(r.opts.slotOf(e.Actions[0].Chain)), true
+		}
 	}
-	target := st.entry.Actions[0].Chain
-	if !r.opts.owns(target) {
-		return 0, false
-	}
-	return r.opts.slotBase(r.opts.slotOf(target)), true
+	return 0, false
 }
 
 type planKind uint8
@@ -215,7 +214,9 @@ type hookPlan struct {
 	// planSwitch
 	newBase    uint32
 	newFilters []*Filter
-	newEntry   *Filter
+	newEntries []*Filter
+	// what committing the entries did, for rollback
+	entryReplaced, entryAdded, entryDeleted []*Filter
 	// planInPlace
 	diffs    []chainDiff
 	added    []*Filter
@@ -248,7 +249,7 @@ func (r *reconciler) plan(dev string, h Hook, hp *hookProgram, st *hookState) (*
 	}
 	p := &hookPlan{h: h, st: st, keepSlot: -1}
 	if hp == nil {
-		if st.entry != nil || len(st.byChain) > 0 {
+		if len(st.entries) > 0 || len(st.byChain) > 0 {
 			p.kind = planRemove
 		}
 		return p, nil
@@ -276,7 +277,7 @@ func (r *reconciler) plan(dev string, h Hook, hp *hookProgram, st *hookState) (*
 	p.kind, p.keepSlot = planSwitch, slot
 	p.newBase = r.opts.slotBase(slot)
 	p.newFilters = hp.materialize(p.newBase)
-	p.newEntry = r.opts.entryFilter(h, p.newBase+hp.entry)
+	p.newEntries = hp.entryFilters(h, p.newBase, r.opts)
 	return p, nil
 }
 
@@ -368,18 +369,60 @@ func (r *reconciler) commit(dev string, p *hookPlan) error {
 	switch p.kind {
 	case planRemove:
 		// Stop enforcing first (the new state allows everything).
-		if p.st.entry != nil {
-			return r.del(dev, p.st.entry)
+		for _, e := range p.st.entries {
+			if err := r.del(dev, e); err != nil {
+				r.rollback(dev, p)
+				return err
+			}
+			p.entryDeleted = append(p.entryDeleted, e)
 		}
 	case planSwitch:
-		if p.st.entry != nil {
-			r.stats.Replaces++
-			return r.k.replace(dev, p.newEntry)
+		// Each entry is replaced in one request (same match: the new
+		// generation; flower replaces atomically), then the entries that
+		// appear are added and the ones that go deleted.
+		installed := map[string]*Filter{}
+		for _, e := range p.st.entries {
+			installed[e.matchString()] = e
 		}
-		return r.add(dev, p.newEntry)
+		handles := nextHandles(p.st.entries)
+		for _, e := range p.newEntries {
+			old := installed[e.matchString()]
+			var err error
+			if old != nil {
+				e.Handle = old.Handle
+				delete(installed, e.matchString())
+				r.stats.Replaces++
+				if err = r.k.replace(dev, e); err == nil {
+					p.entryReplaced = append(p.entryReplaced, old)
+				}
+			} else {
+				e.Handle = handles(e.tp())
+				if err = r.add(dev, e); err == nil {
+					p.entryAdded = append(p.entryAdded, e)
+				}
+			}
+			if err != nil {
+				r.rollback(dev, p)
+				return err
+			}
+		}
+		for _, e := range p.st.entries {
+			if installed[e.matchString()] != e {
+				continue
+			}
+			if err := r.del(dev, e); err != nil {
+				r.rollback(dev, p)
+				return err
+			}
+			p.entryDeleted = append(p.entryDeleted, e)
+		}
 	case planInPlace:
 		for _, d := range p.diffs {
-			handles := nextHandles(p.st.byChain[d.chain])
+			have := p.st.byChain[d.chain]
+			if d.chain == 0 {
+				have = p.st.entries
+			}
+			handles := nextHandles(have)
 			for _, f := range d.adds {
 				f.Handle = handles(f.tp())
 				if err := r.add(dev, f); err != nil {
@@ -426,17 +469,18 @@ func (r *reconciler) commit(dev string, p *hookPlan) error {
 func (r *reconciler) rollback(dev string, p *hookPlan) {
 	var errs []error
 	switch p.kind {
-	case planRemove:
-		if p.st.entry != nil {
-			errs = append(errs, r.add(dev, p.st.entry))
+	case planRemove, planSwitch:
+		for _, e := range p.entryDeleted {
+			errs = append(errs, r.add(dev, e))
 		}
-	case planSwitch:
-		if p.st.entry != nil {
+		for _, e := range p.entryReplaced {
 			r.stats.Replaces++
-			errs = append(errs, r.k.replace(dev, p.st.entry))
-		} else {
-			errs = append(errs, r.del(dev, p.newEntry))
+			errs = append(errs, r.k.replace(dev, e))
 		}
+		for _, e := range p.entryAdded {
+			errs = append(errs, r.del(dev, e))
+		}
+		p.entryDeleted, p.entryReplaced, p.entryAdded = nil, nil, nil
 	case planInPlace:
 		for _, f := range p.deleted {
 			errs = append(errs, r.add(dev, f))
@@ -538,16 +582,19 @@ func (r *reconciler) planInPlace(hp *hookProgram, st *hookState, base uint32) (d
 	}
 	blocked := map[uint32]bool{} // bridge sections that cannot change in place
 	hard := false
-	// The entry filter: unchanged, or (bridge port) moved from a section
-	// that goes to one that appears, by one replace.
-	var entryMove *chainDiff
-	oldTarget := st.entry.Actions[0].Chain - base
-	if wantEntry := r.opts.entryFilter(st.entry.Hook, base+hp.entry); st.entry.key() != wantEntry.key() {
-		if !wholeSection(hp.entry, true) || !wholeSection(oldTarget, false) {
-			return nil, false, nil
+	// The entry filters: unchanged; or, on a bridge port, moved from a
+	// section that goes to one that appears (one replace), added with a
+	// section that appears, deleted with one that goes.
+	entryDiff := chainDiff{chain: 0}
+	{
+		adds, dels := diffFilters(st.entries, hp.entryFilters(st.hook, base, r.opts))
+		entryDiff.adds, entryDiff.dels = adds, dels
+		if len(adds)+len(dels) > 0 {
+			var ok bool
+			if entryDiff, ok = movedEntries(entryDiff, r.opts.EntryPrio, base, wholeSection); !ok {
+				return nil, false, nil
+			}
 		}
-		wantEntry.Handle = st.entry.Handle
-		entryMove = &chainDiff{chain: 0, replaces: []*Filter{wantEntry}, replaced: []*Filter{st.entry}}
 	}
 	for c := range chains {
 		if r.opts.slotOf(c) != slot {
@@ -594,19 +641,18 @@ func (r *reconciler) planInPlace(hp *hookProgram, st *hookState, base uint32) (d
 		return nil, false, nil
 	}
 	if len(blocked) > 0 {
+		// The blocked sections' keys, from the entries that lead to them
+		// (a representor's entry filter has no MAC: its sender section).
 		fresh = map[MAC]bool{}
-		if oldTarget < chainDispatch && blocked[sectionOf(oldTarget)] {
-			fresh[selfSection] = true
-		}
-		for _, f := range st.byChain[base+chainDispatch] {
-			if len(f.Actions) == 1 && f.Actions[0].Kind == ActGoto && blocked[sectionOf(f.Actions[0].Chain-base)] {
+		for _, f := range append(append([]*Filter(nil), st.entries...), st.byChain[base+chainDispatch]...) {
+			if len(f.Actions) == 1 && f.Actions[0].Kind == ActGoto && r.opts.owns(f.Actions[0].Chain) && blocked[sectionOf(f.Actions[0].Chain-base)] {
 				fresh[f.Match.DstMAC] = true
 			}
 		}
 		return nil, false, fresh
 	}
-	if entryMove != nil {
-		diffs = append(diffs, *entryMove)
+	if len(entryDiff.adds)+len(entryDiff.dels)+len(entryDiff.replaces) > 0 {
+		diffs = append(diffs, entryDiff)
 	}
 	// Order: chains that are created (not yet reachable) first, then a
 	// bridge port's dispatch chain (its entries are added after their
@@ -617,7 +663,8 @@ func (r *reconciler) planInPlace(hp *hookProgram, st *hookState, base uint32) (d
 		if diffs[i].created != diffs[j].created {
 			return diffs[i].created
 		}
-		if di, dj := diffs[i].chain-base == chainDispatch, diffs[j].chain-base == chainDispatch; di != dj {
+		entryish := func(c uint32) bool { return c == 0 || c-base == chainDispatch }
+		if di, dj := entryish(diffs[i].chain), entryish(diffs[j].chain); di != dj {
 			return di
 		}
 		return diffs[i].chain > diffs[j].chain
@@ -630,8 +677,14 @@ func (r *reconciler) planInPlace(hp *hookProgram, st *hookState, base uint32) (d
 // turns an entry deleted and added again with the same match (its section
 // rebuilt under a new number) into a replace of the installed entry.
 func dispatchEntriesOnly(d chainDiff, base uint32, wholeSection func(uint32, bool) bool) (chainDiff, bool) {
+	return movedEntries(d, prioDispatchEntry, base, wholeSection)
+}
+
+// movedEntries is dispatchEntriesOnly for entries at prio (the dispatch
+// chain's, or chain 0's entry filters).
+func movedEntries(d chainDiff, prio uint16, base uint32, wholeSection func(uint32, bool) bool) (chainDiff, bool) {
 	entry := func(f *Filter, appear bool) bool {
-		if f.Prio != prioDispatchEntry || len(f.Actions) != 1 {
+		if f.Prio != prio || len(f.Actions) != 1 {
 			return false
 		}
 		a := f.Actions[0]

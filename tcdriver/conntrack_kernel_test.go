@@ -32,11 +32,11 @@ func TestKernelCutConnectionsATighterPolicyDenies(t *testing.T) {
 	from := func(ports ...policy.PortMatch) policy.Rule {
 		return policy.Rule{Peers: []netip.Prefix{host(a.IPv4)}, Ports: ports}
 	}
-	open := &policy.RuleSet{Ingress: isolated(from(tcp(80), udp(53)))}
+	open := &policy.RuleSet{Ingress: isolatedDir(from(tcp(80), udp(53)))}
 	// Both directions isolated: with egress open, the ingress hook commits
 	// whatever the pod sends, and a packet the pod sends first after the
 	// cut would re-open the connection as the pod's own (docs/policy-semantics.md §7).
-	tight := &policy.RuleSet{Ingress: isolated(from(tcp(443))), Egress: isolated()}
+	tight := &policy.RuleSet{Ingress: isolatedDir(from(tcp(443))), Egress: isolatedDir()}
 	apply(t, drv, b.Rep, open)
 	tcpSrv, udpSrv := b.Serve(t, datapath.TCP, 80), b.Serve(t, datapath.UDP, 53)
 
@@ -139,8 +139,8 @@ func TestKernelNetworksDoNotShareConnections(t *testing.T) {
 			drv := newKernelDriver(t, Options{Zones: tc.zones})
 			t.Cleanup(func() { _ = drv.Remove(context.Background(), b.Rep) })
 			onX := &policy.RuleSet{Attachment: policy.Attachment{PodName: "b", Network: x},
-				Ingress: isolated(policy.Rule{Peers: []netip.Prefix{host(a.IPv4)}, Ports: []policy.PortMatch{udp(53)}})}
-			onY := &policy.RuleSet{Attachment: policy.Attachment{PodName: "b", Network: y}, Ingress: isolated()}
+				Ingress: isolatedDir(policy.Rule{Peers: []netip.Prefix{host(a.IPv4)}, Ports: []policy.PortMatch{udp(53)}})}
+			onY := &policy.RuleSet{Attachment: policy.Attachment{PodName: "b", Network: y}, Ingress: isolatedDir()}
 			apply(t, drv, b.Rep, onX)
 			srv := b.Serve(t, datapath.UDP, 53)
 			var conn net.Conn

@@ -469,7 +469,7 @@ func TestKernelMakeBeforeBreak(t *testing.T) {
 		if rounds.Load() >= allow.Load() {
 			stalled++ // the sender ran out of rounds before the update ended
 		}
-		if drv.LastApply().Replaces > 0 {
+		if drv.LastApply().Replaces > 0 { // a generation switch, or an entry moved to a rebuilt section
 			switches++
 		} else {
 			inPlace++
@@ -512,10 +512,10 @@ func TestKernelMakeBeforeBreak(t *testing.T) {
 	if lost+leaked > 0 {
 		t.Logf("frames lost, by the update they were sent during: %v; leaked: %v", lostIn, leakedIn)
 	}
-	t.Logf("%d bridge updates (%d with a generation switch, %d in place; %d joins, %d leaves; %d outlasted their %d rounds of frames), frames pod→pod and outside→pod: %d allowed, %d lost; %d denied, %d leaked",
+	t.Logf("%d bridge updates (%d replacing filters, %d in place; %d joins, %d leaves; %d outlasted their %d rounds of frames), frames pod→pod and outside→pod: %d allowed, %d lost; %d denied, %d leaked",
 		updates, switches, inPlace, joins, leaves, stalled, roundsInFlight, len(s.ok), lost, len(s.bad), leaked)
 	if switches == 0 || inPlace == 0 || joins == 0 || leaves == 0 {
-		t.Errorf("want generation switches, in-place updates, joins and leaves; got %d, %d, %d, %d", switches, inPlace, joins, leaves)
+		t.Errorf("want updates that replace filters, in-place updates, joins and leaves; got %d, %d, %d, %d", switches, inPlace, joins, leaves)
 	}
 	if lost != 0 || leaked != 0 {
 		t.Fatalf("make-before-break violated: %d allowed frames lost, %d denied frames leaked", lost, leaked)

@@ -293,35 +293,54 @@ func siblingPrefix(p netip.Prefix) netip.Prefix {
 }
 
 // TestKernelVLANTrunk: on a trunk, frames reach the representor tagged and
-// the inner IP packet is still enforced.
+// the inner IP packet is still enforced, in both placements.
 func TestKernelVLANTrunk(t *testing.T) {
 	datapath.RequireBed(t)
 	topo := datapath.NewTopology(t, datapath.Options{Bridge: "brv", VLANFiltering: true, Timeout: 400 * time.Millisecond})
 	a := topo.AddPod(t, "ta", datapath.PodOptions{Trunk: []uint16{100}})
 	b := topo.AddPod(t, "tb", datapath.PodOptions{Trunk: []uint16{100}})
-	drv := newKernelDriver(t, Options{})
-	apply(t, drv, b.Rep, &policy.RuleSet{Ingress: isolatedDir(policy.Rule{Peers: []netip.Prefix{host(a.IPv4), host(a.IPv6)}, Ports: []policy.PortMatch{tcp(80)}})})
-	a.Expect(t, b.IPv4, datapath.TCP, 80, datapath.Delivered)
-	a.Expect(t, b.IPv6, datapath.TCP, 80, datapath.Delivered)
-	a.Expect(t, b.IPv4, datapath.TCP, 81, datapath.Dropped)
-	a.Expect(t, b.IPv6, datapath.UDP, 80, datapath.Dropped)
-	// Without the 802.1Q variants tagged traffic is dropped, never passed.
-	drv2 := newKernelDriver(t, Options{NoVLAN: true})
-	apply(t, drv2, b.Rep, &policy.RuleSet{Ingress: isolatedDir(policy.Rule{Peers: []netip.Prefix{host(a.IPv4), host(a.IPv6)}, Ports: []policy.PortMatch{tcp(80)}})})
-	a.Expect(t, b.IPv4, datapath.TCP, 80, datapath.Dropped)
+	rules := map[string]*policy.RuleSet{"tb": {Ingress: isolatedDir(policy.Rule{Peers: []netip.Prefix{host(a.IPv4), host(a.IPv6)}, Ports: []policy.PortMatch{tcp(80)}})}}
+	for _, placement := range []string{"representor", "bridge"} {
+		t.Run(placement, func(t *testing.T) {
+			enforce := func(drv *TC) {
+				t.Helper()
+				br := bridgeOf(t, topo, rules)
+				t.Cleanup(func() {
+					_ = drv.RemoveBridge(context.Background(), br.Name)
+					_ = drv.Remove(context.Background(), b.Rep)
+				})
+				if placement == "bridge" {
+					applyBridge(t, drv, br)
+					return
+				}
+				apply(t, drv, b.Rep, br.Ports[1].RuleSet)
+			}
+			drv := newKernelDriver(t, Options{})
+			enforce(drv)
+			a.Expect(t, b.IPv4, datapath.TCP, 80, datapath.Delivered)
+			a.Expect(t, b.IPv6, datapath.TCP, 80, datapath.Delivered)
+			a.Expect(t, b.IPv4, datapath.TCP, 81, datapath.Dropped)
+			a.Expect(t, b.IPv6, datapath.UDP, 80, datapath.Dropped)
+			b.Expect(t, a.IPv4, datapath.TCP, 80, datapath.Delivered)
+			// Without the 802.1Q variants tagged traffic is dropped, never passed.
+			drv2 := newKernelDriver(t, Options{NoVLAN: true})
+			enforce(drv2)
+			a.Expect(t, b.IPv4, datapath.TCP, 80, datapath.Dropped)
+		})
+	}
 }
 
 // TestKernelTaggedAndQinQFrames: raw frames with one 802.1Q tag are
 // enforced like untagged ones; QinQ and double-tagged frames are dropped
-// even when the inner packet would be allowed.
+// even when the inner packet would be allowed; in both placements.
 func TestKernelTaggedAndQinQFrames(t *testing.T) {
 	datapath.RequireBed(t)
 	topo := datapath.NewTopology(t, datapath.Options{Bridge: "brq"})
 	a := topo.AddPod(t, "qa", datapath.PodOptions{})
 	b := topo.AddPod(t, "qb", datapath.PodOptions{})
-	drv := newKernelDriver(t, Options{})
-	apply(t, drv, b.Rep, &policy.RuleSet{Ingress: isolatedDir(policy.Rule{Peers: []netip.Prefix{host(a.IPv4)}, Ports: []policy.PortMatch{tcp(80)}})})
-	tx := openRaw(t, a.NS, "eth0")
+	r := topo.AddRemotePod(t, "qr", datapath.PodOptions{})
+	rules := map[string]*policy.RuleSet{"qb": {Ingress: isolatedDir(policy.Rule{Peers: []netip.Prefix{host(a.IPv4), host(r.IPv4)}, Ports: []policy.PortMatch{tcp(80)}})}}
+	txs := map[*datapath.Pod]*rawPort{a: openRaw(t, a.NS, "eth0"), r: openRaw(t, r.NS, "eth0")}
 	rx := openRaw(t, b.NS, "eth0")
 	cases := []struct {
 		vlans []uint16
@@ -333,17 +352,38 @@ func TestKernelTaggedAndQinQFrames(t *testing.T) {
 		{[]uint16{Eth8021AD, Eth8021Q}, 80, false}, {[]uint16{Eth8021Q, Eth8021Q}, 80, false},
 		{[]uint16{Eth8021AD}, 80, false},
 	}
-	var ids []uint16
-	for i, tc := range cases {
-		f := &frame{id: uint16(20000 + i), vlans: tc.vlans, srcMAC: a.MAC, dstMAC: b.MAC, src: a.IPv4, dst: b.IPv4, proto: ProtoTCP, dstPort: tc.port}
-		tx.send(t, f)
-		ids = append(ids, f.id)
-	}
-	rx.waitFor(ids, 500*time.Millisecond)
-	for i, tc := range cases {
-		if got := rx.saw(ids[i]); got != tc.want {
-			t.Errorf("frame with tags %v to port %d: delivered=%v, want %v", tc.vlans, tc.port, got, tc.want)
-		}
+	nextID := uint16(20000)
+	for _, placement := range []string{"representor", "bridge"} {
+		t.Run(placement, func(t *testing.T) {
+			drv := newKernelDriver(t, Options{})
+			br := bridgeOf(t, topo, rules)
+			t.Cleanup(func() {
+				_ = drv.RemoveBridge(context.Background(), br.Name)
+				_ = drv.Remove(context.Background(), b.Rep)
+			})
+			if placement == "bridge" {
+				applyBridge(t, drv, br)
+			} else {
+				apply(t, drv, b.Rep, br.Ports[1].RuleSet)
+			}
+			// From a pod of the node (decided at its port in the bridge
+			// placement) and from a pod behind the uplink (at the uplink).
+			for _, from := range []*datapath.Pod{a, r} {
+				var ids []uint16
+				for _, tc := range cases {
+					f := &frame{id: nextID, vlans: tc.vlans, srcMAC: from.MAC, dstMAC: b.MAC, src: from.IPv4, dst: b.IPv4, proto: ProtoTCP, dstPort: tc.port}
+					nextID++
+					txs[from].send(t, f)
+					ids = append(ids, f.id)
+				}
+				rx.waitFor(ids, 500*time.Millisecond)
+				for i, tc := range cases {
+					if got := rx.saw(ids[i]); got != tc.want {
+						t.Errorf("frame from %s with tags %v to port %d: delivered=%v, want %v", from.Name, tc.vlans, tc.port, got, tc.want)
+					}
+				}
+			}
+		})
 	}
 }
 

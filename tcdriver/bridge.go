@@ -228,24 +228,19 @@ func compilePort(b *Bridge, dev string, opts Options, sections map[MAC]int) *hoo
 		mac MAC
 	}
 	var rx []receiver
-	anyIngress, anyEgress := false, false
+	anyIngress := false
 	for i := range b.Ports {
 		pt := &b.Ports[i]
 		if pt == self {
 			continue
 		}
 		anyIngress = anyIngress || pt.RuleSet.Ingress.Isolated
-		anyEgress = anyEgress || pt.RuleSet.Egress.Isolated
 		m, ok := MACOf(pt.MAC)
 		if ok && (pt.RuleSet.Ingress.Isolated || uplink && pt.RuleSet.Egress.Isolated) {
 			rx = append(rx, receiver{pt, m})
 		}
 	}
-	// A port without a program must not carry replies to a pod whose
-	// egress is isolated: its sender section would see them untracked
-	// (a SYN-ACK never seen, then its ACK invalid), so such a port gets
-	// the open sender and dispatch's commit, which track them.
-	if len(rx) == 0 && (uplink || !isolated(self.RuleSet)) && !anyIngress && (uplink || !anyEgress) {
+	if len(rx) == 0 && (uplink || !isolated(self.RuleSet)) && !anyIngress {
 		return nil
 	}
 	sort.Slice(rx, func(i, j int) bool { return string(rx[i].mac[:]) < string(rx[j].mac[:]) })

@@ -396,16 +396,17 @@ func TestKernelMakeBeforeBreak(t *testing.T) {
 
 	const (
 		updates        = 120
-		roundsPerStep  = 2   // rounds sent after an update is allowed to start
-		roundsInFlight = 100 // rounds the sender may send per update
+		roundsPerStep  = 4   // rounds sent after an update is allowed to start
+		roundsInFlight = 250 // rounds the sender may send per update
 	)
-	// rounds counts the rounds sent (an allowed and a denied frame from
-	// each sender). The updates are paced by it, not by the clock: update
+	// rounds counts the rounds sent: an allowed and a denied frame, from
+	// the local peer and the remote pod in turn. The updates are paced by it, not by the clock: update
 	// i starts only after roundsPerStep rounds were sent since update i-1,
 	// so every update overlaps frames however fast this CPU applies
 	// filters or wakes sleepers. The sender, in turn, stops after
 	// roundsInFlight rounds per update (allow), so that the frame ids (16
-	// bits) and the conntrack table stay bounded however slow an update is.
+	// bits: (updates+1)·roundsInFlight·2 of them) and the conntrack table
+	// stay bounded however slow an update is.
 	var rounds, allow atomic.Int64
 	allow.Store(roundsInFlight)
 	stop := make(chan struct{})
@@ -428,24 +429,27 @@ func TestKernelMakeBeforeBreak(t *testing.T) {
 				time.Sleep(time.Millisecond)
 				continue
 			}
-			for _, tx := range []struct {
-				raw *rawPort
-				pod *datapath.Pod
-			}{{peerTx, peer}, {remTx, remote}} {
-				// allowed: TCP 80; denied: TCP 81.
-				for _, port := range []uint16{80, 81} {
-					f := &frame{id: id, srcMAC: tx.pod.MAC, dstMAC: subj.MAC, src: tx.pod.IPv4, dst: subj.IPv4, proto: ProtoTCP, dstPort: port}
-					if err := tx.raw.sendErr(f); err != nil {
-						t.Errorf("send: %v", err)
-					}
-					during[id] = applied.Load()
-					if port == 80 {
-						s.ok = append(s.ok, id)
-					} else {
-						s.bad = append(s.bad, id)
-					}
-					id++
+			tx, from := peerTx, peer
+			if rounds.Load()%2 == 1 {
+				tx, from = remTx, remote
+			}
+			// allowed: TCP 80; denied: TCP 81.
+			for _, port := range []uint16{80, 81} {
+				if id == 0 {
+					t.Error("frame ids wrapped: fewer rounds per update")
+					break
 				}
+				f := &frame{id: id, srcMAC: from.MAC, dstMAC: subj.MAC, src: from.IPv4, dst: subj.IPv4, proto: ProtoTCP, dstPort: port}
+				if err := tx.sendErr(f); err != nil {
+					t.Errorf("send: %v", err)
+				}
+				during[id] = applied.Load()
+				if port == 80 {
+					s.ok = append(s.ok, id)
+				} else {
+					s.bad = append(s.bad, id)
+				}
+				id++
 			}
 			rounds.Add(1)
 			runtime.Gosched()
@@ -520,8 +524,8 @@ func TestKernelMakeBeforeBreak(t *testing.T) {
 	if lost != 0 || leaked != 0 {
 		t.Fatalf("make-before-break violated: %d allowed frames lost, %d denied frames leaked", lost, leaked)
 	}
-	if len(s.ok) < 2*roundsPerStep*updates {
-		t.Fatalf("only %d allowed frames sent during %d updates, want at least %d", len(s.ok), updates, 2*roundsPerStep*updates)
+	if len(s.ok) < roundsPerStep*updates {
+		t.Fatalf("only %d allowed frames sent during %d updates, want at least %d", len(s.ok), updates, roundsPerStep*updates)
 	}
 }
 

@@ -150,15 +150,36 @@ func TestKernelNetworksDoNotShareConnections(t *testing.T) {
 	a, b := topo.AddPod(t, "a", datapath.PodOptions{}), topo.AddPod(t, "b", datapath.PodOptions{})
 	for i, tc := range []struct {
 		name       string
+		placement  string
 		zones      ZoneRange
 		passOnNetY bool
 	}{
-		{"a zone per network", DefaultZoneRange, false},
-		{"one zone for all (control)", ZoneRange{First: DefaultZone, Count: 1}, true},
+		{"representor/a zone per network", "representor", DefaultZoneRange, false},
+		{"representor/one zone for all (control)", "representor", ZoneRange{First: DefaultZone, Count: 1}, true},
+		// Both pods move to network Y (a pod's port dispatches only to pods
+		// of its own network), so it is the zone that separates the flow.
+		{"bridge/a zone per network", "bridge", DefaultZoneRange, false},
+		{"bridge/one zone for all (control)", "bridge", ZoneRange{First: DefaultZone, Count: 1}, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			drv := newKernelDriver(t, Options{Zones: tc.zones})
-			t.Cleanup(func() { _ = drv.Remove(context.Background(), b.Rep) })
+			t.Cleanup(func() {
+				_ = drv.RemoveBridge(context.Background(), topo.Bridge())
+				_ = drv.Remove(context.Background(), b.Rep)
+			})
+			apply := func(t *testing.T, drv *TC, dev string, rs *policy.RuleSet) {
+				t.Helper()
+				if tc.placement == "representor" {
+					if err := drv.Apply(context.Background(), dev, rs); err != nil {
+						t.Fatalf("apply on %s: %v", dev, err)
+					}
+					return
+				}
+				open := &policy.RuleSet{Attachment: policy.Attachment{PodName: "a", Network: rs.Attachment.Network}}
+				pa, pb := bridgePort(t, a, nil), bridgePort(t, b, nil)
+				pa.RuleSet, pb.RuleSet = open, rs
+				applyBridge(t, drv, &Bridge{Name: topo.Bridge(), Ports: []BridgePort{pa, pb}})
+			}
 			onX := &policy.RuleSet{Attachment: policy.Attachment{PodName: "b", Network: x},
 				Ingress: isolatedDir(policy.Rule{Peers: []netip.Prefix{host(a.IPv4)}, Ports: []policy.PortMatch{udp(53)}})}
 			onY := &policy.RuleSet{Attachment: policy.Attachment{PodName: "b", Network: y}, Ingress: isolatedDir()}

@@ -20,6 +20,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/policy"
+	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/policy/policytest"
 	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/test/datapath"
 )
 
@@ -546,4 +547,127 @@ func raiseSysctl(t *testing.T, name string, n int) {
 		t.Fatalf("write %s: %v", path, err)
 	}
 	t.Cleanup(func() { _ = os.WriteFile(path, old, 0o644) })
+}
+
+// TestKernelDifferentialBridge is TestKernelDifferential in the bridge
+// placement: ≥ 200 random policy sets from policytest, each the rule set of
+// one pod on a bridge with an open local peer and an uplink, applied with
+// ApplyBridge. Random first packets are injected as raw frames where they
+// would enter: ingress ones from the local peer (decided at the peer's
+// port) or from a pod behind the uplink (at the uplink), egress ones from
+// the pod to either. The kernel's verdict must equal the reference
+// evaluator's, and the tracer's on the fake's program of the entering port.
+func TestKernelDifferentialBridge(t *testing.T) {
+	datapath.RequireBed(t)
+	seed := differentialSeed(t)
+	rng := randv2.New(randv2.NewPCG(seed, 1))
+	topo := datapath.NewTopology(t, datapath.Options{Bridge: "brb"})
+	peer := topo.AddPod(t, "bpeer", datapath.PodOptions{})
+	subj := topo.AddPod(t, "bsubj", datapath.PodOptions{})
+	remote := topo.AddRemotePod(t, "bremote", datapath.PodOptions{})
+	up := topo.Uplink().Dev
+	raw := map[*datapath.Pod]*rawPort{peer: openRaw(t, peer.NS, "eth0"), subj: openRaw(t, subj.NS, "eth0"), remote: openRaw(t, remote.NS, "eth0")}
+	drvs := make([]*TC, len(Profiles))
+	for i, prof := range Profiles {
+		drvs[i] = newKernelDriver(t, Options{Profile: prof})
+	}
+	t.Cleanup(func() { _ = drvs[0].RemoveBridge(context.Background(), topo.Bridge()) })
+	nextID := uint16(1)
+	sets, packets, viaUplink := 0, 0, 0
+	denied := map[string]int{} // by entering port
+	for sets < 200 {
+		s := policytest.Generate(rng, policytest.Config{Invalid: sets%4 == 0})
+		eng := s.Engine()
+		att := s.Attachments[rng.IntN(len(s.Attachments))]
+		rs, _ := eng.Compute(att)
+		if rs == nil || (!rs.Ingress.Isolated && !rs.Egress.Isolated && sets%5 != 0) {
+			continue // mostly sets that isolate something
+		}
+		prof, drv := Profiles[sets%len(Profiles)], drvs[sets%len(Profiles)]
+		pp, ps := bridgePort(t, peer, nil), bridgePort(t, subj, nil)
+		// The peer is open, on the pod's network (a port dispatches only
+		// to pods of its own network).
+		pp.RuleSet.Attachment.Network = rs.Attachment.Network
+		ps.RuleSet = rs
+		br := &Bridge{Name: topo.Bridge(), Uplinks: []string{up}, Ports: []BridgePort{pp, ps}}
+		applyBridge(t, drv, br)
+		fake := NewFake(Options{Profile: prof}, up, peer.Rep, subj.Rep)
+		if err := fake.ApplyBridge(context.Background(), br); err != nil {
+			t.Fatal(err)
+		}
+		flushConntrack(t) // each set starts with no connection
+		sets++
+		type sent struct {
+			pp   policy.Packet
+			f    *frame
+			rx   *rawPort
+			port string
+			want bool
+		}
+		var batch []sent
+		for i := 0; i < 12; i++ {
+			pkt := s.RandomPacket(rng, att)
+			f := &frame{id: nextID, proto: toTC(pkt, 0).IPProto, dstPort: pkt.Port}
+			nextID++
+			if nextID == 0 {
+				nextID = 1
+			}
+			local := subj.IPv4
+			if pkt.Remote.Is6() {
+				local = subj.IPv6
+			}
+			other := peer
+			if rng.IntN(2) == 0 {
+				other = remote
+			}
+			var rx *rawPort
+			port := subj.Rep
+			if pkt.Direction == policy.Ingress {
+				f.src, f.dst, f.srcMAC, f.dstMAC, rx = pkt.Remote, local, other.MAC, subj.MAC, raw[subj]
+				port = peer.Rep
+				if other == remote {
+					port = up
+					viaUplink++
+				}
+				raw[other].send(t, f)
+			} else {
+				f.src, f.dst, f.srcMAC, f.dstMAC, rx = local, pkt.Remote, subj.MAC, other.MAC, raw[other]
+				raw[subj].send(t, f)
+			}
+			want := s.Reference(att, pkt)
+			tp := FrameFor(pkt, local, f.id)
+			tp.DstMAC, _ = MACOf(f.dstMAC)
+			if tr := Trace(fake.Filters(port, HookIngress), HookIngress, tp, NewConntrack()); (tr.Verdict == Pass) != want {
+				t.Fatalf("seed %d set %d: tracer on %s: %s but reference allows=%v for %+v", seed, sets, port, tr, want, pkt)
+			}
+			batch = append(batch, sent{pkt, f, rx, port, want})
+		}
+		deadline := time.Now().Add(300 * time.Millisecond)
+		for time.Now().Before(deadline) {
+			all := true
+			for _, s := range batch {
+				if s.want && !s.rx.saw(s.f.id) {
+					all = false
+				}
+			}
+			if all {
+				break
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		time.Sleep(20 * time.Millisecond) // late deliveries of dropped ones would show now
+		for _, s := range batch {
+			packets++
+			if !s.want {
+				denied[s.port]++
+			}
+			if got := s.rx.saw(s.f.id); got != s.want {
+				st, _ := drv.Dump(context.Background(), s.port)
+				t.Fatalf("seed %d set %d: packet %+v entering by %s: kernel delivered=%v, reference allows=%v\nrule set %+v\n%s",
+					seed, sets, s.pp, s.port, got, s.want, rs, st.Canonical())
+			}
+		}
+	}
+	t.Logf("%d policy sets, %d packets (%d ingress through the uplink; denied entering by the uplink %d, the peer's port %d, the pod's own port %d): kernel == reference evaluator == tracer, bridge placement",
+		sets, packets, viaUplink, denied[up], denied[peer.Rep], denied[subj.Rep])
 }

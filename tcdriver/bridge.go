@@ -205,7 +205,7 @@ func portOrder(b *Bridge) []string {
 	return append(ups, reps...)
 }
 
-func isolated(rs *policy.RuleSet) bool { return rs.Ingress.Isolated || rs.Egress.Isolated }
+func isolatesAny(rs *policy.RuleSet) bool { return rs.Ingress.Isolated || rs.Egress.Isolated }
 
 // compilePort compiles the ingress program of one port of a valid bridge.
 // sections maps the receivers already installed on the port to their
@@ -228,19 +228,24 @@ func compilePort(b *Bridge, dev string, opts Options, sections map[MAC]int) *hoo
 		mac MAC
 	}
 	var rx []receiver
-	anyIngress := false
+	anyIngress, anyEgress := false, false
 	for i := range b.Ports {
 		pt := &b.Ports[i]
 		if pt == self {
 			continue
 		}
 		anyIngress = anyIngress || pt.RuleSet.Ingress.Isolated
+		anyEgress = anyEgress || pt.RuleSet.Egress.Isolated
 		m, ok := MACOf(pt.MAC)
 		if ok && (pt.RuleSet.Ingress.Isolated || uplink && pt.RuleSet.Egress.Isolated) {
 			rx = append(rx, receiver{pt, m})
 		}
 	}
-	if len(rx) == 0 && (uplink || !isolated(self.RuleSet)) && !anyIngress {
+	// A port needs no filter only when nothing it carries is isolated: a
+	// connection to another pod whose egress is isolated must be committed
+	// here (the dispatch catch-all), or that pod's sender section sees its
+	// reply untracked (a SYN-ACK never seen, then the ACK invalid).
+	if len(rx) == 0 && (uplink || !isolatesAny(self.RuleSet) && !anyEgress) && !anyIngress {
 		return nil
 	}
 	sort.Slice(rx, func(i, j int) bool { return string(rx[i].mac[:]) < string(rx[j].mac[:]) })

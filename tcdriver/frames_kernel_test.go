@@ -231,6 +231,11 @@ func openRaw(t *testing.T, ns netns.NsHandle, iface string) *rawPort {
 		if err := syscall.Bind(fd, &syscall.SockaddrLinklayer{Protocol: htons(syscall.ETH_P_ALL), Ifindex: ifi.Index}); err != nil {
 			return err
 		}
+		// Room for bursts: the make-before-break test sends thousands of
+		// frames while the reader shares the guest's one CPU with it.
+		if err := syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_RCVBUFFORCE, 8<<20); err != nil {
+			return err
+		}
 		tv := syscall.Timeval{Usec: 50000}
 		if err := syscall.SetsockoptTimeval(fd, syscall.SOL_SOCKET, syscall.SO_RCVTIMEO, &tv); err != nil {
 			return err

@@ -48,7 +48,7 @@ func apply(t testing.TB, d Driver, dev string, rs *policy.RuleSet) {
 
 func host(a netip.Addr) netip.Prefix { return netip.PrefixFrom(a, a.BitLen()) }
 
-func isolated(rules ...policy.Rule) policy.DirectionRules {
+func isolatedDir(rules ...policy.Rule) policy.DirectionRules {
 	return policy.DirectionRules{Isolated: true, Stateful: true, Rules: rules}
 }
 
@@ -70,8 +70,16 @@ type probeCase struct {
 	want     datapath.Outcome
 }
 
-// TestKernelPolicySemantics runs each policy semantic as real traffic
-// between pods whose representors carry the compiled pipelines.
+// TestKernelPolicySemantics runs each policy semantic as real traffic in
+// every direction: between the pods of the node (a, b, c, whose
+// representors are bridge ports), from the pods of other nodes behind the
+// uplink (r, s) to them, and from them to r and s. It runs every case in
+// both placements: the bridge placement (ApplyBridge: every verdict on the
+// ingress hook of the port a frame enters by; after each apply no port has
+// a filter on its egress hook), and the representor placement (Apply per
+// representor), which a software bridge also enforces, since it walks
+// every egress hook (TestKernelEgressHookBypass shows what hardware
+// switching does to it).
 func TestKernelPolicySemantics(t *testing.T) {
 	datapath.RequireBed(t)
 	topo := datapath.NewTopology(t, datapath.Options{Timeout: time.Second})
@@ -79,7 +87,10 @@ func TestKernelPolicySemantics(t *testing.T) {
 	for _, n := range []string{"a", "b", "c"} {
 		pods[n] = topo.AddPod(t, n, datapath.PodOptions{})
 	}
-	a, b, c := pods["a"], pods["b"], pods["c"]
+	for _, n := range []string{"r", "s"} {
+		pods[n] = topo.AddRemotePod(t, n, datapath.PodOptions{})
+	}
+	a, b, c, r := pods["a"], pods["b"], pods["c"], pods["r"]
 	except := func(block netip.Prefix, out netip.Addr) []netip.Prefix {
 		// block minus one host, as disjoint prefixes (what the core sends)
 		var res []netip.Prefix
@@ -99,26 +110,47 @@ func TestKernelPolicySemantics(t *testing.T) {
 		{"no policy: everything flows, no filters", nil, []probeCase{
 			{"a", "b", false, datapath.TCP, 80, datapath.Delivered},
 			{"a", "b", true, datapath.UDP, 53, datapath.Delivered},
+			{"r", "b", false, datapath.TCP, 80, datapath.Delivered},
+			{"b", "s", true, datapath.UDP, 53, datapath.Delivered},
 		}},
 		{"default deny ingress; replies to b's own connections pass", map[string]*policy.RuleSet{
-			"b": {Ingress: isolated()}}, []probeCase{
+			"b": {Ingress: isolatedDir()}}, []probeCase{
 			{"a", "b", false, datapath.TCP, 80, datapath.Dropped},
 			{"a", "b", true, datapath.TCP, 80, datapath.Dropped},
+			{"r", "b", false, datapath.TCP, 80, datapath.Dropped},
+			{"s", "b", true, datapath.UDP, 53, datapath.Dropped},
 			{"b", "a", false, datapath.TCP, 80, datapath.Delivered},
 			{"b", "a", true, datapath.UDP, 53, datapath.Delivered},
 			{"b", "a", false, datapath.SCTP, 7000, datapath.Delivered},
+			{"b", "r", false, datapath.TCP, 80, datapath.Delivered}, // the reply enters by the uplink
+			{"b", "r", true, datapath.UDP, 53, datapath.Delivered},
+			{"b", "s", false, datapath.SCTP, 7000, datapath.Delivered},
+			{"b", "s", true, datapath.ICMP, 0, datapath.Delivered},
+			{"r", "a", false, datapath.TCP, 80, datapath.Delivered}, // a is not isolated
 		}},
 		{"allow TCP 80 from a only (IPv4 and IPv6)", map[string]*policy.RuleSet{
-			"b": {Ingress: isolated(policy.Rule{Peers: []netip.Prefix{host(a.IPv4), host(a.IPv6)}, Ports: []policy.PortMatch{tcp(80)}})}}, []probeCase{
+			"b": {Ingress: isolatedDir(policy.Rule{Peers: []netip.Prefix{host(a.IPv4), host(a.IPv6)}, Ports: []policy.PortMatch{tcp(80)}})}}, []probeCase{
 			{"a", "b", false, datapath.TCP, 80, datapath.Delivered},
 			{"a", "b", true, datapath.TCP, 80, datapath.Delivered},
 			{"a", "b", false, datapath.TCP, 81, datapath.Dropped},
 			{"a", "b", false, datapath.UDP, 80, datapath.Dropped},
 			{"c", "b", false, datapath.TCP, 80, datapath.Dropped},
 			{"c", "b", true, datapath.TCP, 80, datapath.Dropped},
+			{"r", "b", false, datapath.TCP, 80, datapath.Dropped},
+			{"r", "b", true, datapath.TCP, 80, datapath.Dropped},
+		}},
+		{"allow TCP 80 from a remote pod only", map[string]*policy.RuleSet{
+			"b": {Ingress: isolatedDir(policy.Rule{Peers: []netip.Prefix{host(r.IPv4), host(r.IPv6)}, Ports: []policy.PortMatch{tcp(80)}})}}, []probeCase{
+			{"r", "b", false, datapath.TCP, 80, datapath.Delivered},
+			{"r", "b", true, datapath.TCP, 80, datapath.Delivered},
+			{"r", "b", false, datapath.TCP, 81, datapath.Dropped},
+			{"r", "b", true, datapath.UDP, 80, datapath.Dropped},
+			{"s", "b", false, datapath.TCP, 80, datapath.Dropped},
+			{"a", "b", false, datapath.TCP, 80, datapath.Dropped},
+			{"a", "b", true, datapath.TCP, 80, datapath.Dropped},
 		}},
 		{"UDP and SCTP ports, endPort range", map[string]*policy.RuleSet{
-			"b": {Ingress: isolated(policy.Rule{AnyPeer: true, Ports: []policy.PortMatch{udp(53), sctp(9999),
+			"b": {Ingress: isolatedDir(policy.Rule{AnyPeer: true, Ports: []policy.PortMatch{udp(53), sctp(9999),
 				{Protocol: policy.TCP, Port: 8000, EndPort: 8010}}})}}, []probeCase{
 			{"a", "b", false, datapath.UDP, 53, datapath.Delivered},
 			{"a", "b", true, datapath.UDP, 53, datapath.Delivered},
@@ -132,85 +164,121 @@ func TestKernelPolicySemantics(t *testing.T) {
 			{"a", "b", false, datapath.TCP, 8010, datapath.Delivered},
 			{"a", "b", false, datapath.TCP, 8011, datapath.Dropped},
 			{"a", "b", false, datapath.TCP, 7999, datapath.Dropped},
+			{"r", "b", false, datapath.SCTP, 9999, datapath.Delivered},
+			{"r", "b", true, datapath.SCTP, 9998, datapath.Dropped},
+			{"s", "b", false, datapath.TCP, 8007, datapath.Delivered},
+			{"s", "b", true, datapath.TCP, 8011, datapath.Dropped},
 		}},
 		{"ipBlock with except (local to the peer), plus a second policy's rule", map[string]*policy.RuleSet{
-			"b": {Ingress: isolated(
+			"b": {Ingress: isolatedDir(
 				policy.Rule{Peers: except(netip.MustParsePrefix("10.10.0.0/24"), c.IPv4)},
 				policy.Rule{Peers: []netip.Prefix{host(c.IPv4)}, Ports: []policy.PortMatch{tcp(443)}})}}, []probeCase{
 			{"a", "b", false, datapath.TCP, 80, datapath.Delivered},
 			{"c", "b", false, datapath.TCP, 80, datapath.Dropped},
 			{"c", "b", false, datapath.TCP, 443, datapath.Delivered},
+			{"r", "b", false, datapath.TCP, 80, datapath.Delivered}, // in the block, not the except
 		}},
 		{"egress isolation: a may only reach b TCP 80; replies pass", map[string]*policy.RuleSet{
-			"a": {Egress: isolated(policy.Rule{Peers: []netip.Prefix{host(b.IPv4)}, Ports: []policy.PortMatch{tcp(80)}})}}, []probeCase{
+			"a": {Egress: isolatedDir(policy.Rule{Peers: []netip.Prefix{host(b.IPv4)}, Ports: []policy.PortMatch{tcp(80)}})}}, []probeCase{
 			{"a", "b", false, datapath.TCP, 80, datapath.Delivered},
 			{"a", "b", false, datapath.TCP, 81, datapath.Dropped},
 			{"a", "c", false, datapath.TCP, 80, datapath.Dropped},
 			{"a", "b", true, datapath.TCP, 80, datapath.Dropped},
+			{"a", "r", false, datapath.TCP, 80, datapath.Dropped},
 			{"b", "a", false, datapath.TCP, 80, datapath.Delivered}, // a's ingress not isolated
+			{"r", "a", false, datapath.TCP, 80, datapath.Delivered}, // nor from outside
+		}},
+		{"egress to the outside: a may only reach r TCP 80; replies pass", map[string]*policy.RuleSet{
+			"a": {Egress: isolatedDir(policy.Rule{Peers: []netip.Prefix{host(r.IPv4), host(r.IPv6)}, Ports: []policy.PortMatch{tcp(80)}})}}, []probeCase{
+			{"a", "r", false, datapath.TCP, 80, datapath.Delivered},
+			{"a", "r", true, datapath.TCP, 80, datapath.Delivered},
+			{"a", "r", false, datapath.TCP, 81, datapath.Dropped},
+			{"a", "r", true, datapath.UDP, 80, datapath.Dropped},
+			{"a", "s", false, datapath.TCP, 80, datapath.Dropped},
+			{"a", "b", false, datapath.TCP, 80, datapath.Dropped},
+			{"s", "a", true, datapath.UDP, 53, datapath.Delivered},
 		}},
 		{"both ends isolated: the receiver decides with its own policy", map[string]*policy.RuleSet{
-			"a": {Egress: isolated(policy.Rule{AnyPeer: true})},
-			"b": {Ingress: isolated(policy.Rule{Peers: []netip.Prefix{host(c.IPv4)}})}}, []probeCase{
+			"a": {Egress: isolatedDir(policy.Rule{AnyPeer: true})},
+			"b": {Ingress: isolatedDir(policy.Rule{Peers: []netip.Prefix{host(c.IPv4)}})}}, []probeCase{
 			{"a", "b", false, datapath.TCP, 80, datapath.Dropped}, // a's egress committed, b must still say no
 			{"a", "b", false, datapath.UDP, 53, datapath.Dropped},
 			{"c", "b", false, datapath.TCP, 80, datapath.Delivered},
 			{"a", "c", false, datapath.TCP, 80, datapath.Delivered},
+			{"a", "r", false, datapath.TCP, 80, datapath.Delivered},
+			{"r", "b", false, datapath.UDP, 53, datapath.Dropped},
 		}},
 		{"deny-all both directions: ARP and NDP still work for allowed flows", map[string]*policy.RuleSet{
-			"b": {Ingress: isolated(policy.Rule{Peers: []netip.Prefix{host(a.IPv4), host(a.IPv6)}, Ports: []policy.PortMatch{tcp(22)}}),
-				Egress: isolated()}}, []probeCase{
+			"b": {Ingress: isolatedDir(policy.Rule{Peers: []netip.Prefix{host(a.IPv4), host(a.IPv6)}, Ports: []policy.PortMatch{tcp(22)}}),
+				Egress: isolatedDir()}}, []probeCase{
 			{"a", "b", false, datapath.TCP, 22, datapath.Delivered},
 			{"a", "b", true, datapath.TCP, 22, datapath.Delivered},
 			{"b", "a", false, datapath.TCP, 22, datapath.Dropped},
 			{"b", "a", true, datapath.ICMP, 0, datapath.Dropped},
+			{"b", "r", false, datapath.TCP, 22, datapath.Dropped},
+			{"b", "s", true, datapath.ICMP, 0, datapath.Dropped},
+			{"r", "b", true, datapath.TCP, 22, datapath.Dropped},
 		}},
 		{"ICMP echo per the accept flags", map[string]*policy.RuleSet{
 			"b": {Ingress: policy.DirectionRules{Isolated: true, Stateful: true, AcceptICMP: true}}}, []probeCase{
 			{"a", "b", false, datapath.ICMP, 0, datapath.Delivered},
 			{"a", "b", true, datapath.ICMP, 0, datapath.Dropped},
+			{"r", "b", false, datapath.ICMP, 0, datapath.Delivered},
+			{"s", "b", true, datapath.ICMP, 0, datapath.Dropped},
 		}},
 	}
 	// Every profile's pipeline enforces the same semantics with real
 	// packets: mlx5's masked ports (8000-8010), its ct_state forms, its
 	// software ND chain.
-	for _, prof := range []Profile{ProfileSoftware, ProfileMLX561, ProfileMLX563} {
-		drv := newKernelDriver(t, Options{Profile: prof})
-		for _, tc := range cases {
-			t.Run(prof.Name+"/"+tc.name, func(t *testing.T) {
-				for n, p := range pods {
-					rs := tc.rules[n]
-					if rs == nil {
-						rs = &policy.RuleSet{}
+	for _, placement := range []string{"bridge", "representor"} {
+		for _, prof := range []Profile{ProfileSoftware, ProfileMLX561, ProfileMLX563} {
+			drv := newKernelDriver(t, Options{Profile: prof})
+			var br *Bridge
+			for _, tc := range cases {
+				t.Run(placement+"/"+prof.Name+"/"+tc.name, func(t *testing.T) {
+					if placement == "bridge" {
+						br = bridgeOf(t, topo, tc.rules)
+						applyBridge(t, drv, br)
+					} else {
+						for _, p := range topo.LocalPods() {
+							rs := &policy.RuleSet{}
+							if r := tc.rules[p.Name]; r != nil {
+								c := *r
+								rs = &c
+							}
+							rs.Attachment = policy.Attachment{PodNamespace: "test", PodName: p.Name, Network: testNet}
+							apply(t, drv, p.Rep, rs)
+						}
 					}
-					rs.Attachment = policy.Attachment{PodNamespace: "test", PodName: n}
-					apply(t, drv, p.Rep, rs)
-				}
-				// Flush neighbours so that ARP/ND must work under the policy.
-				for _, p := range pods {
-					datapath.Run(t, "ip", "-n", p.Name, "neigh", "flush", "all")
-				}
-				for _, pc := range tc.probes {
-					dst := pods[pc.to].IPv4
-					if pc.v6 {
-						dst = pods[pc.to].IPv6
+					// Connections of earlier cases must not pass as
+					// established; neighbours must be resolved again under
+					// the policy (ARP and ND).
+					flushConntrack(t)
+					for _, p := range pods {
+						datapath.Run(t, "ip", "-n", p.Name, "neigh", "flush", "all")
 					}
-					res := pods[pc.from].Probe(dst, pc.proto, pc.port)
-					if !res.Delivered && pc.want == datapath.Delivered {
-						// One retry: a first SCTP INIT lost in the bed costs
-						// a 3 s RTO, longer than the probe timeout.
-						res = pods[pc.from].Probe(dst, pc.proto, pc.port)
+					var probes []probeSpec
+					for _, pc := range tc.probes {
+						dst := pods[pc.to].IPv4
+						if pc.v6 {
+							dst = pods[pc.to].IPv6
+						}
+						probes = append(probes, probeSpec{pods[pc.from], dst, pc.proto, pc.port, pc.want})
 					}
-					if datapath.Outcome(res.Delivered) != pc.want {
-						t.Errorf("want %s, got %s", pc.want, res)
-					}
-				}
-			})
-		}
-		for _, p := range pods {
-			if err := drv.Remove(context.Background(), p.Rep); err != nil {
-				t.Fatal(err)
+					runProbes(t, probes)
+				})
 			}
+			if br != nil {
+				if err := drv.RemoveBridge(context.Background(), br.Name); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for _, p := range topo.LocalPods() {
+				if err := drv.Remove(context.Background(), p.Rep); err != nil {
+					t.Fatal(err)
+				}
+			}
+			requireNoFiltersOfOurs(t, drv, append([]string{topo.Uplink().Dev}, reps(topo)...)...)
 		}
 	}
 }
@@ -225,35 +293,54 @@ func siblingPrefix(p netip.Prefix) netip.Prefix {
 }
 
 // TestKernelVLANTrunk: on a trunk, frames reach the representor tagged and
-// the inner IP packet is still enforced.
+// the inner IP packet is still enforced, in both placements.
 func TestKernelVLANTrunk(t *testing.T) {
 	datapath.RequireBed(t)
 	topo := datapath.NewTopology(t, datapath.Options{Bridge: "brv", VLANFiltering: true, Timeout: 400 * time.Millisecond})
 	a := topo.AddPod(t, "ta", datapath.PodOptions{Trunk: []uint16{100}})
 	b := topo.AddPod(t, "tb", datapath.PodOptions{Trunk: []uint16{100}})
-	drv := newKernelDriver(t, Options{})
-	apply(t, drv, b.Rep, &policy.RuleSet{Ingress: isolated(policy.Rule{Peers: []netip.Prefix{host(a.IPv4), host(a.IPv6)}, Ports: []policy.PortMatch{tcp(80)}})})
-	a.Expect(t, b.IPv4, datapath.TCP, 80, datapath.Delivered)
-	a.Expect(t, b.IPv6, datapath.TCP, 80, datapath.Delivered)
-	a.Expect(t, b.IPv4, datapath.TCP, 81, datapath.Dropped)
-	a.Expect(t, b.IPv6, datapath.UDP, 80, datapath.Dropped)
-	// Without the 802.1Q variants tagged traffic is dropped, never passed.
-	drv2 := newKernelDriver(t, Options{NoVLAN: true})
-	apply(t, drv2, b.Rep, &policy.RuleSet{Ingress: isolated(policy.Rule{Peers: []netip.Prefix{host(a.IPv4), host(a.IPv6)}, Ports: []policy.PortMatch{tcp(80)}})})
-	a.Expect(t, b.IPv4, datapath.TCP, 80, datapath.Dropped)
+	rules := map[string]*policy.RuleSet{"tb": {Ingress: isolatedDir(policy.Rule{Peers: []netip.Prefix{host(a.IPv4), host(a.IPv6)}, Ports: []policy.PortMatch{tcp(80)}})}}
+	for _, placement := range []string{"representor", "bridge"} {
+		t.Run(placement, func(t *testing.T) {
+			enforce := func(drv *TC) {
+				t.Helper()
+				br := bridgeOf(t, topo, rules)
+				t.Cleanup(func() {
+					_ = drv.RemoveBridge(context.Background(), br.Name)
+					_ = drv.Remove(context.Background(), b.Rep)
+				})
+				if placement == "bridge" {
+					applyBridge(t, drv, br)
+					return
+				}
+				apply(t, drv, b.Rep, br.Ports[1].RuleSet)
+			}
+			drv := newKernelDriver(t, Options{})
+			enforce(drv)
+			a.Expect(t, b.IPv4, datapath.TCP, 80, datapath.Delivered)
+			a.Expect(t, b.IPv6, datapath.TCP, 80, datapath.Delivered)
+			a.Expect(t, b.IPv4, datapath.TCP, 81, datapath.Dropped)
+			a.Expect(t, b.IPv6, datapath.UDP, 80, datapath.Dropped)
+			b.Expect(t, a.IPv4, datapath.TCP, 80, datapath.Delivered)
+			// Without the 802.1Q variants tagged traffic is dropped, never passed.
+			drv2 := newKernelDriver(t, Options{NoVLAN: true})
+			enforce(drv2)
+			a.Expect(t, b.IPv4, datapath.TCP, 80, datapath.Dropped)
+		})
+	}
 }
 
 // TestKernelTaggedAndQinQFrames: raw frames with one 802.1Q tag are
 // enforced like untagged ones; QinQ and double-tagged frames are dropped
-// even when the inner packet would be allowed.
+// even when the inner packet would be allowed; in both placements.
 func TestKernelTaggedAndQinQFrames(t *testing.T) {
 	datapath.RequireBed(t)
 	topo := datapath.NewTopology(t, datapath.Options{Bridge: "brq"})
 	a := topo.AddPod(t, "qa", datapath.PodOptions{})
 	b := topo.AddPod(t, "qb", datapath.PodOptions{})
-	drv := newKernelDriver(t, Options{})
-	apply(t, drv, b.Rep, &policy.RuleSet{Ingress: isolated(policy.Rule{Peers: []netip.Prefix{host(a.IPv4)}, Ports: []policy.PortMatch{tcp(80)}})})
-	tx := openRaw(t, a.NS, "eth0")
+	r := topo.AddRemotePod(t, "qr", datapath.PodOptions{})
+	rules := map[string]*policy.RuleSet{"qb": {Ingress: isolatedDir(policy.Rule{Peers: []netip.Prefix{host(a.IPv4), host(r.IPv4)}, Ports: []policy.PortMatch{tcp(80)}})}}
+	txs := map[*datapath.Pod]*rawPort{a: openRaw(t, a.NS, "eth0"), r: openRaw(t, r.NS, "eth0")}
 	rx := openRaw(t, b.NS, "eth0")
 	cases := []struct {
 		vlans []uint16
@@ -265,17 +352,38 @@ func TestKernelTaggedAndQinQFrames(t *testing.T) {
 		{[]uint16{Eth8021AD, Eth8021Q}, 80, false}, {[]uint16{Eth8021Q, Eth8021Q}, 80, false},
 		{[]uint16{Eth8021AD}, 80, false},
 	}
-	var ids []uint16
-	for i, tc := range cases {
-		f := &frame{id: uint16(20000 + i), vlans: tc.vlans, srcMAC: a.MAC, dstMAC: b.MAC, src: a.IPv4, dst: b.IPv4, proto: ProtoTCP, dstPort: tc.port}
-		tx.send(t, f)
-		ids = append(ids, f.id)
-	}
-	rx.waitFor(ids, 500*time.Millisecond)
-	for i, tc := range cases {
-		if got := rx.saw(ids[i]); got != tc.want {
-			t.Errorf("frame with tags %v to port %d: delivered=%v, want %v", tc.vlans, tc.port, got, tc.want)
-		}
+	nextID := uint16(20000)
+	for _, placement := range []string{"representor", "bridge"} {
+		t.Run(placement, func(t *testing.T) {
+			drv := newKernelDriver(t, Options{})
+			br := bridgeOf(t, topo, rules)
+			t.Cleanup(func() {
+				_ = drv.RemoveBridge(context.Background(), br.Name)
+				_ = drv.Remove(context.Background(), b.Rep)
+			})
+			if placement == "bridge" {
+				applyBridge(t, drv, br)
+			} else {
+				apply(t, drv, b.Rep, br.Ports[1].RuleSet)
+			}
+			// From a pod of the node (decided at its port in the bridge
+			// placement) and from a pod behind the uplink (at the uplink).
+			for _, from := range []*datapath.Pod{a, r} {
+				var ids []uint16
+				for _, tc := range cases {
+					f := &frame{id: nextID, vlans: tc.vlans, srcMAC: from.MAC, dstMAC: b.MAC, src: from.IPv4, dst: b.IPv4, proto: ProtoTCP, dstPort: tc.port}
+					nextID++
+					txs[from].send(t, f)
+					ids = append(ids, f.id)
+				}
+				rx.waitFor(ids, 500*time.Millisecond)
+				for i, tc := range cases {
+					if got := rx.saw(ids[i]); got != tc.want {
+						t.Errorf("frame from %s with tags %v to port %d: delivered=%v, want %v", from.Name, tc.vlans, tc.port, got, tc.want)
+					}
+				}
+			}
+		})
 	}
 }
 
@@ -395,10 +503,12 @@ func differentialSeed(t *testing.T) uint64 {
 	return seed
 }
 
-// TestKernelMakeBeforeBreak: while 100 policy updates are applied (in place
-// and by generation switch), frames of an allowed connection keep passing
-// and frames of a denied one never pass.
-func TestKernelMakeBeforeBreak(t *testing.T) {
+// TestKernelMakeBeforeBreakRepresentor: the representor placement (Apply on
+// one representor): while 100 policy updates are applied (in place and by
+// generation switch), frames of an allowed connection keep passing and
+// frames of a denied one never pass. TestKernelMakeBeforeBreak does the
+// same for the bridge placement.
+func TestKernelMakeBeforeBreakRepresentor(t *testing.T) {
 	datapath.RequireBed(t)
 	topo := datapath.NewTopology(t, datapath.Options{Bridge: "brm"})
 	peer := topo.AddPod(t, "mpeer", datapath.PodOptions{})
@@ -429,7 +539,7 @@ func TestKernelMakeBeforeBreak(t *testing.T) {
 		} else {
 			rules = append([]policy.Rule{base}, rules...)
 		}
-		return &policy.RuleSet{Ingress: isolated(rules...)}
+		return &policy.RuleSet{Ingress: isolatedDir(rules...)}
 	}
 	apply(t, drv, subj.Rep, mk(0))
 	stop := make(chan struct{})
@@ -621,7 +731,7 @@ func TestKernelRefusesAndReports(t *testing.T) {
 	good := goldenRuleSets["allow-from-namespace"]
 	apply(t, drv, "rep3", good)
 	before, _ := drv.Dump(context.Background(), "rep3")
-	bad := &policy.RuleSet{Ingress: isolated(policy.Rule{Ports: []policy.PortMatch{{Protocol: "GRE"}}, AnyPeer: true})}
+	bad := &policy.RuleSet{Ingress: isolatedDir(policy.Rule{Ports: []policy.PortMatch{{Protocol: "GRE"}}, AnyPeer: true})}
 	err := drv.Apply(context.Background(), "rep3", bad)
 	if err == nil || !strings.Contains(err.Error(), "rep3") || !strings.Contains(err.Error(), "GRE") {
 		t.Fatalf("want a refusal naming rep3 and the protocol, got %v", err)
@@ -677,7 +787,7 @@ func bigRuleSet(n int) *policy.RuleSet {
 	for i := 0; i < n; i++ {
 		peers = append(peers, netip.PrefixFrom(netip.AddrFrom4([4]byte{172, 16, byte(i / 250), byte(1 + i%250)}), 32))
 	}
-	return &policy.RuleSet{Ingress: isolated(policy.Rule{Peers: peers, Ports: []policy.PortMatch{tcp(80), tcp(443)}})}
+	return &policy.RuleSet{Ingress: isolatedDir(policy.Rule{Peers: peers, Ports: []policy.PortMatch{tcp(80), tcp(443)}})}
 }
 
 // tenThousand is a rule set that compiles to about 10,000 filters.

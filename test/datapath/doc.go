@@ -8,14 +8,33 @@
 // A Topology is what accelerated-bridge-cni builds on an SR-IOV switchdev
 // node, in software: a Linux bridge, and per pod a network namespace holding
 // the VF end of a veth pair whose host end, the "representor", is a bridge
-// port. TC rules installed on a representor therefore see exactly the
-// traffic a hardware representor would: its ingress is what the pod sends,
-// its egress is what the pod receives.
+// port. TC rules installed on a representor therefore see the traffic a
+// hardware representor would: its ingress hook is what the pod sends, its
+// egress hook what the pod receives — with one difference: a software
+// bridge walks the destination's egress hook, a hardware-offloaded bridge
+// does not (see docs/kernel-test-bed.md, "Placement suites").
 //
 //	topo := datapath.NewTopology(t, datapath.Options{})
 //	a := topo.AddPod(t, "a", datapath.PodOptions{})
 //	b := topo.AddPod(t, "b", datapath.PodOptions{})
 //	// a.Rep and b.Rep are the representors; a.IPv4, a.IPv6 its addresses.
+//
+// # Uplink and remote pods
+//
+// The pods of other nodes are behind the uplink, as on an SR-IOV node the
+// rest of the network is behind the PF's uplink representor:
+//
+//	r := topo.AddRemotePod(t, "r", datapath.PodOptions{}) // creates the uplink on first use
+//	up := topo.Uplink() // up.Dev "up-br0" is the bridge port, up.NSName "out-br0" the outside
+//
+// The uplink is a veth pair: up-<bridge> on the bridge, eth0 in the
+// outside namespace out-<bridge>. A remote pod is a macvlan (bridge mode)
+// of that eth0, so it has its own MAC on the outside wire, moved into a
+// namespace of its own (named after the pod, the macvlan called eth0 there)
+// so that probes, servers and raw sockets treat it like a local pod. It
+// takes the next addresses of the same subnets (one network across nodes),
+// has Remote set and no representor. The uplink is untagged. LocalPods
+// lists the pods with a representor, what a tcdriver.Bridge's ports are.
 //
 // With Options.VLANFiltering the bridge filters VLANs and each pod can be an
 // access port (PodOptions.VLAN: PVID, untagged) or a trunk

@@ -41,13 +41,16 @@ type PodOptions struct {
 	IPv4, IPv6 netip.Prefix
 }
 
-// Topology is a bridge with pods attached through representors.
+// Topology is a bridge with pods attached through representors and,
+// optionally, an uplink to the rest of the network with remote pods behind
+// it.
 type Topology struct {
 	opts   Options
 	bridge netlink.Link
 
-	mu   sync.Mutex
-	pods []*Pod
+	mu     sync.Mutex
+	pods   []*Pod
+	uplink *Uplink
 }
 
 // Pod is a network namespace holding the VF end of a veth pair.
@@ -55,7 +58,8 @@ type Pod struct {
 	Name string
 	// NS is the pod's network namespace, also reachable as `ip -n <Name>`.
 	NS netns.NsHandle
-	// Rep is the representor: the host end of the veth pair, a bridge port.
+	// Rep is the representor: the host end of the veth pair, a bridge port
+	// (empty for a remote pod).
 	Rep string
 	// RepIndex is the representor's ifindex in the host namespace.
 	RepIndex int
@@ -66,6 +70,8 @@ type Pod struct {
 	MAC net.HardwareAddr
 	// IPv4 and IPv6 are the pod's addresses.
 	IPv4, IPv6 netip.Addr
+	// Remote marks a pod of another node, behind the uplink (AddRemotePod).
+	Remote bool
 
 	topo *Topology
 	nl   *netlink.Handle
@@ -178,21 +184,9 @@ func (topo *Topology) addPod(t testing.TB, name string, opts PodOptions) (*Pod, 
 	if opts.VLAN != 0 && len(opts.Trunk) > 0 {
 		return nil, errors.New("a representor is either an access port (VLAN) or a trunk, not both")
 	}
-	topo.mu.Lock()
-	n := len(topo.pods) + 2
-	topo.mu.Unlock()
-	var err error
-	if !opts.IPv4.IsValid() {
-		if opts.IPv4, err = nthAddr(topo.opts.Subnet4, n); err != nil {
-			return nil, err
-		}
+	if err := topo.nextAddrs(&opts); err != nil {
+		return nil, err
 	}
-	if !opts.IPv6.IsValid() {
-		if opts.IPv6, err = nthAddr(topo.opts.Subnet6, n); err != nil {
-			return nil, err
-		}
-	}
-
 	ns, err := newNamedNetns(name)
 	if err != nil {
 		return nil, err

@@ -84,6 +84,8 @@ type Sandbox struct {
 	mu      sync.Mutex
 	pods    map[string]*Pod
 	servers map[serverKey]*datapath.Server
+	// remoteSeq numbers remote pods' ports on the outside bridges.
+	remoteSeq int
 }
 
 // Namespace and ServiceAccount of the agent in deploy/agent/deploy.yml.
@@ -297,6 +299,10 @@ func (s *Sandbox) Stop() {
 	}
 	s.mu.Unlock()
 	for _, p := range pods {
+		if p.Remote {
+			_ = s.removeRemoteNetns(p)
+			continue
+		}
 		_ = s.removePodNetns(p)
 	}
 	s.StopAgent()

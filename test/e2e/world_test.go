@@ -239,10 +239,13 @@ func (w *world) expect(network policy.NetworkRef, pods []*sandbox.Pod, probes ..
 	if err != nil {
 		w.t.Fatal(err)
 	}
+	line := fmt.Sprintf("matrix on %s:", network)
 	for _, d := range []string{sandbox.PodToPod, sandbox.RemoteToLocal, sandbox.LocalToRemote} {
-		n := m.Count(d)
-		w.t.Logf("%s on %s: %d probes, %d allowed", d, network, n[0], n[1])
+		if n := m.Count(d); n[0] > 0 {
+			line += fmt.Sprintf(" %s %d probes (%d allowed)", d, n[0], n[1])
+		}
 	}
+	w.t.Log(line)
 	if bad := m.Mismatches(); len(bad) > 0 {
 		for _, c := range bad {
 			w.t.Errorf("%s -> %s %s on %s (%s): real traffic %s, policy.Evaluate says %s (%s)",

@@ -1,7 +1,9 @@
 // Package sandbox runs the whole product on one machine, inside the kernel
 // test bed (hack/kernel): a real etcd and kube-apiserver with deploy/
 // installed, a node with a fake ConnectX-6 Dx (sysfs tree, VF ↔ representor
-// veth pairs on a bridge as accelerated-bridge-cni wires them), the real
+// veth pairs on a bridge as accelerated-bridge-cni wires them, each PF's
+// uplink a port of that bridge wired to an outside namespace where remote
+// pods of other nodes live), the real
 // SR-IOV device plugin registered with the kubelet simulator, and the real
 // multi-networkpolicy-tc binary running with the DaemonSet's flags and its
 // ServiceAccount's token. `make demo` (test/sandbox/demo) and the

@@ -3,6 +3,12 @@ package e2e
 import (
 	"fmt"
 	"testing"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/policy"
+	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/test/sandbox"
 )
 
 // Remote pods are pods of other nodes: addresses behind the PF's uplink, in
@@ -129,4 +135,53 @@ spec:
 	w.want(m, server, near, udp53, false)
 	w.want(m, server, client, tcp80, false)
 	w.want(m, client, far, tcp80, true) // client is not isolated
+}
+
+// The topology the remote scenarios rely on: each PF's uplink is a port of
+// the pods' bridge, and a remote pod's frames cross it: after traffic, the
+// bridge has learnt the remote pod's MAC on its own PF's uplink, not on the
+// other's nor on a representor.
+func TestRemotePodsAreBehindTheUplink(t *testing.T) {
+	w := newWorld(t)
+	w.namespace("rem-up", nil)
+	nets := []policy.NetworkRef{w.nad("rem-up", "net0", "cx6dx_p0"), w.nad("rem-up", "net1", "cx6dx_p1")}
+	br, err := netlink.LinkByName(sandbox.Bridge)
+	if err != nil {
+		t.Fatal(err)
+	}
+	uplinks := sb.Node.Uplinks()
+	for i, up := range uplinks {
+		l, err := netlink.LinkByName(up)
+		if err != nil {
+			t.Fatalf("uplink %s: %v", up, err)
+		}
+		if l.Attrs().MasterIndex != br.Attrs().Index {
+			t.Errorf("uplink %s is not a port of %s", up, sandbox.Bridge)
+		}
+		n := 33 + i
+		local := w.pod("rem-up", fmt.Sprintf("p%d", i), app("p"), []attach{on(nets[i], addrs(n, 2)...)})
+		remote := w.remote(nets[i], fmt.Sprintf("rem-up-r%d", i), remoteAddrs(n, 100)...)
+		m := w.expect(nets[i], pods(local, remote), tcp80, tcp80v6)
+		w.want(m, local, remote, tcp80, true)
+		w.want(m, remote, local, tcp80v6, true)
+		mac, err := sandbox.InterfaceMAC(remote, nets[i])
+		if err != nil {
+			t.Fatal(err)
+		}
+		fdb, err := netlink.NeighList(0, unix.AF_BRIDGE)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ports []string
+		for _, e := range fdb {
+			if e.HardwareAddr.String() == mac.String() && e.MasterIndex == br.Attrs().Index {
+				if l, err := netlink.LinkByIndex(e.LinkIndex); err == nil {
+					ports = append(ports, l.Attrs().Name)
+				}
+			}
+		}
+		if len(ports) != 1 || ports[0] != up {
+			t.Errorf("remote pod %s (MAC %s) learnt by %s on %v, want on uplink %s only", remote.Key(), mac, sandbox.Bridge, ports, up)
+		}
+	}
 }

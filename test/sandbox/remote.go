@@ -155,3 +155,31 @@ func (s *Sandbox) removeRemoteNetns(p *Pod) error {
 	}
 	return nil
 }
+
+// InterfaceMAC is the MAC address of p's interface on network, read in p's
+// namespace (a remote pod's own MAC, or a local pod's VF's).
+func InterfaceMAC(p *Pod, network policy.NetworkRef) (net.HardwareAddr, error) {
+	a := p.Attachment(network)
+	if a == nil {
+		return nil, fmt.Errorf("pod %s is not on %s", p.Key(), network)
+	}
+	h, err := netlink.NewHandleAt(p.NS)
+	if err != nil {
+		return nil, err
+	}
+	defer h.Close()
+	l, err := h.LinkByName(a.Interface)
+	if err != nil {
+		return nil, fmt.Errorf("pod %s interface %s: %w", p.Key(), a.Interface, err)
+	}
+	return l.Attrs().HardwareAddr, nil
+}
+
+// Uplinks are the PFs' uplink netdevs, PF 0 first.
+func (n *Node) Uplinks() []string {
+	var out []string
+	for _, pf := range n.nic.PFs {
+		out = append(out, pf.Uplink)
+	}
+	return out
+}

@@ -23,18 +23,24 @@ func TestDefaultDenyIngress(t *testing.T) {
 	net := w.nad("dd-in", "net", "cx6dx_p0")
 	a := w.pod("dd-in", "a", app("a"), []attach{on(net, addrs(1, 2)...)})
 	b := w.pod("dd-in", "b", app("b"), []attach{on(net, addrs(1, 3)...)})
-	m := w.expect(net, pods(a, b), tcp80, udp53)
+	r := w.remote(net, "dd-in-r", remoteAddrs(1, 100)...)
+	m := w.expect(net, pods(a, b, r), tcp80, udp53)
 	w.want(m, a, b, tcp80, true)
+	w.want(m, r, a, tcp80, true)
 	w.policy(`
 apiVersion: k8s.cni.cncf.io/v1beta1
 kind: MultiNetworkPolicy
 metadata: {name: deny-ingress, namespace: dd-in, annotations: {k8s.v1.cni.cncf.io/policy-for: net}}
 spec: {podSelector: {}, policyTypes: [Ingress]}
 `)
-	m = w.expect(net, pods(a, b), tcp80, udp53, sctp7777)
+	m = w.expect(net, pods(a, b, r), tcp80, udp53, sctp7777)
 	w.want(m, a, b, tcp80, false)
 	w.want(m, b, a, udp53, false)
 	w.want(m, b, a, sctp7777, false)
+	w.want(m, r, a, tcp80, false)
+	w.want(m, r, b, sctp7777, false)
+	w.want(m, a, r, tcp80, true) // out and back in: the reply is not ingress
+	w.want(m, b, r, sctp7777, true)
 }
 
 func TestDefaultDenyEgressRepliesStillFlow(t *testing.T) {
@@ -45,15 +51,19 @@ func TestDefaultDenyEgressRepliesStillFlow(t *testing.T) {
 	a := w.pod("dd-eg", "a", app("a"), []attach{on(net, addrs(2, 2)...)})
 	b := w.pod("dd-eg", "b", app("b"), []attach{on(net, addrs(2, 3)...)})
 	c := w.pod("dd-eg-other", "c", app("c"), []attach{on(net, addrs(2, 4)...)})
+	r := w.remote(net, "dd-eg-r", remoteAddrs(2, 100)...)
 	w.policy(`
 apiVersion: k8s.cni.cncf.io/v1beta1
 kind: MultiNetworkPolicy
 metadata: {name: deny-egress, namespace: dd-eg, annotations: {k8s.v1.cni.cncf.io/policy-for: net}}
 spec: {podSelector: {}, policyTypes: [Egress]}
 `)
-	m := w.expect(net, pods(a, b, c), tcp80, udp53)
+	m := w.expect(net, pods(a, b, c, r), tcp80, udp53)
 	w.want(m, a, b, tcp80, false)
 	w.want(m, a, c, udp53, false)
+	w.want(m, a, r, tcp80, false)
+	w.want(m, c, r, udp53, true)
+	w.want(m, r, a, udp53, true) // the reply leaves through a's egress isolation
 	// c opens the connection: a's egress isolation lets the replies out.
 	w.want(m, c, a, tcp80, true)
 	w.want(m, c, a, udp53, true)
@@ -68,6 +78,7 @@ func TestAllowFromNamespace(t *testing.T) {
 	server := w.pod("afn", "server", app("server"), []attach{on(net, addrs(3, 2)...)})
 	friend := w.pod("afn-friend", "client", app("client"), []attach{on(net, addrs(3, 3)...)})
 	foe := w.pod("afn-foe", "client", app("client"), []attach{on(net, addrs(3, 4)...)})
+	r := w.remote(net, "afn-r", remoteAddrs(3, 100)...)
 	w.policy(`
 apiVersion: k8s.cni.cncf.io/v1beta1
 kind: MultiNetworkPolicy
@@ -77,8 +88,10 @@ spec:
   ingress:
   - from: [{namespaceSelector: {matchLabels: {team: friend}}}]
 `)
-	m := w.expect(net, pods(server, friend, foe), tcp80, udp53)
+	m := w.expect(net, pods(server, friend, foe, r), tcp80, udp53)
 	w.want(m, friend, server, tcp80, true)
+	w.want(m, r, server, tcp80, false) // no Pod object: no namespace to select
+	w.want(m, server, r, tcp80, true)
 	w.want(m, foe, server, tcp80, false)
 	w.want(m, server, foe, tcp80, true) // egress not isolated
 }
@@ -118,6 +131,7 @@ func TestIPBlockWithExcept(t *testing.T) {
 	server := w.pod("ipb", "server", app("server"), []attach{on(net, addrs(5, 2)...)})
 	a := w.pod("ipb", "a", app("a"), []attach{on(net, addrs(5, 3)...)})
 	b := w.pod("ipb", "b", app("b"), []attach{on(net, addrs(5, 4)...)})
+	r := w.remote(net, "ipb-r", remoteAddrs(5, 100)...)
 	w.policy(`
 apiVersion: k8s.cni.cncf.io/v1beta1
 kind: MultiNetworkPolicy
@@ -127,8 +141,10 @@ spec:
   ingress:
   - from: [{ipBlock: {cidr: 10.20.5.0/24, except: [10.20.5.4/32]}}]
 `)
-	m := w.expect(net, pods(server, a, b), tcp80, udp53, tcp80v6)
+	m := w.expect(net, pods(server, a, b, r), tcp80, udp53, tcp80v6)
 	w.want(m, a, server, tcp80, true)
+	w.want(m, r, server, tcp80, true) // in the block, from outside
+	w.want(m, r, server, tcp80v6, false)
 	w.want(m, b, server, tcp80, false)
 	w.want(m, a, server, tcp80v6, false) // the block is IPv4 only
 }
@@ -194,6 +210,7 @@ func TestIPv6(t *testing.T) {
 	server := w.pod("v6", "server", app("server"), []attach{on(net, addrs(8, 2)...)})
 	a := w.pod("v6", "a", app("a"), []attach{on(net, addrs(8, 3)...)})
 	b := w.pod("v6", "b", app("b"), []attach{on(net, addrs(8, 4)...)})
+	r := w.remote(net, "v6-r", remoteAddrs(8, 100)...)
 	w.policy(`
 apiVersion: k8s.cni.cncf.io/v1beta1
 kind: MultiNetworkPolicy
@@ -204,8 +221,10 @@ spec:
   - from: [{ipBlock: {cidr: "fd20:8::/64", except: ["fd20:8::4/128"]}}]
     ports: [{protocol: TCP, port: 80}]
 `)
-	m := w.expect(net, pods(server, a, b), tcp80v6, tcp443v6, tcp80)
+	m := w.expect(net, pods(server, a, b, r), tcp80v6, tcp443v6, tcp80)
 	w.want(m, a, server, tcp80v6, true)
+	w.want(m, r, server, tcp80v6, true)
+	w.want(m, r, server, tcp443v6, false)
 	w.want(m, a, server, tcp443v6, false)
 	w.want(m, b, server, tcp80v6, false)
 	w.want(m, a, server, tcp80, false)

@@ -46,14 +46,44 @@ type serverKey struct {
 	port  uint16
 }
 
-// Cell is one probe between two pods: what the packets did (Got) and what
-// the reference evaluator says (Want).
+// Cell is one probe between two pods: what the packets did (Got: the
+// reply came back) and what the reference evaluator says (Want).
 type Cell struct {
 	From, To  *Pod
 	Probe     Probe
 	Got, Want bool
 	Result    datapath.Result
 }
+
+// Directions of a cell: between two local pods (across the bridge), from a
+// remote pod in through the uplink, from a local pod out through it.
+const (
+	PodToPod      = "pod->pod"
+	RemoteToLocal = "remote->local"
+	LocalToRemote = "local->remote"
+)
+
+// Direction is the way the cell's connection crosses the node.
+func (c *Cell) Direction() string {
+	switch {
+	case c.From.Remote:
+		return RemoteToLocal
+	case c.To.Remote:
+		return LocalToRemote
+	default:
+		return PodToPod
+	}
+}
+
+// Leaked tells that a connection policy denies got its request through to
+// the destination's server (only its reply was lost): a denial must stop
+// the request, not the answer.
+func (c *Cell) Leaked() bool { return !c.Want && c.Result.Reached }
+
+// Agrees tells that real traffic did what the reference evaluator says:
+// delivered (request and reply) when allowed, the request never reaching
+// the destination when denied.
+func (c *Cell) Agrees() bool { return c.Got == c.Want && !c.Leaked() }
 
 // Matrix is the connectivity of pods on one network.
 type Matrix struct {
@@ -67,7 +97,7 @@ type Matrix struct {
 func (m *Matrix) Mismatches() []Cell {
 	var out []Cell
 	for _, c := range m.Cells {
-		if c.Got != c.Want {
+		if !c.Agrees() {
 			out = append(out, c)
 		}
 	}
@@ -98,7 +128,7 @@ func (m *Matrix) Format() string {
 			if c.Got {
 				s = "ok"
 			}
-			if c.Got != c.Want {
+			if !c.Agrees() {
 				s += "!"
 			} else {
 				s += " "
@@ -113,7 +143,28 @@ func (m *Matrix) Format() string {
 	} else {
 		fmt.Fprintf(&b, "  all %d probes agree with the reference evaluator (policy.Evaluate)\n", len(m.Cells))
 	}
+	fmt.Fprintf(&b, "  probes per direction:")
+	for _, d := range []string{PodToPod, RemoteToLocal, LocalToRemote} {
+		n := m.Count(d)
+		fmt.Fprintf(&b, " %s %d (%d allowed)", d, n[0], n[1])
+	}
+	b.WriteString("\n")
 	return b.String()
+}
+
+// Count returns the number of cells in direction d and how many of them
+// the reference evaluator allows.
+func (m *Matrix) Count(d string) [2]int {
+	var n [2]int
+	for i := range m.Cells {
+		if m.Cells[i].Direction() == d {
+			n[0]++
+			if m.Cells[i].Want {
+				n[1]++
+			}
+		}
+	}
+	return n
 }
 
 // Objects reads the cluster objects the policy core evaluates.
@@ -179,17 +230,22 @@ func addrOf(a *PodAttachment, v6 bool) (netip.Addr, bool) {
 
 // Expected is the reference evaluator's verdict on a new connection from
 // one pod to another on network: the sender's egress must allow it and the
-// receiver's ingress must allow it.
+// receiver's ingress must allow it. A remote pod (of another node) has no
+// policy here: only the local end's rules decide; between two remote pods
+// nothing of this node is crossed, and Measure does not probe them.
 func Expected(objs *policy.Objects, opts policy.Options, network policy.NetworkRef, from, to *Pod, p Probe) bool {
 	fa, ta := from.Attachment(network), to.Attachment(network)
+	if fa == nil || ta == nil {
+		return false
+	}
 	src, ok1 := addrOf(fa, p.IPv6)
 	dst, ok2 := addrOf(ta, p.IPv6)
 	if !ok1 || !ok2 {
 		return false
 	}
-	egress := policy.Evaluate(objs, opts, policy.Attachment{PodNamespace: from.Namespace, PodName: from.Name, Network: network, Interface: fa.Interface},
+	egress := from.Remote || policy.Evaluate(objs, opts, policy.Attachment{PodNamespace: from.Namespace, PodName: from.Name, Network: network, Interface: fa.Interface},
 		policy.Packet{Direction: policy.Egress, Remote: dst, Protocol: p.protocol(), Port: p.Port})
-	ingress := policy.Evaluate(objs, opts, policy.Attachment{PodNamespace: to.Namespace, PodName: to.Name, Network: network, Interface: ta.Interface},
+	ingress := to.Remote || policy.Evaluate(objs, opts, policy.Attachment{PodNamespace: to.Namespace, PodName: to.Name, Network: network, Interface: ta.Interface},
 		policy.Packet{Direction: policy.Ingress, Remote: src, Protocol: p.protocol(), Port: p.Port})
 	return egress && ingress
 }
@@ -225,7 +281,9 @@ func (s *Sandbox) ProbeOnce(network policy.NetworkRef, from, to *Pod, p Probe, t
 
 // Measure probes every ordered pair of distinct pods with every probe, all
 // at once, and compares each result with the reference evaluator on the
-// cluster's current objects.
+// cluster's current objects. pods may include remote pods (AddRemote):
+// they are probed to and from every local pod, through the uplink, but not
+// among themselves.
 func (s *Sandbox) Measure(ctx context.Context, network policy.NetworkRef, pods []*Pod, probes []Probe, timeout time.Duration) (*Matrix, error) {
 	objs, err := s.Objects(ctx)
 	if err != nil {
@@ -235,7 +293,7 @@ func (s *Sandbox) Measure(ctx context.Context, network policy.NetworkRef, pods [
 	m := &Matrix{Network: network, Pods: pods, Probes: probes}
 	for _, from := range pods {
 		for _, to := range pods {
-			if from == to {
+			if from == to || (from.Remote && to.Remote) {
 				continue
 			}
 			for _, p := range probes {

@@ -11,9 +11,11 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 	deviceplugin "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 
 	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/sriov/sriovtest"
+	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/test/datapath"
 	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/test/kubeletsim"
 )
 
@@ -24,7 +26,22 @@ const (
 	// Bridge is the bridge the representors are attached to, as
 	// accelerated-bridge-cni's "bridge" setting names it.
 	Bridge = "br0"
+	// OutsideBridge is the bridge, in each PF's outside namespace, that
+	// stands for the switch the PF's wire goes to: the uplink's far end and
+	// every remote pod of that PF's network are its ports.
+	OutsideBridge = "ext"
+	// outsideWire is the uplink veth's far end, in the outside namespace.
+	outsideWire = "wire"
 )
+
+// OutsideNamespace names the network namespace standing for the rest of the
+// network behind PF pf's uplink (/run/netns/outside-p<pf>).
+func OutsideNamespace(pf int) string { return fmt.Sprintf("outside-p%d", pf) }
+
+// resourcePF is the PF each device-plugin resource of devicePluginConfig
+// takes its VFs from, so a remote pod of a network is placed behind the
+// uplink its local pods' VFs share.
+var resourcePF = map[string]int{ResourcePrefix + "/cx6dx_p0": 0, ResourcePrefix + "/cx6dx_p1": 1}
 
 // NIC is the sandbox's adapter: a dual-port ConnectX-6 Dx in switchdev mode
 // with 8 VFs on PF0 (resource mellanox.com/cx6dx_p0, selected by PF name)
@@ -68,7 +85,8 @@ type vf struct {
 }
 
 // Node is the node's side of the sandbox: the fake NIC's sysfs tree mounted
-// over /sys, its VF ↔ representor veth pairs and the bridge, the kubelet
+// over /sys, its VF ↔ representor veth pairs and the bridge, each PF's
+// uplink on the bridge wired to an outside namespace (remote pods), the kubelet
 // simulator (device-plugin Registration + PodResources) and the real SR-IOV
 // device plugin. It rewires the kernel it runs on: run it only in the
 // kernel test bed.
@@ -82,6 +100,8 @@ type Node struct {
 	kubelet *kubeletsim.Kubelet
 	dp      *exec.Cmd
 	dpDone  chan struct{}
+	// outside[i] is PF i's outside namespace (OutsideNamespace(i)).
+	outside []netns.NsHandle
 }
 
 // StartNode lays down the fake NIC and starts the kubelet simulator and the
@@ -108,7 +128,8 @@ func StartNode(ctx context.Context, dir, dpBinary string, say func(string, ...an
 		}
 	}
 
-	say("netdevs: uplinks, one veth pair per VF (VF netdev <-> representor), bridge %s", Bridge)
+	say("netdevs: bridge %s; one veth pair per VF (VF netdev <-> representor); each PF's uplink a veth on %s whose far end is in namespace %s, %s (bridge %s: remote pods)",
+		Bridge, Bridge, OutsideNamespace(0), OutsideNamespace(1), OutsideBridge)
 	if err := n.createNetdevs(); err != nil {
 		return nil, err
 	}
@@ -158,12 +179,9 @@ func (n *Node) createNetdevs() error {
 	if err := up(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: Bridge}, MulticastSnooping: &off}); err != nil {
 		return err
 	}
-	for _, pf := range n.nic.PFs {
-		// The uplink only has to exist: a dummy, or a tap on kernels without dummy.
-		if err := up(&netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Name: pf.Uplink}}); err != nil {
-			if err := up(&netlink.Tuntap{LinkAttrs: netlink.LinkAttrs{Name: pf.Uplink}, Mode: netlink.TUNTAP_MODE_TAP}); err != nil {
-				return err
-			}
+	for i, pf := range n.nic.PFs {
+		if err := n.createUplink(i, pf.Uplink); err != nil {
+			return err
 		}
 		for _, v := range pf.VFs {
 			n.vfs[v.PCI] = vf{pci: v.PCI, netdev: v.Netdev, rep: v.Representor}
@@ -171,6 +189,68 @@ func (n *Node) createNetdevs() error {
 				return fmt.Errorf("create VF %s <-> representor %s: %w", v.Netdev, v.Representor, err)
 			}
 		}
+	}
+	return nil
+}
+
+// createUplink wires PF pf's uplink as the wire of a switchdev NIC is: the
+// uplink netdev (named as the fake sysfs names the PF's uplink
+// representor, so sriovnet finds it) is a port of the bridge, and what
+// goes out of it arrives in the outside namespace, on bridge
+// OutsideBridge, where remote pods (AddRemote) are ports. Each PF has its
+// own outside namespace: two uplinks of one bridge joined outside would
+// be a loop.
+func (n *Node) createUplink(pf int, uplink string) error {
+	ns, err := datapath.NewNetns(OutsideNamespace(pf))
+	if err != nil {
+		return fmt.Errorf("PF %d outside namespace: %w", pf, err)
+	}
+	n.outside = append(n.outside, ns)
+	if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: uplink}, PeerName: outsideWire,
+		PeerNamespace: netlink.NsFd(int(ns))}); err != nil {
+		return fmt.Errorf("create uplink %s <-> %s in %s: %w", uplink, outsideWire, OutsideNamespace(pf), err)
+	}
+	br, err := netlink.LinkByName(Bridge)
+	if err != nil {
+		return err
+	}
+	link, err := netlink.LinkByName(uplink)
+	if err != nil {
+		return err
+	}
+	if err := netlink.LinkSetMaster(link, br); err != nil {
+		return fmt.Errorf("uplink %s on %s: %w", uplink, Bridge, err)
+	}
+	if err := netlink.LinkSetUp(link); err != nil {
+		return err
+	}
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	off := false
+	if err := h.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: OutsideBridge}, MulticastSnooping: &off}); err != nil {
+		return fmt.Errorf("bridge %s in %s: %w", OutsideBridge, OutsideNamespace(pf), err)
+	}
+	ext, err := h.LinkByName(OutsideBridge)
+	if err != nil {
+		return err
+	}
+	wire, err := h.LinkByName(outsideWire)
+	if err != nil {
+		return err
+	}
+	if err := h.LinkSetMaster(wire, ext); err != nil {
+		return fmt.Errorf("%s on %s in %s: %w", outsideWire, OutsideBridge, OutsideNamespace(pf), err)
+	}
+	for _, l := range []netlink.Link{wire, ext} {
+		if err := h.LinkSetUp(l); err != nil {
+			return err
+		}
+	}
+	if lo, err := h.LinkByName("lo"); err == nil {
+		_ = h.LinkSetUp(lo)
 	}
 	return nil
 }

@@ -33,6 +33,9 @@ type Pod struct {
 	NS              netns.NsHandle
 	nsName          string
 	Attachments     []*PodAttachment
+	// Remote marks a pod of another node (AddRemote): it has no Pod
+	// object and no policy of its own.
+	Remote bool
 }
 
 // PodAttachment is one network of a pod.

@@ -1,7 +1,9 @@
 // Package sandbox runs the whole product on one machine, inside the kernel
 // test bed (hack/kernel): a real etcd and kube-apiserver with deploy/
 // installed, a node with a fake ConnectX-6 Dx (sysfs tree, VF ↔ representor
-// veth pairs on a bridge as accelerated-bridge-cni wires them), the real
+// veth pairs on a bridge as accelerated-bridge-cni wires them, each PF's
+// uplink a port of that bridge wired to an outside namespace where remote
+// pods of other nodes live), the real
 // SR-IOV device plugin registered with the kubelet simulator, and the real
 // multi-networkpolicy-tc binary running with the DaemonSet's flags and its
 // ServiceAccount's token. `make demo` (test/sandbox/demo) and the
@@ -84,6 +86,8 @@ type Sandbox struct {
 	mu      sync.Mutex
 	pods    map[string]*Pod
 	servers map[serverKey]*datapath.Server
+	// remoteSeq numbers remote pods' ports on the outside bridges.
+	remoteSeq int
 }
 
 // Namespace and ServiceAccount of the agent in deploy/agent/deploy.yml.
@@ -297,6 +301,10 @@ func (s *Sandbox) Stop() {
 	}
 	s.mu.Unlock()
 	for _, p := range pods {
+		if p.Remote {
+			_ = s.removeRemoteNetns(p)
+			continue
+		}
 		_ = s.removePodNetns(p)
 	}
 	s.StopAgent()

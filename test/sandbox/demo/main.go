@@ -85,11 +85,20 @@ func run(repo, dir, kube, dp, agent string) (err error) {
 	if err != nil {
 		return err
 	}
-	pods := applied.Pods
-	for _, p := range pods {
+	for _, p := range applied.Pods {
 		a := p.Attachments[0]
 		say("pod %-14s VF %s -> %s in the pod, representor %s on %s, IPs %v", p.Key(), a.VFPCI, a.Interface, a.Representor, sandbox.Bridge, a.IPs)
 	}
+	// A pod of another node: no Pod object, reached through the uplink;
+	// only the local pods' rules decide its connections, and policies can
+	// name it only by ipBlock (03-ipblock-except admits it).
+	remote, err := sb.AddRemote(ctx, network, "peer", "10.10.0.100/24", "fd10::100/64")
+	if err != nil {
+		return err
+	}
+	say("remote pod %s (another node's, no Pod object) in namespace %s behind uplink %s on %s, IPs %v",
+		remote.Key(), sandbox.OutsideNamespace(0), remote.Attachments[0].Representor, sandbox.Bridge, remote.Attachments[0].IPs)
+	pods := append(append([]*sandbox.Pod{}, applied.Pods...), remote)
 
 	step("multi-networkpolicy-tc debug mappings (PodResources + sysfs + API server)")
 	out, err := sb.RunAgentCommand("debug", "mappings", "--podresources-socket", sandbox.PodResourcesSocket)
@@ -99,7 +108,7 @@ func run(repo, dir, kube, dp, agent string) (err error) {
 	}
 
 	timeout := 1500 * time.Millisecond
-	step("connectivity before any policy (real TCP/UDP/SCTP probes between the pods' VFs)")
+	step("connectivity before any policy (real TCP/UDP/SCTP probes between the pods' VFs, and through the uplink to and from the remote pod)")
 	m, err := sb.Converge(ctx, network, pods, probes, timeout, 10*time.Second)
 	if err != nil {
 		return err
@@ -137,16 +146,19 @@ func run(repo, dir, kube, dp, agent string) (err error) {
 		fmt.Print(indent(string(out)))
 	}
 
-	step("pod deletion: the agent removes the rules of the pods' representors")
-	for _, p := range pods {
+	step("pod deletion: the agent removes the pods' rules; a freed VF of an enforced network's resource stays closed until its next pod's rules are in place")
+	for _, p := range applied.Pods {
 		if err := sb.DeletePod(ctx, p.Namespace, p.Name); err != nil {
 			return err
 		}
 	}
-	if err := waitNoFilters(ctx, rep, 15*time.Second); err != nil {
+	if err := sb.DeleteRemote(remote.Name); err != nil {
 		return err
 	}
-	say("%s has no filters left", rep)
+	if err := waitClosed(ctx, rep, 15*time.Second); err != nil {
+		return err
+	}
+	say("%s holds no rule of its pod any more: closed (no filter matches an address or a port)", rep)
 	if mismatches > 0 {
 		fmt.Fprintf(os.Stderr, "agent log (tail):\n%s\n", sb.AgentLog())
 		return fmt.Errorf("%d probe(s) disagreed with the reference evaluator", mismatches)
@@ -189,16 +201,24 @@ func otherProcesses() []string {
 	return left
 }
 
-func waitNoFilters(ctx context.Context, dev string, within time.Duration) error {
+// waitClosed waits until dev holds the program of a closed free VF: filters
+// on its ingress hook (the VF's traffic is dropped) and none that matches an
+// address or a port (what a pod's rules or its peers' would).
+func waitClosed(ctx context.Context, dev string, within time.Duration) error {
 	deadline := time.Now().Add(within)
 	for {
 		in, _ := exec.CommandContext(ctx, "tc", "filter", "show", "dev", dev, "ingress").CombinedOutput()
 		eg, _ := exec.CommandContext(ctx, "tc", "filter", "show", "dev", dev, "egress").CombinedOutput()
-		if strings.TrimSpace(string(in)) == "" && strings.TrimSpace(string(eg)) == "" {
+		all := string(in) + string(eg)
+		closed := strings.Contains(string(in), "gact action drop")
+		for _, k := range []string{"src_ip", "dst_ip", "src_port", "dst_port"} {
+			closed = closed && !strings.Contains(all, k)
+		}
+		if closed {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("filters left on %s after its pod was deleted:\n%s%s", dev, in, eg)
+			return fmt.Errorf("%s is not the closed program of a free VF %s after its pod was deleted:\n%s%s", dev, within, in, eg)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}

@@ -1,0 +1,394 @@
+package tcdriver
+
+import (
+	"context"
+	"fmt"
+	randv2 "math/rand/v2"
+	"net"
+	"net/netip"
+	"sort"
+	"strings"
+	"testing"
+
+	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/policy"
+	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/policy/policytest"
+)
+
+// The eswitch differential: over the random clusters of policytest, every
+// network of a scenario is one bridge with one uplink; about two thirds of
+// its attachments are local (a VF representor each), the others are pods
+// on other nodes, behind the uplink. Probes are new connections in every
+// direction: local → local, remote → local (entering by the uplink) and
+// local → remote. The eswitch model's verdict must be policy's: a new
+// connection from X to Y is delivered iff X's egress allows it and Y's
+// ingress allows it (policy.Evaluate for each local end; a remote end is
+// enforced by its own node). The reply, and then a second packet of the
+// connection (established: the one the hardware CT table can hold), must
+// be delivered whenever the connection was.
+
+const eswitchSeed = 20261201
+
+type probeKind int
+
+const (
+	localToLocal probeKind = iota
+	remoteToLocal
+	localToRemote
+)
+
+func (k probeKind) String() string {
+	return [...]string{"local→local", "remote→local", "local→remote"}[k]
+}
+
+// eswitchProbe is one new connection: its first frame enters by in and is
+// for the port out (the MAC table knows which).
+type eswitchProbe struct {
+	kind    probeKind
+	in, out string
+	first   Packet
+	srcMAC  MAC
+	want    bool
+	why     string
+}
+
+// eswitchNet is one scenario network as a bridge.
+type eswitchNet struct {
+	bridge   *Bridge
+	ruleSets map[string]*policy.RuleSet
+	devs     []string
+	macs     map[MAC]string
+	probes   []eswitchProbe
+}
+
+type localEnd struct {
+	att policy.Attachment
+	dev string
+	mac MAC
+	ips []netip.Addr
+}
+
+func addrOf(ips []netip.Addr, v6 bool) (netip.Addr, bool) {
+	for _, a := range ips {
+		if a.Is6() == v6 {
+			return a, true
+		}
+	}
+	return netip.Addr{}, false
+}
+
+// eswitchNets builds the bridges of a scenario and their probes.
+func eswitchNets(t *testing.T, rng *randv2.Rand, s *policytest.Scenario, sc int) []*eswitchNet {
+	eng := s.Engine()
+	var out []*eswitchNet
+	for ni, n := range s.Networks {
+		en := &eswitchNet{bridge: &Bridge{Name: "br-" + n.Ref.Name, Uplinks: []string{"up0"}}, ruleSets: map[string]*policy.RuleSet{},
+			devs: []string{"up0"}, macs: map[MAC]string{}}
+		var locals []localEnd
+		var remotes []netip.Addr
+		isLocal := map[netip.Addr]bool{}
+		for _, att := range s.Attachments {
+			if att.Network != n.Ref {
+				continue
+			}
+			ips := eng.PodIPs(att.PodNamespace, att.PodName, att.Network)
+			if rng.IntN(3) == 0 {
+				remotes = append(remotes, ips...)
+				continue
+			}
+			rs, _ := eng.Compute(att) // input errors still yield the fail-closed rule set
+			if rs == nil {
+				t.Fatalf("seed %d scenario %d: no rule set for %s", eswitchSeed, sc, att)
+			}
+			l := localEnd{att: att, dev: fmt.Sprintf("rep%d", len(locals)), mac: MAC{0x02, 0, 0, 0, byte(ni), byte(1 + len(locals))}, ips: ips}
+			locals = append(locals, l)
+			for _, a := range ips {
+				isLocal[a] = true
+			}
+			en.bridge.Ports = append(en.bridge.Ports, BridgePort{Dev: l.dev, MAC: net.HardwareAddr(l.mac[:]), RuleSet: rs})
+			en.ruleSets[l.dev] = rs
+			en.devs = append(en.devs, l.dev)
+			en.macs[l.mac] = l.dev
+		}
+		if len(locals) == 0 {
+			continue
+		}
+		// A remote end's MAC, behind the uplink: the remote pod's, or the
+		// router's for an address off the network.
+		remoteMAC := func(a netip.Addr) MAC {
+			b := a.As16()
+			m := MAC{0x02, 0xfe, b[12], b[13], b[14], b[15]}
+			en.macs[m] = "up0"
+			return m
+		}
+		// draw returns a random policy packet whose remote address is of a
+		// family every needed end has.
+		draw := func(att policy.Attachment, need ...[]netip.Addr) (policy.Packet, bool) {
+			for range 20 {
+				pp := s.RandomPacket(rng, att)
+				ok := true
+				for _, ips := range need {
+					if _, has := addrOf(ips, pp.Remote.Is6()); !has {
+						ok = false
+					}
+				}
+				if ok {
+					return pp, true
+				}
+			}
+			return policy.Packet{}, false
+		}
+		ref := func(l localEnd, d policy.Direction, remote netip.Addr, pp policy.Packet) bool {
+			return s.Reference(l.att, policy.Packet{Direction: d, Remote: remote, Protocol: pp.Protocol, Port: pp.Port})
+		}
+		sport := uint16(30000)
+		frame := func(pp policy.Packet, src, dst netip.Addr, dstMAC MAC) Packet {
+			sport++
+			p := FrameFor(policy.Packet{Direction: policy.Egress, Remote: dst, Protocol: pp.Protocol, Port: pp.Port}, src, sport)
+			p.DstMAC = dstMAC
+			return p
+		}
+		remoteAddr := func(pp policy.Packet) (netip.Addr, bool) {
+			// Half the time another node's pod, else the generator's
+			// address; never a local pod's address.
+			if rng.IntN(2) == 0 {
+				if a, ok := addrOf(shuffled(rng, remotes), pp.Remote.Is6()); ok {
+					return a, true
+				}
+			}
+			return pp.Remote, !isLocal[pp.Remote]
+		}
+		for _, y := range locals {
+			for range 3 {
+				pp, ok := draw(y.att, y.ips)
+				remote, ok2 := remoteAddr(pp)
+				if !ok || !ok2 {
+					continue
+				}
+				dst, _ := addrOf(y.ips, remote.Is6())
+				en.probes = append(en.probes, eswitchProbe{kind: remoteToLocal, in: "up0", out: y.dev,
+					first: frame(pp, remote, dst, y.mac), srcMAC: remoteMAC(remote), want: ref(y, policy.Ingress, remote, pp),
+					why: fmt.Sprintf("%s ingress from %s", y.att, remote)})
+			}
+			for range 3 {
+				pp, ok := draw(y.att, y.ips)
+				remote, ok2 := remoteAddr(pp)
+				if !ok || !ok2 {
+					continue
+				}
+				src, _ := addrOf(y.ips, remote.Is6())
+				en.probes = append(en.probes, eswitchProbe{kind: localToRemote, in: y.dev, out: "up0",
+					first: frame(pp, src, remote, remoteMAC(remote)), srcMAC: y.mac, want: ref(y, policy.Egress, remote, pp),
+					why: fmt.Sprintf("%s egress to %s", y.att, remote)})
+			}
+		}
+		for range 4 * len(locals) {
+			if len(locals) < 2 {
+				break
+			}
+			x, y := locals[rng.IntN(len(locals))], locals[rng.IntN(len(locals))]
+			if x.dev == y.dev {
+				continue
+			}
+			pp, ok := draw(x.att, x.ips, y.ips)
+			if !ok {
+				continue
+			}
+			src, _ := addrOf(x.ips, pp.Remote.Is6())
+			dst, _ := addrOf(y.ips, pp.Remote.Is6())
+			out, in := ref(x, policy.Egress, dst, pp), ref(y, policy.Ingress, src, pp)
+			en.probes = append(en.probes, eswitchProbe{kind: localToLocal, in: x.dev, out: y.dev,
+				first: frame(pp, src, dst, y.mac), srcMAC: x.mac, want: out && in,
+				why: fmt.Sprintf("%s egress allows=%v, %s ingress allows=%v", x.att, out, y.att, in)})
+		}
+		out = append(out, en)
+	}
+	return out
+}
+
+func shuffled(rng *randv2.Rand, a []netip.Addr) []netip.Addr {
+	c := append([]netip.Addr(nil), a...)
+	rng.Shuffle(len(c), func(i, j int) { c[i], c[j] = c[j], c[i] })
+	return c
+}
+
+// replyTo is the first reply of p's connection, sent back to srcMAC.
+func replyTo(p Packet, srcMAC MAC) Packet {
+	r := reply(p)
+	r.DstMAC = srcMAC
+	switch p.IPProto {
+	case ProtoICMP:
+		r.ICMPType = 0
+	case ProtoICMPv6:
+		r.ICMPType = 129
+	}
+	return r
+}
+
+// bridgePlacement applies the bridge on a fresh Fake.
+func (en *eswitchNet) bridgePlacement(t *testing.T, prof Profile) *Fake {
+	f := NewFake(Options{Profile: prof}, en.devs...)
+	if err := f.ApplyBridge(context.Background(), en.bridge); err != nil {
+		t.Fatalf("seed %d: %s: ApplyBridge: %v", eswitchSeed, prof.Name, err)
+	}
+	return f
+}
+
+// oldPlacement applies each representor's rule set with Apply (pod egress
+// on its ingress hook, pod ingress on its egress hook); the uplink gets
+// nothing.
+func (en *eswitchNet) oldPlacement(t *testing.T, prof Profile) *Fake {
+	f := NewFake(Options{Profile: prof}, en.devs...)
+	for _, pt := range en.bridge.Ports {
+		if err := f.Apply(context.Background(), pt.Dev, pt.RuleSet); err != nil {
+			t.Fatalf("seed %d: %s: Apply %s: %v", eswitchSeed, prof.Name, pt.Dev, err)
+		}
+	}
+	return f
+}
+
+// connOutcome is what the model did with the three frames of a probe.
+type connOutcome struct {
+	first, reply, established EswitchResult
+	// replied: the reply and the established packet were sent (the first
+	// frame was delivered).
+	replied bool
+}
+
+func runProbe(t *testing.T, e *Eswitch, mode EswitchMode, pr eswitchProbe) connOutcome {
+	e.CT = NewConntrack() // connections never share state
+	send := func(in string, p Packet) EswitchResult {
+		r, err := e.Send(mode, in, p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	var o connOutcome
+	o.first = send(pr.in, pr.first)
+	if o.first.Delivered {
+		o.replied = true
+		o.reply = send(pr.out, replyTo(pr.first, pr.srcMAC))
+		o.established = send(pr.in, pr.first)
+	}
+	return o
+}
+
+// tally counts where frames were decided, per frame and reason.
+type tally map[string]int
+
+func (c tally) add(frame string, r EswitchResult) {
+	k := frame + ": " + r.By.String()
+	if r.Miss != "" {
+		k += " (" + r.Miss + ")"
+	}
+	c[k]++
+}
+
+func (c tally) String() string {
+	var out []string
+	for k, n := range c {
+		out = append(out, fmt.Sprintf("%s: %d", k, n))
+	}
+	sort.Strings(out)
+	return strings.Join(out, "; ")
+}
+
+func eswitchScenarios(t *testing.T) [][]*eswitchNet {
+	t.Helper()
+	t.Logf("seed %d", eswitchSeed)
+	rng := randv2.New(randv2.NewPCG(eswitchSeed, 0))
+	var out [][]*eswitchNet
+	for sc := 0; sc < 60; sc++ {
+		s := policytest.Generate(rng, policytest.Config{Invalid: sc%3 == 0})
+		out = append(out, eswitchNets(t, rng, s, sc))
+	}
+	return out
+}
+
+// TestEswitchAgreesWithPolicy is the differential over the bridge
+// placement, for every profile, in software and in hardware.
+func TestEswitchAgreesWithPolicy(t *testing.T) {
+	scenarios := eswitchScenarios(t)
+	total := 0
+	perKind := map[probeKind]int{}
+	for _, prof := range Profiles {
+		for _, mode := range []EswitchMode{EswitchSoftware, EswitchHardware} {
+			counts := tally{}
+			n, denied := 0, 0
+			for sc, nets := range scenarios {
+				for _, en := range nets {
+					f := en.bridgePlacement(t, prof)
+					e := NewEswitch(f, prof, en.macs, en.devs...)
+					for _, pr := range en.probes {
+						o := runProbe(t, e, mode, pr)
+						n++
+						perKind[pr.kind]++
+						if !pr.want {
+							denied++
+						}
+						if o.first.Delivered != pr.want {
+							t.Fatalf("seed %d scenario %d %s %s: %s %s from %s: %s; policy allows=%v (%s)\n%s",
+								eswitchSeed, sc, prof.Name, mode, pr.kind, pr.first.String(), pr.in, o.first, pr.want, pr.why, dumpPorts(f, pr.in, pr.out))
+						}
+						counts.add("new", o.first)
+						if o.replied {
+							if !o.reply.Delivered || !o.established.Delivered {
+								t.Fatalf("seed %d scenario %d %s %s: %s %s: connection delivered but reply %s, established %s",
+									eswitchSeed, sc, prof.Name, mode, pr.kind, pr.first.String(), o.reply, o.established)
+							}
+							counts.add("reply", o.reply)
+							counts.add("established", o.established)
+						}
+					}
+				}
+			}
+			total += n
+			if denied == 0 || denied == n {
+				t.Fatalf("%s %s: %d of %d probes denied: too weak", prof.Name, mode, denied, n)
+			}
+			t.Logf("%s %s: %d probes (%d denied), all as policy; %s", prof.Name, mode, n, denied, counts)
+		}
+	}
+	t.Logf("%d probes in all (%s %d, %s %d, %s %d)", total, localToLocal, perKind[localToLocal],
+		remoteToLocal, perKind[remoteToLocal], localToRemote, perKind[localToRemote])
+	if total < 5000 || perKind[localToLocal] == 0 || perKind[remoteToLocal] == 0 || perKind[localToRemote] == 0 {
+		t.Fatalf("too weak: %d probes, per kind %v", total, perKind)
+	}
+}
+
+func dumpPorts(f *Fake, devs ...string) string {
+	var b strings.Builder
+	for _, d := range devs {
+		st, _ := f.Dump(context.Background(), d)
+		fmt.Fprintf(&b, "== %s\n%s\n", d, st.Canonical())
+	}
+	return b.String()
+}
+
+// TestEswitchReplyToEgressOnlyPod: a pod whose egress is isolated and
+// ingress open accepts a connection from a local pod that isolates
+// nothing; its reply must be recognised as established. It needs the
+// sender's port to commit the connection even though no pod on the bridge
+// isolates ingress (found by TestEswitchAgreesWithPolicy, scenario 4).
+func TestEswitchReplyToEgressOnlyPod(t *testing.T) {
+	net1 := policy.NetworkRef{Namespace: "ns", Name: "net1"}
+	client := &policy.RuleSet{Attachment: policy.Attachment{PodNamespace: "ns", PodName: "client", Network: net1}}
+	server := &policy.RuleSet{Attachment: policy.Attachment{PodNamespace: "ns", PodName: "server", Network: net1},
+		Egress: policy.DirectionRules{Isolated: true, Stateful: true}}
+	clientMAC, serverMAC := MAC{2, 0, 0, 0, 0, 1}, MAC{2, 0, 0, 0, 0, 2}
+	en := &eswitchNet{bridge: &Bridge{Name: "br0", Uplinks: []string{"up0"}, Ports: []BridgePort{
+		{Dev: "rep1", MAC: net.HardwareAddr(clientMAC[:]), RuleSet: client},
+		{Dev: "rep2", MAC: net.HardwareAddr(serverMAC[:]), RuleSet: server},
+	}}, devs: []string{"up0", "rep1", "rep2"}, macs: map[MAC]string{clientMAC: "rep1", serverMAC: "rep2"}}
+	pr := eswitchProbe{in: "rep1", out: "rep2", srcMAC: clientMAC, want: true, first: Packet{EthType: EthIPv4, DstMAC: serverMAC,
+		Src: netip.MustParseAddr("10.0.0.1"), Dst: netip.MustParseAddr("10.0.0.2"), IPProto: ProtoTCP, SrcPort: 40000, DstPort: 80}}
+	for _, prof := range Profiles {
+		for _, mode := range []EswitchMode{EswitchSoftware, EswitchHardware} {
+			f := en.bridgePlacement(t, prof)
+			o := runProbe(t, NewEswitch(f, prof, en.macs, en.devs...), mode, pr)
+			if !o.first.Delivered || !o.reply.Delivered || !o.established.Delivered {
+				t.Errorf("%s %s: first %s; reply %s; established %s", prof.Name, mode, o.first, o.reply, o.established)
+			}
+		}
+	}
+}

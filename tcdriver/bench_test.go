@@ -430,7 +430,39 @@ func benchChanges(tb testing.TB) []*benchChange {
 }
 
 // placementFigures are the filters and hardware rules of a state.
-type placementFigures struct{ filters, hwRules int }
+// hwLean is the hardware rules if everything a frame reaches only after
+// its conntrack state was decided were software-only (see leanHardware).
+type placementFigures struct{ filters, hwRules, hwLean int }
+
+// leanHardware counts the offloaded filters of a port in the bridge
+// placement that a frame can reach in hardware before or at its conntrack
+// state: the entry, the uplink's dispatch entries, and the classify and
+// state chains of the sections that run conntrack (a pod's sender section
+// on its port, the receivers' whole pipelines behind the uplink). A new
+// connection always misses the hardware CT table and an established one
+// passes at the state chain, so nothing after it decides in hardware
+// (TestEswitchAgreesWithPolicy counts 0 such hardware hits).
+func leanHardware(fs []*Filter, uplink bool) int {
+	cb := benchOpts.withDefaults().ChainBase
+	n := 0
+	for _, f := range benchOpts.Profile.Offloaded(fs) {
+		if f.Chain < cb {
+			n++ // the entry filter
+			continue
+		}
+		base := cb + (f.Chain-cb)/slotSize*slotSize
+		idx, rel := (f.Chain-base)/sectionSize, (f.Chain-base)%sectionSize
+		switch {
+		case idx == 1:
+			if uplink && f.Prio == prioDispatchEntry {
+				n++
+			}
+		case (idx == 0) != uplink && (rel == chainClassify || rel == chainState):
+			n++
+		}
+	}
+	return n
+}
 
 func figuresOf(f *Fake, devs []string) placementFigures {
 	var p placementFigures
@@ -468,6 +500,7 @@ func BenchmarkBridgePlacement(b *testing.B) {
 				st = addStats(st, s)
 				fig.filters += f.filters
 				fig.hwRules += f.hwRules
+				fig.hwLean += f.hwLean
 			}
 			shared := sharedBlock(before, after)
 			b.ReportAllocs()
@@ -479,6 +512,7 @@ func BenchmarkBridgePlacement(b *testing.B) {
 			b.ReportMetric(float64(len(after.Ports)+len(after.Uplinks)), "ports")
 			b.ReportMetric(float64(fig.filters), "filters")
 			b.ReportMetric(float64(fig.hwRules), "hw-rules")
+			b.ReportMetric(float64(fig.hwLean), "hw-rules-lean")
 			b.ReportMetric(float64(writes(st)), "writes")
 			b.ReportMetric(float64(st.Dumps), "dumps")
 			b.ReportMetric(float64(shared.filters), "shared-filters")
@@ -572,6 +606,7 @@ func portChange(tb testing.TB, before, after *Bridge, dev string) (Stats, placem
 		}
 		fig.filters += len(fs)
 		fig.hwRules += len(benchOpts.Profile.Offloaded(fs))
+		fig.hwLean += leanHardware(fs, slices.Contains(after.Uplinks, dev))
 	}
 	return r.stats, fig
 }

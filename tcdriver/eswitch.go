@@ -101,6 +101,9 @@ type EswitchResult struct {
 	Miss string
 	// Steps are the hooks the frame crossed, with their trace.
 	Steps []string
+	// HardwareHits are the offloaded filters the frame matched in
+	// hardware, in order.
+	HardwareHits []*Filter
 }
 
 func (r EswitchResult) String() string {
@@ -134,6 +137,7 @@ func (e *Eswitch) Send(mode EswitchMode, in string, p Packet) (EswitchResult, er
 	}
 	hw, miss := trace(src.offloaded, HookIngress, p, hardwareCT{e.CT}, true)
 	res.Steps = append(res.Steps, fmt.Sprintf("%s ingress (hardware): %s", in, hw))
+	res.HardwareHits = hw.Hits
 	switch {
 	case miss == nil:
 		// Decided in hardware; a frame that passes is switched to its

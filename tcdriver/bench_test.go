@@ -15,6 +15,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	mnp "github.com/k8snetworkplumbingwg/multi-networkpolicy/pkg/apis/k8s.cni.cncf.io/v1beta1"
 	nadv1 "github.com/k8snetworkplumbingwg/network-attachment-definition-client/pkg/apis/k8s.cni.cncf.io/v1"
@@ -504,6 +505,7 @@ func BenchmarkBridgePlacement(b *testing.B) {
 			}
 			shared := sharedBlock(before, after)
 			b.ReportAllocs()
+			defer benchCPU(b)()
 			for b.Loop() {
 				for _, dev := range portOrder(after) {
 					compilePort(after, dev, opts, nil)
@@ -541,6 +543,7 @@ func BenchmarkBridgePlacement(b *testing.B) {
 			st := f.Stats().sub(start)
 			fig := figuresOf(f, c.after.devs())
 			b.ReportAllocs()
+			defer benchCPU(b)()
 			for b.Loop() {
 				for _, id := range c.changed {
 					if rs := c.after[id]; rs != nil {
@@ -557,6 +560,25 @@ func BenchmarkBridgePlacement(b *testing.B) {
 			b.ReportMetric(float64(st.Dumps), "dumps")
 			b.ReportMetric(float64(len(c.changed)), "rule-sets-changed")
 		})
+	}
+}
+
+// benchCPU reports the process CPU time per operation next to the wall
+// time, which on a shared machine also counts waiting for a core (as
+// policy's reportCPU). Use: defer benchCPU(b)().
+func benchCPU(b *testing.B) func() {
+	cpu := func() time.Duration {
+		var ru syscall.Rusage
+		if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+			b.Fatal(err)
+		}
+		return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	}
+	start := cpu()
+	return func() {
+		if b.N > 0 {
+			b.ReportMetric(float64(cpu()-start)/float64(b.N), "cpu-ns/op")
+		}
 	}
 }
 

@@ -27,7 +27,8 @@ const (
 	// the source port's ingress hook; a hardware ct action consults the
 	// hardware CT table; a CT miss or a chain miss goes to software (the
 	// source port's whole software pipeline, then the destination's egress
-	// hook, as in EswitchSoftware).
+	// hook, as in EswitchSoftware). With a profile that offloads nothing
+	// (software) every frame takes the slow path.
 	EswitchHardware
 	// EswitchHardwarePessimistic is EswitchHardware where a hardware CT
 	// miss continues to the hardware bridge instead of software: the

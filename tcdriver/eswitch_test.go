@@ -362,6 +362,11 @@ func TestEswitchAgreesWithPolicy(t *testing.T) {
 				}
 			}
 			total += n
+			if past != 0 {
+				// docs/performance.md ("Bridge placement") relies on it: the
+				// rules and receiver sections decide nothing in hardware.
+				t.Errorf("%s %s: %d filters past the conntrack state matched in hardware", prof.Name, mode, past)
+			}
 			if denied == 0 || denied == n {
 				t.Fatalf("%s %s: %d of %d probes denied: too weak", prof.Name, mode, denied, n)
 			}

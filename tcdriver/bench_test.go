@@ -12,6 +12,7 @@ import (
 	"reflect"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -314,8 +315,10 @@ func benchDev(id string) string {
 }
 
 func benchMAC(dev string) net.HardwareAddr {
-	var v uint32
-	fmt.Sscanf(dev, "rep%08x", &v)
+	v, err := strconv.ParseUint(strings.TrimPrefix(dev, "rep"), 16, 32)
+	if err != nil {
+		panic(err) // benchDev names every representor
+	}
 	return net.HardwareAddr{0x02, 0x00, byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)}
 }
 

@@ -283,7 +283,7 @@ type tally map[string]int
 func pastState(r EswitchResult) int {
 	n, tracked := 0, false
 	for _, f := range r.HardwareHits {
-		if tracked && !(f.Match.CtStateMask&CtEstablished != 0 && f.Match.CtState&CtEstablished != 0) {
+		if tracked && (f.Match.CtStateMask&CtEstablished == 0 || f.Match.CtState&CtEstablished == 0) {
 			n++
 		}
 		for _, a := range f.Actions {

@@ -228,23 +228,19 @@ func compilePort(b *Bridge, dev string, opts Options, sections map[MAC]int) *hoo
 		mac MAC
 	}
 	var rx []receiver
-	anyIngress, anyEgress := false, false
+	anyIngress := false
 	for i := range b.Ports {
 		pt := &b.Ports[i]
 		if pt == self {
 			continue
 		}
 		anyIngress = anyIngress || pt.RuleSet.Ingress.Isolated
-		anyEgress = anyEgress || pt.RuleSet.Egress.Isolated
 		m, ok := MACOf(pt.MAC)
 		if ok && (pt.RuleSet.Ingress.Isolated || uplink && pt.RuleSet.Egress.Isolated) {
 			rx = append(rx, receiver{pt, m})
 		}
 	}
-	// A port needs no filter only when nothing it carries is isolated: a
-	// connection to another pod with isolated egress must be committed
-	// here (the dispatch catch-all) so that the pod's reply is established.
-	if len(rx) == 0 && (uplink || !isolated(self.RuleSet) && !anyEgress) && !anyIngress {
+	if len(rx) == 0 && (uplink || !isolated(self.RuleSet)) && !anyIngress {
 		return nil
 	}
 	sort.Slice(rx, func(i, j int) bool { return string(rx[i].mac[:]) < string(rx[j].mac[:]) })

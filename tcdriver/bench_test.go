@@ -482,7 +482,7 @@ func figuresOf(f *Fake, devs []string) placementFigures {
 	return p
 }
 
-func writes(s Stats) int { return s.Adds + s.Replaces + s.Deletes + s.Flushes }
+func changeWrites(s Stats) int { return s.Adds + s.Replaces + s.Deletes + s.Flushes }
 
 // BenchmarkBridgePlacement reports, per change, the figures of the bridge
 // placement (bridge/...), of a shared block computed from it (metrics
@@ -518,7 +518,7 @@ func BenchmarkBridgePlacement(b *testing.B) {
 			b.ReportMetric(float64(fig.filters), "filters")
 			b.ReportMetric(float64(fig.hwRules), "hw-rules")
 			b.ReportMetric(float64(fig.hwLean), "hw-rules-lean")
-			b.ReportMetric(float64(writes(st)), "writes")
+			b.ReportMetric(float64(changeWrites(st)), "writes")
 			b.ReportMetric(float64(st.Dumps), "dumps")
 			b.ReportMetric(float64(shared.filters), "shared-filters")
 			b.ReportMetric(float64(shared.hwRules), "shared-hw-rules")
@@ -559,7 +559,7 @@ func BenchmarkBridgePlacement(b *testing.B) {
 			b.ReportMetric(float64(len(c.after)+1), "ports")
 			b.ReportMetric(float64(fig.filters), "filters")
 			b.ReportMetric(float64(fig.hwRules), "hw-rules")
-			b.ReportMetric(float64(writes(st)), "writes")
+			b.ReportMetric(float64(changeWrites(st)), "writes")
 			b.ReportMetric(float64(st.Dumps), "dumps")
 			b.ReportMetric(float64(len(c.changed)), "rule-sets-changed")
 		})

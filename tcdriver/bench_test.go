@@ -451,21 +451,33 @@ func leanHardware(fs []*Filter, uplink bool) int {
 	n := 0
 	for _, f := range benchOpts.Profile.Offloaded(fs) {
 		if f.Chain < cb {
-			n++ // the entry filter
+			n++ // the entries of chain 0
 			continue
 		}
-		base := cb + (f.Chain-cb)/slotSize*slotSize
-		idx, rel := (f.Chain-base)/sectionSize, (f.Chain-base)%sectionSize
+		kind, _, rel := sectionOf(f.Chain - (cb + (f.Chain-cb)/slotSize*slotSize))
 		switch {
-		case idx == 1:
+		case kind == "dispatch":
 			if uplink && f.Prio == prioDispatchEntry {
 				n++
 			}
-		case (idx == 0) != uplink && (rel == chainClassify || rel == chainState):
+		case (kind == "sender") != uplink && (rel == chainClassify || rel == chainState):
 			n++
 		}
 	}
 	return n
+}
+
+// sectionOf places a chain of a port's generation (relative to its base)
+// in its section: the sender's (its own pod's egress), the dispatch chains,
+// or receiver section k; rel is the chain within the section.
+func sectionOf(c uint32) (kind string, k int, rel uint32) {
+	switch {
+	case c >= chainReceivers:
+		return "receiver", int((c - chainReceivers) / sectionSize), (c - chainReceivers) % sectionSize
+	case c >= chainDispatch:
+		return "dispatch", 0, c - chainDispatch
+	}
+	return "sender", 0, c % sectionSize
 }
 
 func figuresOf(f *Fake, devs []string) placementFigures {
@@ -830,34 +842,38 @@ func sharedBlock(before, after *Bridge) sharedFigures {
 func sectionKeys(prog *BridgeProgram, dev string, uplink bool) map[string]bool {
 	base := prog.opts.slotBase(0)
 	fs := prog.Filters(dev)
-	// Receiver sections by number, named by their pod's MAC.
-	rxName := map[uint32]string{}
+	// Receiver sections by number, named by their pod's MAC (the entries
+	// that lead to them match it).
+	rxName := map[int]string{}
 	for _, f := range fs {
-		if f.Chain == base+chainDispatch && f.Prio == prioDispatchEntry && len(f.Actions) == 1 && f.Actions[0].Kind == ActGoto {
-			rxName[(f.Actions[0].Chain-base)/sectionSize] = fmt.Sprintf("rx %s", f.Match.DstMAC)
+		for _, a := range f.Actions {
+			if a.Kind == ActGoto && a.Chain >= base+chainReceivers && f.Match.DstMACMask == exactMAC {
+				_, k, _ := sectionOf(a.Chain - base)
+				rxName[k] = "rx " + f.Match.DstMAC.String()
+			}
 		}
 	}
 	name := func(chain uint32) string {
-		idx, rel := (chain-base)/sectionSize, (chain-base)%sectionSize
-		var s string
+		if chain < base {
+			return "entry"
+		}
+		kind, k, rel := sectionOf(chain - base)
+		s := kind
 		switch {
-		case idx == 0:
+		case kind == "sender":
 			s = "sender " + dev
-		case idx == 1 && uplink:
-			s = "uplink-dispatch"
-		case idx == 1:
-			s = "dispatch"
-		case uplink:
-			s = "uplink-" + rxName[idx]
-		default:
-			s = rxName[idx]
+		case kind == "receiver":
+			s = rxName[k]
+		}
+		if uplink {
+			s = "uplink-" + s
 		}
 		return fmt.Sprintf("%s+%d", s, rel)
 	}
 	out := map[string]bool{}
 	for _, f := range fs {
-		if f.Chain < base {
-			continue // the entry filter: replaced by the demux
+		if f.Chain < base && !uplink {
+			continue // a pod port's entry filter: replaced by the demux
 		}
 		var acts []string
 		for _, a := range f.Actions {

@@ -454,7 +454,7 @@ func leanHardware(fs []*Filter, uplink bool) int {
 			n++ // the entries of chain 0
 			continue
 		}
-		kind, _, rel := sectionOf(f.Chain - (cb + (f.Chain-cb)/slotSize*slotSize))
+		kind, _, rel := benchSectionOf(f.Chain - (cb + (f.Chain-cb)/slotSize*slotSize))
 		switch {
 		case kind == "dispatch":
 			if uplink && f.Prio == prioDispatchEntry {
@@ -467,10 +467,10 @@ func leanHardware(fs []*Filter, uplink bool) int {
 	return n
 }
 
-// sectionOf places a chain of a port's generation (relative to its base)
+// benchSectionOf places a chain of a port's generation (relative to its base)
 // in its section: the sender's (its own pod's egress), the dispatch chains,
 // or receiver section k; rel is the chain within the section.
-func sectionOf(c uint32) (kind string, k int, rel uint32) {
+func benchSectionOf(c uint32) (kind string, k int, rel uint32) {
 	switch {
 	case c >= chainReceivers:
 		return "receiver", int((c - chainReceivers) / sectionSize), (c - chainReceivers) % sectionSize
@@ -848,7 +848,7 @@ func sectionKeys(prog *BridgeProgram, dev string, uplink bool) map[string]bool {
 	for _, f := range fs {
 		for _, a := range f.Actions {
 			if a.Kind == ActGoto && a.Chain >= base+chainReceivers && f.Match.DstMACMask == exactMAC {
-				_, k, _ := sectionOf(a.Chain - base)
+				_, k, _ := benchSectionOf(a.Chain - base)
 				rxName[k] = "rx " + f.Match.DstMAC.String()
 			}
 		}
@@ -857,7 +857,7 @@ func sectionKeys(prog *BridgeProgram, dev string, uplink bool) map[string]bool {
 		if chain < base {
 			return "entry"
 		}
-		kind, k, rel := sectionOf(chain - base)
+		kind, k, rel := benchSectionOf(chain - base)
 		s := kind
 		switch {
 		case kind == "sender":

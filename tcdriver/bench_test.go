@@ -859,10 +859,10 @@ func sectionKeys(prog *BridgeProgram, dev string, uplink bool) map[string]bool {
 		}
 		kind, k, rel := benchSectionOf(chain - base)
 		s := kind
-		switch {
-		case kind == "sender":
+		switch kind {
+		case "sender":
 			s = "sender " + dev
-		case kind == "receiver":
+		case "receiver":
 			s = rxName[k]
 		}
 		if uplink {

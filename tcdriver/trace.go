@@ -126,6 +126,23 @@ func (c *Conntrack) lookup(zone uint16, p *Packet) uint16 {
 	return CtTracked | CtNew
 }
 
+// ctTable is what a ct action consults: the software conntrack, or the
+// eswitch model's hardware CT table (eswitch.go), which can miss.
+type ctTable interface {
+	// act runs ct action a on an IP packet: the ct_state it gives the
+	// packet, or false when the table has no entry for it (a hardware CT
+	// miss: the frame leaves the hardware pipeline there).
+	act(a Action, p *Packet) (uint16, bool)
+}
+
+func (c *Conntrack) act(a Action, p *Packet) (uint16, bool) {
+	st := c.lookup(a.Zone, p)
+	if a.Commit && st&CtTracked != 0 && st&CtInvalid == 0 {
+		c.commit(a.Zone, p)
+	}
+	return st, true
+}
+
 func (c *Conntrack) commit(zone uint16, p *Packet) {
 	if p.EthType != EthIPv4 && p.EthType != EthIPv6 {
 		return
@@ -173,14 +190,23 @@ func TraceOffloaded(prof Profile, filters []*Filter, h Hook, p Packet, ct *Connt
 	}
 	res, miss := trace(prof.Offloaded(filters), h, p, ct, true)
 	if miss != nil {
-		return HardwareResult{TraceResult: res, MissChain: *miss}
+		return HardwareResult{TraceResult: res, MissChain: miss.chain}
 	}
 	return HardwareResult{TraceResult: res, Decided: true}
 }
 
+// traceMiss is where a hardware trace left the hardware pipeline.
+type traceMiss struct {
+	chain uint32
+	// ct: a ct action found no entry (only a hardware CT table misses);
+	// otherwise the chain had no matching filter.
+	ct bool
+}
+
 // trace is Trace; with missToSoftware, a chain other than 0 without a
-// matching filter stops the trace and is returned.
-func trace(filters []*Filter, h Hook, p Packet, ct *Conntrack, missToSoftware bool) (TraceResult, *uint32) {
+// matching filter stops the trace and is returned, as is a ct action whose
+// table misses.
+func trace(filters []*Filter, h Hook, p Packet, ct ctTable, missToSoftware bool) (TraceResult, *traceMiss) {
 	byChain := map[uint32][]*Filter{}
 	for _, f := range filters {
 		if f.Hook == h {
@@ -207,7 +233,7 @@ func trace(filters []*Filter, h Hook, p Packet, ct *Conntrack, missToSoftware bo
 			res.Path = append(res.Path, fmt.Sprintf("chain %d: no match", chain))
 			res.Verdict = Pass
 			if missToSoftware && chain != 0 {
-				return res, &chain
+				return res, &traceMiss{chain: chain}
 			}
 			return res, nil
 		}
@@ -223,10 +249,12 @@ func trace(filters []*Filter, h Hook, p Packet, ct *Conntrack, missToSoftware bo
 					res.Verdict = Drop
 					return res, nil
 				}
-				res.CtState = ct.lookup(a.Zone, &p)
-				if a.Commit && res.CtState&CtTracked != 0 && res.CtState&CtInvalid == 0 {
-					ct.commit(a.Zone, &p)
+				st, ok := ct.act(a, &p)
+				if !ok {
+					res.Path = append(res.Path, fmt.Sprintf("ct zone %d: miss", a.Zone))
+					return res, &traceMiss{chain: chain, ct: true}
 				}
+				res.CtState = st
 				continue
 			case ActAccept:
 				res.Verdict, done = Pass, true

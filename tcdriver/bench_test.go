@@ -295,12 +295,17 @@ func (n *benchNode) ruleSets(tb testing.TB) map[string]*policy.RuleSet {
 	}
 	out := map[string]*policy.RuleSet{}
 	for _, rs := range rss {
-		if rs.Attachment.Network == benchNetA {
-			out[rs.Attachment.ID()] = rs
+		if a := rs.Attachment; a.Network == benchNetA {
+			out[a.ID()] = rs
+			benchIPs[a.ID()] = n.engine.PodIPs(a.PodNamespace, a.PodName, a.Network)
 		}
 	}
 	return out
 }
+
+// benchIPs are the addresses of the benchmark's attachments (the agent
+// gives them to the driver with each bridge port).
+var benchIPs = map[string][]netip.Addr{}
 
 // benchState is the desired state of the bridge: rule sets by attachment
 // ID; an attachment's representor and MAC follow from its ID.
@@ -331,7 +336,7 @@ func (s benchState) bridge() *Bridge {
 	sort.Strings(ids)
 	for _, id := range ids {
 		d := benchDev(id)
-		b.Ports = append(b.Ports, BridgePort{Dev: d, MAC: benchMAC(d), RuleSet: s[id]})
+		b.Ports = append(b.Ports, BridgePort{Dev: d, MAC: benchMAC(d), RuleSet: s[id], IPs: benchIPs[id]})
 	}
 	return b
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"net"
+	"net/netip"
 	"sort"
 
 	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/policy"
@@ -46,6 +47,13 @@ type BridgePort struct {
 	MAC net.HardwareAddr
 	// RuleSet is what the attachment enforces.
 	RuleSet *policy.RuleSet
+	// IPs are the attachment's addresses on its network. A frame entering
+	// by this port is judged, by the other local pods' ingress rules, as
+	// coming from these addresses: one with another source address (a
+	// spoofed one, or traffic the pod routes) matches none of their rules
+	// unless Options.RoutedSources. Empty: every source is judged by the
+	// whole rules (larger sections on this port).
+	IPs []netip.Addr
 }
 
 // Chains of a port's generation in the bridge placement, relative to its
@@ -350,7 +358,15 @@ func compilePortFresh(b *Bridge, dev string, opts Options, sections map[MAC]int,
 			d.add(chainDispatch, prioDispatchEntry, EthAll, entry, Action{Kind: ActDrop})
 			continue
 		default:
-			sec = compileSection(HookEgress, &rs.Ingress, opts, zone, sectionReceiverTracked)
+			// Software-only on every profile (see below), so compiled
+			// with the software profile's exact forms.
+			dr := &rs.Ingress
+			if !opts.RoutedSources && len(self.IPs) > 0 {
+				dr = fromSender(dr, self.IPs)
+			}
+			soft := opts
+			soft.Profile = ProfileSoftware
+			sec = compileSection(HookEgress, dr, soft, zone, sectionReceiverTracked)
 		}
 		place(prog, sec, receiverSection(k))
 		if uplink {
@@ -460,16 +476,43 @@ func compileOpenSender(opts Options, zone uint16) *hookProgram {
 	b := newBuilder(HookIngress, opts, zone)
 	pass := Action{Kind: ActAccept}
 	toDispatch := Action{Kind: ActGoto, Chain: gotoDispatch}
-	b.variants(chainClassify, prioARP, prioARPTagged, EthARP, Match{}, pass)
-	ct := Action{Kind: ActCt, Zone: zone}
-	b.variants(chainClassify, prioIPv4, prioIPv4Tagged, EthIPv4, Match{}, ct, Action{Kind: ActGoto, Chain: chainState})
-	b.variants(chainClassify, prioIPv6, prioIPv6Tagged, EthIPv6, Match{}, ct, Action{Kind: ActGoto, Chain: chainState})
-	b.add(chainClassify, prioCatchAll, EthAll, Match{}, toDispatch)
+	// ARP and neighbour discovery pass here, before conntrack (which marks
+	// ND invalid), as in an isolated sender's section; IP goes through
+	// conntrack; the rest goes to dispatch, where a receiver decides.
+	b.classify([]Action{{Kind: ActCt, Zone: zone}, {Kind: ActGoto, Chain: chainState}}, toDispatch)
 	b.add(chainState, prioEstablished, EthAll, Match{CtState: CtTracked | CtEstablished, CtStateMask: CtTracked | CtEstablished}, pass)
 	b.add(chainState, prioCatchAll, EthAll, Match{}, toDispatch)
-	b.prog.roles[chainClassify] = chainRole{kind: roleFixed}
 	b.prog.roles[chainState] = chainRole{kind: roleFixed}
+	opts.Profile.keepMissInSoftware(b.prog.filters)
 	return b.prog
+}
+
+// fromSender is a receiver's ingress rules as they apply on the port of
+// one local sender: a frame entering by that port is judged as coming from
+// the sender's own addresses, so each rule keeps only those of its peers
+// (and is omitted when it has none), and a frame with another source
+// matches no rule. This is what keeps the sections every port carries
+// small: their size follows the rules that allow the sender, not every
+// peer of the receiver.
+func fromSender(dr *policy.DirectionRules, ips []netip.Addr) *policy.DirectionRules {
+	out := *dr
+	out.Rules = nil
+	for _, r := range dr.Rules {
+		var peers []netip.Prefix
+		seen := map[netip.Addr]bool{}
+		for _, ip := range ips {
+			if ip.IsValid() && !seen[ip] && r.MatchesPeer(ip) {
+				seen[ip] = true
+				peers = append(peers, netip.PrefixFrom(ip, ip.BitLen()))
+			}
+		}
+		if len(peers) > 0 {
+			nr := r
+			nr.AnyPeer, nr.Peers = false, peers
+			out.Rules = append(out.Rules, nr)
+		}
+	}
+	return &out
 }
 
 // compileTrackOnlySection commits, on the uplink, the connections opened

@@ -77,6 +77,12 @@ type Options struct {
 	// of matching the inner ethertype (halves the filter count on ports
 	// that never carry tagged traffic).
 	NoVLAN bool
+	// RoutedSources, in the bridge placement, judges frames a local pod
+	// sends to another local pod by their source address whatever it is
+	// (a pod that routes traffic for others), instead of only the
+	// sender's own addresses (BridgePort.IPs); every port then carries
+	// each receiver's whole ingress rules.
+	RoutedSources bool
 	// Profile is what the offload target matches in hardware (zero value:
 	// ProfileSoftware). Hardware profiles compile port ranges into masked
 	// ports, avoid the ct_state forms they refuse, and install what they
@@ -375,6 +381,37 @@ func (b *builder) accept() []Action {
 	return []Action{{Kind: ActCt, Zone: b.zone, Commit: true}, {Kind: ActAccept}}
 }
 
+// classify adds a section's classify chain: what must always pass (ARP,
+// neighbour discovery), what goes through conntrack (IP: toState), and what
+// else happens to the rest (QinQ, unknown ethertypes, 802.1Q carrying
+// anything else).
+func (b *builder) classify(toState []Action, rest Action) {
+	pass := Action{Kind: ActAccept}
+	gotoC := func(c uint32) Action { return Action{Kind: ActGoto, Chain: c} }
+	b.variants(chainClassify, prioARP, prioARPTagged, EthARP, Match{}, pass)
+	ndChain := chainClassify
+	if !b.opts.Profile.ICMPType {
+		// The target cannot match ICMPv6 types: every ICMPv6 packet goes
+		// (in hardware) to chainND, whose filters are all software, so
+		// its hardware miss continues in software, which passes ND and
+		// sends the rest of ICMPv6 through conntrack as classify would.
+		b.variants(chainClassify, prioND, prioNDTagged, EthIPv6, Match{IPProto: ProtoICMPv6}, gotoC(chainND))
+		ndChain = chainND
+		b.prog.roles[chainND] = chainRole{kind: roleFixed}
+	}
+	for _, t := range []uint8{133, 134, 135, 136} {
+		b.variants(ndChain, prioND, prioNDTagged, EthIPv6, Match{IPProto: ProtoICMPv6, HasICMPType: true, ICMPType: t}, pass)
+	}
+	b.variants(chainClassify, prioIPv4, prioIPv4Tagged, EthIPv4, Match{}, toState...)
+	b.variants(chainClassify, prioIPv6, prioIPv6Tagged, EthIPv6, Match{}, toState...)
+	b.add(chainClassify, prioCatchAll, EthAll, Match{}, rest)
+	if ndChain == chainND {
+		b.variants(chainND, prioIPv6, prioIPv6Tagged, EthIPv6, Match{}, toState...)
+		b.add(chainND, prioCatchAll, EthAll, Match{}, rest)
+	}
+	b.prog.roles[chainClassify] = chainRole{kind: roleFixed}
+}
+
 func compileTrackOnly(h Hook, opts Options, zone uint16) *hookProgram {
 	b := newBuilder(h, opts, zone)
 	// act_ct drops what is not IPv4/IPv6, so only IP (tagged or not) goes
@@ -404,28 +441,13 @@ func compileSection(h Hook, dr *policy.DirectionRules, opts Options, zone uint16
 		b.prog.roles[c] = chainRole{kind: roleFixed}
 	}
 
-	// Classify: what must always pass, what goes through conntrack, what
-	// is dropped (QinQ, unknown ethertypes, 802.1Q carrying anything else).
-	b.variants(chainClassify, prioARP, prioARPTagged, EthARP, Match{}, pass)
-	ndChain := chainClassify
-	if !opts.Profile.ICMPType {
-		// The target cannot match ICMPv6 types: every ICMPv6 packet goes
-		// (in hardware) to chainND, whose filters are all software, so
-		// its hardware miss continues in software, which passes ND and
-		// sends the rest of ICMPv6 through conntrack as classify would.
-		b.variants(chainClassify, prioND, prioNDTagged, EthIPv6, Match{IPProto: ProtoICMPv6}, gotoC(chainND))
-		ndChain = chainND
-		b.prog.roles[chainND] = chainRole{kind: roleFixed}
-	}
-	for _, t := range []uint8{133, 134, 135, 136} {
-		b.variants(ndChain, prioND, prioNDTagged, EthIPv6, Match{IPProto: ProtoICMPv6, HasICMPType: true, ICMPType: t}, pass)
-	}
-	b.variants(chainClassify, prioIPv4, prioIPv4Tagged, EthIPv4, Match{}, toState...)
-	b.variants(chainClassify, prioIPv6, prioIPv6Tagged, EthIPv6, Match{}, toState...)
-	b.add(chainClassify, prioCatchAll, EthAll, Match{}, drop)
-	if ndChain == chainND {
-		b.variants(chainND, prioIPv6, prioIPv6Tagged, EthIPv6, Match{}, toState...)
-		b.add(chainND, prioCatchAll, EthAll, Match{}, drop)
+	if kind == sectionReceiverTracked {
+		// The sender's section passed ARP and neighbour discovery and ran
+		// conntrack: the state decides (a frame that is no IP has none,
+		// and is dropped there).
+		b.add(chainClassify, prioCatchAll, EthAll, Match{}, gotoC(chainState))
+	} else {
+		b.classify(toState, drop)
 	}
 
 	// State: established and related pass, new connections are decided by

@@ -104,7 +104,7 @@ func eswitchNets(t *testing.T, rng *randv2.Rand, s *policytest.Scenario, sc int)
 			for _, a := range ips {
 				isLocal[a] = true
 			}
-			en.bridge.Ports = append(en.bridge.Ports, BridgePort{Dev: l.dev, MAC: net.HardwareAddr(l.mac[:]), RuleSet: rs})
+			en.bridge.Ports = append(en.bridge.Ports, BridgePort{Dev: l.dev, MAC: net.HardwareAddr(l.mac[:]), RuleSet: rs, IPs: ips})
 			en.ruleSets[l.dev] = rs
 			en.devs = append(en.devs, l.dev)
 			en.macs[l.mac] = l.dev
@@ -427,7 +427,7 @@ func TestEswitchReplyToEgressOnlyPod(t *testing.T) {
 // dispatch), taken before any rule so that replies are recognised; a new
 // connection is never in the hardware CT table; so every denied new
 // connection misses there and is bridged, in every direction — except
-// ICMPv6 from a pod with isolated egress (see below). Allowed connections
+// ICMPv6 (see below). Allowed connections
 // are delivered; their replies too, except where a reply reaches software
 // before any ct action: software never committed the connection, so the
 // reply is new to the replier's egress rules (counted as broken).
@@ -447,19 +447,15 @@ func TestEswitchPessimisticLeaks(t *testing.T) {
 					case !pr.want:
 						denied[pr.kind]++
 						expected[pr.kind]++
-						// The one exception: ICMPv6 whose first section on
-						// the port is an isolated direction's (the sender's
-						// egress on its port, the receiver's ingress behind
-						// the uplink's dispatch) goes first to the section's
-						// neighbour discovery check, which matches ICMP types,
-						// software only on both mlx5 profiles: a chain miss
-						// before any ct action, so software decides.
-						var first bool
-						if pr.in == "up0" {
-							first = en.ruleSets[pr.out].Ingress.Isolated
-						} else {
-							first = en.ruleSets[pr.in].Egress.Isolated
-						}
+						// The one exception: ICMPv6 goes first to the
+						// neighbour discovery check of the first section on
+						// the port (the sender's, open or isolated, on its
+						// port; the receiver's ingress behind the uplink's
+						// dispatch, when it isolates ingress), which matches
+						// ICMP types, software only on both mlx5 profiles: a
+						// chain miss before any ct action, so software
+						// decides.
+						first := pr.in != "up0" || en.ruleSets[pr.out].Ingress.Isolated
 						predicted := pr.first.IPProto != ProtoICMPv6 || !first
 						if o.first.Delivered != predicted {
 							t.Errorf("seed %d scenario %d %s pessimistic: denied %s %s: %s; the design predicts delivered=%v",

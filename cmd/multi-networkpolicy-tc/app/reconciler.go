@@ -636,8 +636,12 @@ func (a *Agent) syncAttachment(ctx context.Context, id string) error {
 				reason = reasonRepresentorNotFound
 			}
 			a.metrics.errors.WithLabelValues(reason).Inc()
+			var own []string
+			for _, p := range bridges[br] {
+				own = append(own, p.rep)
+			}
 			a.events.warn("Pod", la.att.PodNamespace, la.att.PodName, reason,
-				fmt.Sprintf("network %s: bridge %s: %v; its ports keep their previous rules, retried with backoff; fix: %s", la.att.Network, br, err, resolveFix(reason)))
+				fmt.Sprintf("network %s: bridge %s (port %s): %v; its ports keep their previous rules, retried with backoff; fix: %s", la.att.Network, br, strings.Join(own, ","), err, resolveFix(reason)))
 			errs = append(errs, err)
 		}
 	}

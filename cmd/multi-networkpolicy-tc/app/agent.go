@@ -117,11 +117,9 @@ type Agent struct {
 	// vfRepsKnown: the kubelet's allocatable devices were listed once, so
 	// vfReps tells a VF representor of ours from an uplink.
 	vfRepsKnown bool
-	// freeReps are the representors of VFs of enforced resources (as of
-	// the last sweep, and VFs released since): a bridge port that is one
-	// and no attachment's is left out of the bridge, closed alone (old
-	// placement), never taken for an uplink.
-	freeReps map[string]bool
+	// vfResource is the device plugin resource of every VF the kubelet
+	// can allocate (as of the last sweep).
+	vfResource map[string]string
 	// bridges is what was last applied on each bridge.
 	bridges map[string]*bridgeState
 
@@ -213,7 +211,7 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 		programmed: map[string]*programmedState{},
 		ports:      map[string]*portWant{},
 		vfReps:     map[string]string{},
-		freeReps:   map[string]bool{},
+		vfResource: map[string]string{},
 		bridges:    map[string]*bridgeState{},
 		logs:       newLogLimiter(10 * time.Second),
 		resyncSoon: make(chan struct{}, 1),

@@ -52,6 +52,14 @@ type bridgeState struct {
 	bridge  *tcdriver.Bridge
 }
 
+// had reports whether dev was an uplink or a port of the bridge program.
+func (s *bridgeState) had(dev string) bool {
+	if slices.Contains(s.uplinks, dev) {
+		return true
+	}
+	return slices.ContainsFunc(s.bridge.Ports, func(p tcdriver.BridgePort) bool { return p.Dev == dev })
+}
+
 func (a *Agent) bridgeOf(rep string) (string, error) {
 	if a.topology == nil {
 		return "", nil
@@ -188,16 +196,25 @@ func (a *Agent) syncBridge(ctx context.Context, br string) (map[string]error, er
 	for _, la := range a.pendingOn(devs) {
 		a.planBridgePorts(la)
 	}
+	resources := a.enforcedResources()
 	b := &tcdriver.Bridge{Name: br}
 	var left []string
+	free := map[string]string{} // left out: free VFs (or not mapped yet), rep → VF
 	a.mu.Lock()
 	for _, d := range devs {
 		w := a.ports[d]
+		vf, isVF := a.vfReps[d]
 		switch {
 		case w != nil && w.bridge == br && !w.closed:
 			b.Ports = append(b.Ports, tcdriver.BridgePort{Dev: d, MAC: w.mac, RuleSet: w.rs})
-		case w != nil && w.bridge == br, a.freeReps[d]:
+		case w != nil && w.bridge == br:
 			left = append(left, d)
+		case isVF && resources[a.vfResource[vf]]:
+			// A VF of an enforced resource is never an uplink: free,
+			// or held by a pod not mapped yet, it is closed alone
+			// until it is an attachment's port.
+			left = append(left, d)
+			free[d] = vf
 		default:
 			b.Uplinks = append(b.Uplinks, d)
 		}
@@ -217,11 +234,29 @@ func (a *Agent) syncBridge(ctx context.Context, br string) (map[string]error, er
 	}
 	a.driverMu.Lock()
 	err = a.driver.ApplyBridge(ctx, b)
+	// The driver removes our filters from a port that left the bridge
+	// program: a free VF among them is closed again at once, not at the
+	// next sweep (a port closed for its MAC is closed by its sync).
+	var closeErrs []error
+	for _, d := range left {
+		vf, ok := free[d]
+		if !ok || prev == nil || !prev.had(d) {
+			continue
+		}
+		a.mu.Lock()
+		_, owned := a.vfOwner[vf]
+		a.mu.Unlock()
+		if !owned {
+			if cerr := a.driver.Apply(ctx, d, a.freeVF(vf)); cerr != nil && !errors.Is(cerr, tcdriver.ErrNoDevice) {
+				closeErrs = append(closeErrs, fmt.Errorf("bridge %s: closing free VF %s representor %s: %w", br, vf, d, cerr))
+			}
+		}
+	}
 	a.driverMu.Unlock()
 	// The driver names each port it refused (kept its previous rules, or
 	// closed it); those are the problems of their attachments, reported
 	// from perPort. The rest fails the bridge.
-	var rest []error
+	rest := closeErrs
 	for _, e := range unjoin(err) {
 		if !slices.ContainsFunc(mapKeys(perPort), func(d string) bool { return strings.Contains(e.Error(), "representor "+d+": refusing") }) {
 			rest = append(rest, e)

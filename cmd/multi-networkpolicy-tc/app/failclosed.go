@@ -286,15 +286,7 @@ func (a *Agent) sweepFreeVFs(ctx context.Context, held map[string]bool) {
 			allocReps[vf.Representor] = true
 			a.mu.Lock()
 			a.vfReps[vf.Representor] = id
-			// A VF of an enforced resource is never an uplink of a
-			// bridge: free, or held by a pod not mapped yet, it stays
-			// closed alone (syncBridge leaves it out) until it is an
-			// attachment's port.
-			if resources[d.GetResourceName()] {
-				a.freeReps[vf.Representor] = true
-			} else {
-				delete(a.freeReps, vf.Representor)
-			}
+			a.vfResource[id] = d.GetResourceName()
 			a.mu.Unlock()
 			if held[id] {
 				continue

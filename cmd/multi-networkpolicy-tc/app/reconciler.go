@@ -823,7 +823,6 @@ func (a *Agent) removeReps(ctx context.Context, id string, reps map[string]strin
 		w := a.ports[rep]
 		if w != nil && w.id == id && (!taken || owner == id) {
 			delete(a.ports, rep)
-			a.freeReps[rep] = true
 		} else {
 			w = nil
 		}

@@ -120,6 +120,8 @@ type Agent struct {
 	// vfResource is the device plugin resource of every VF the kubelet
 	// can allocate (as of the last sweep).
 	vfResource map[string]string
+	// aloneLogged are the representors said once to be on no bridge.
+	aloneLogged map[string]bool
 	// bridges is what was last applied on each bridge.
 	bridges map[string]*bridgeState
 
@@ -201,20 +203,21 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 			AcceptICMP:     cfg.Options.AcceptICMP,
 			AcceptICMPv6:   cfg.Options.AcceptICMPv6,
 		}),
-		mapper:     podresources.NewMapper(),
-		registry:   reg,
-		metrics:    newAgentMetrics(reg),
-		local:      map[string]*localAttachment{},
-		byPod:      map[string][]string{},
-		vfOwner:    map[string]string{},
-		podRes:     map[string]cachedResources{},
-		programmed: map[string]*programmedState{},
-		ports:      map[string]*portWant{},
-		vfReps:     map[string]string{},
-		vfResource: map[string]string{},
-		bridges:    map[string]*bridgeState{},
-		logs:       newLogLimiter(10 * time.Second),
-		resyncSoon: make(chan struct{}, 1),
+		mapper:      podresources.NewMapper(),
+		registry:    reg,
+		metrics:     newAgentMetrics(reg),
+		local:       map[string]*localAttachment{},
+		byPod:       map[string][]string{},
+		vfOwner:     map[string]string{},
+		podRes:      map[string]cachedResources{},
+		programmed:  map[string]*programmedState{},
+		ports:       map[string]*portWant{},
+		vfReps:      map[string]string{},
+		vfResource:  map[string]string{},
+		aloneLogged: map[string]bool{},
+		bridges:     map[string]*bridgeState{},
+		logs:        newLogLimiter(10 * time.Second),
+		resyncSoon:  make(chan struct{}, 1),
 	}
 	a.pr = instrumentedPodResources{next: cfg.PodResources, metrics: a.metrics}
 	a.attQueue = workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),

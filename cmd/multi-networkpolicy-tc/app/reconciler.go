@@ -559,6 +559,12 @@ func (a *Agent) syncAttachment(ctx context.Context, id string) error {
 	type alone struct{ vf, rep string }
 	var single []alone              // on no bridge, or closed apart from it
 	bridges := map[string][]alone{} // its ports on each bridge
+	// touch marks a bridge to re-apply that none of its ports is on.
+	touch := func(br string) {
+		if _, ok := bridges[br]; !ok {
+			bridges[br] = nil
+		}
+	}
 	for i, vfPCI := range la.devices {
 		vf, err := a.resolver.Resolve(vfPCI)
 		if err != nil {
@@ -587,9 +593,13 @@ func (a *Agent) syncAttachment(ctx context.Context, id string) error {
 			a.mu.Unlock()
 			a.setPort(rep, nil)
 			if was != nil && !was.closed {
-				bridges[was.bridge] = bridges[was.bridge] // it left: re-apply without it
+				touch(was.bridge) // it left: re-apply without it
 			}
-			if a.logs.allow("no bridge " + rep) {
+			a.mu.Lock()
+			first := !a.aloneLogged[rep]
+			a.aloneLogged[rep] = true
+			a.mu.Unlock()
+			if first {
 				log.WithFields(logrus.Fields{"representor": rep, "vf": vfPCI}).Info("representor on no bridge: programmed alone (old placement: the pod's ingress on its egress hook, enforced in software only)")
 			}
 			single = append(single, alone{vfPCI, rep})
@@ -606,10 +616,10 @@ func (a *Agent) syncAttachment(ctx context.Context, id string) error {
 		a.mu.Unlock()
 		a.setPort(rep, w)
 		if was != nil && was.bridge != br && !was.closed {
-			bridges[was.bridge] = bridges[was.bridge]
+			touch(was.bridge)
 		}
 		if w.closed {
-			bridges[br] = bridges[br] // applied without it first, then closed alone
+			touch(br) // applied without it first, then closed alone
 		} else {
 			bridges[br] = append(bridges[br], alone{vfPCI, rep})
 		}

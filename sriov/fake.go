@@ -145,11 +145,29 @@ func (f *Fake) SetVFMAC(vfPCI string, mac net.HardwareAddr) *Fake {
 	return f
 }
 
-// BridgeOf implements Topology.
+// BridgeOf implements Topology. The netdevs the Fake knows are the PFs'
+// uplinks, the VFs' representors and every netdev ever enslaved.
 func (f *Fake) BridgeOf(dev string) (string, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return f.master[dev], nil
+	if br, ok := f.master[dev]; ok || f.knows(dev) {
+		return br, nil
+	}
+	return "", fmt.Errorf("netdev %s: %w", dev, ErrNoNetdev)
+}
+
+func (f *Fake) knows(dev string) bool {
+	for _, pf := range f.pfs {
+		if pf.uplink == dev {
+			return true
+		}
+	}
+	for _, vf := range f.vfs {
+		if vf.representor == dev {
+			return true
+		}
+	}
+	return false
 }
 
 // BridgePorts implements Topology.

@@ -193,6 +193,11 @@ func (a *Agent) syncBridge(ctx context.Context, br string) (map[string]error, er
 	if err != nil {
 		return nil, fmt.Errorf("bridge %s: listing its ports: %w", br, err)
 	}
+	// The bridge is built and applied under driverMu: two workers syncing
+	// attachments of one bridge must not apply a bridge built before the
+	// other's change after it.
+	a.driverMu.Lock()
+	defer a.driverMu.Unlock()
 	for _, la := range a.pendingOn(devs) {
 		a.planBridgePorts(la)
 	}
@@ -232,7 +237,6 @@ func (a *Agent) syncBridge(ctx context.Context, br string) (map[string]error, er
 			perPort[pe.Dev] = pe.Err
 		}
 	}
-	a.driverMu.Lock()
 	err = a.driver.ApplyBridge(ctx, b)
 	// The driver removes our filters from a port that left the bridge
 	// program: a free VF among them is closed again at once, not at the
@@ -252,7 +256,6 @@ func (a *Agent) syncBridge(ctx context.Context, br string) (map[string]error, er
 			}
 		}
 	}
-	a.driverMu.Unlock()
 	// The driver names each port it refused (kept its previous rules, or
 	// closed it); those are the problems of their attachments, reported
 	// from perPort. The rest fails the bridge.

@@ -63,6 +63,22 @@ func TestBridgePlacement(t *testing.T) {
 		}
 	}
 
+	t.Run("restart: every port adopted without a write", func(t *testing.T) {
+		ops := c.tc.Stats()
+		c.stopAgent()
+		c.startAgent()
+		c.waitReady()
+		time.Sleep(300 * time.Millisecond) // let any stray work land before counting
+		if d := statsDelta(c.tc.Stats(), ops); d.Adds+d.Deletes+d.Replaces+d.Flushes != 0 {
+			t.Errorf("restart changed the kernel: %+v, want only dumps", d)
+		}
+		for _, k := range cases {
+			if got := k.got(); got != k.want {
+				t.Errorf("after restart: %s: %s, want %s", k.what, got, k.want)
+			}
+		}
+	})
+
 	t.Run("B leaves: its section goes from every port", func(t *testing.T) {
 		c.deletePod(ns, "b")
 		eventually(t, 10*time.Second, func() (bool, string) {

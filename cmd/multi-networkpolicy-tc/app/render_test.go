@@ -219,8 +219,7 @@ func TestRenderBridgePlacement(t *testing.T) {
 	}{
 		{"every port of the bridge", []string{"-f", "../../../docs/examples"},
 			[]string{"# bridge blue/sriov-a port uplink", "# bridge blue/sriov-a port blue/server/net1", "# bridge blue/sriov-a port red/intruder/net1",
-				"filter add dev uplink ingress chain 0 pref 49152 protocol all handle 0x1 flower action gact goto chain 1004096",
-				"dev uplink ingress chain 1004096 pref 1 protocol all handle 0x1 flower dst_mac 02:00:0a:0a:00:10"},
+				"filter add dev uplink ingress chain 0 pref 49152 protocol all", "dst_mac 02:00:0a:0a:00:10 action gact goto chain"},
 			[]string{" egress "}, ""},
 		{"--pod: the uplink and its port, --dev names it", []string{"-f", "../../../docs/examples", "--pod", "blue/server", "--dev", "eth5", "--uplink", "p0"},
 			[]string{"# bridge blue/sriov-a port p0", "# bridge blue/sriov-a port eth5", "filter add dev eth5 ingress"},

@@ -106,7 +106,7 @@ this node (--on-node); 2 bad input; 4 disagreement.`,
 	f.StringVar(&o.to, "to", "", "a connection from the pod to this address (the pod's egress)")
 	f.StringVar(&o.proto, "proto", "tcp", "tcp, udp, sctp, icmp or icmpv6")
 	f.IntVar(&o.port, "port", 0, "the destination port (tcp, udp, sctp)")
-	f.StringVar(&o.dev, "dev", "", "also trace through the filters installed on this representor of this node")
+	f.StringVar(&o.dev, "dev", "", "also trace through the filters installed on this device of this node: for a connection from the pod its representor; for one to it, in the bridge placement, the uplink of its bridge (or another local pod's port), dispatched on the MAC of its network-status")
 	f.BoolVar(&o.onNode, "on-node", false, "find the pod's representors on this node (PodResources and sysfs, as debug mappings) and trace through their installed filters")
 	f.StringVar(&o.socket, "podresources-socket", podresources.DefaultSocket, "the kubelet's PodResources socket (with --on-node)")
 	o.add(f, "the computed filters are marked with whether it offloads them")

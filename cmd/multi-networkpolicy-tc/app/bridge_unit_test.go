@@ -215,3 +215,47 @@ func TestBridgeMACUnknown(t *testing.T) {
 		})
 	}
 }
+
+// TestBridgeRenamedRepresentorIsNoUplink: a pod's representor renamed
+// behind the agent's back, then another pod's change re-applies the
+// bridge before the pod's own resync: the renamed port is known for the
+// pod's, never taken for an uplink (which would open its egress).
+func TestBridgeRenamedRepresentorIsNoUplink(t *testing.T) {
+	h := newHarness(t)
+	h.createNAD(sriovNAD(fcNS, "net", "accelerated-bridge"))
+	h.pr.set(fcNS, "db", hVF(0))
+	h.createPod(runningPod(fcNS, "db", fcNet, fcPodIP, map[string]string{"app": "db"}))
+	_, err := h.clients.MNP.K8sCniCncfIoV1beta1().MultiNetworkPolicies(fcNS).Create(hctx(), denyAllBoth(fcNS, "deny", fcNet), metav1.CreateOptions{})
+	h.must(err, "policy")
+	h.eventually("db closed both ways", func() bool { return h.ours(hRep(0)) > 0 && len(h.allowed(hRep(0), fcPodIP)) == 0 })
+	h.settle()
+
+	h.tc.RenameDevice(hRep(0), "renamed0")
+	h.sw.SetMaster(hRep(0), "").AddVF(hPF, 0, hVF(0), "renamed0").SetMaster("renamed0", hBridge)
+	// Another pod joins the bridge: its sync applies the bridge.
+	h.pr.set(fcNS, "web", hVF(1))
+	h.createPod(runningPod(fcNS, "web", fcNet, "10.1.0.11", nil))
+	h.eventually("web programmed", func() bool {
+		for _, st := range h.agent.Attachments() {
+			if st.ID == fcNS+"/web/"+fcNet && st.State == stateProgrammed {
+				return true
+			}
+		}
+		return false
+	})
+	h.settle()
+	mac, _ := tcdriver.MACOf(hMAC(0))
+	out := tcdriver.Packet{EthType: tcdriver.EthIPv4, DstMAC: tcdriver.MAC{0x02, 0xee, 0, 0, 0, 1}, Src: netip.MustParseAddr(fcPodIP), Dst: netip.MustParseAddr("192.0.2.7"), IPProto: tcdriver.ProtoTCP, SrcPort: 40000, DstPort: 80}
+	if v := tcdriver.Trace(h.tc.Filters("renamed0", tcdriver.HookIngress), tcdriver.HookIngress, out, tcdriver.NewConntrack()).Verdict; v != tcdriver.Drop {
+		t.Errorf("db → outside on its renamed representor: %s, want drop", v)
+	}
+	if got := h.synTo(hUplink, "192.0.2.7", 0, fcPodIP, 80); got != tcdriver.Drop {
+		t.Errorf("outside → db on the uplink: %s, want drop (dispatched on %s)", got, mac)
+	}
+}
+
+func denyAllBoth(ns, name, network string) *mnpv1beta1.MultiNetworkPolicy {
+	p := denyAllIngress(ns, name, network)
+	p.Spec.PolicyTypes = append(p.Spec.PolicyTypes, mnpv1beta1.PolicyTypeEgress)
+	return p
+}

@@ -140,6 +140,38 @@ func (a *Agent) pendingOn(ports []string) []*localAttachment {
 	return out
 }
 
+// refreshVFReps re-resolves the node's VFs when the bridge has a port
+// that is neither a known VF representor nor one of its last uplinks: a
+// representor renamed, or one the sweep has not seen yet, must be known
+// for what it is before it could be taken for an uplink (which would open
+// its pod's egress).
+func (a *Agent) refreshVFReps(br string, devs []string) {
+	a.mu.Lock()
+	prev := a.bridges[br]
+	unknown := false
+	for _, d := range devs {
+		_, isVF := a.vfReps[d]
+		unknown = unknown || a.ports[d] == nil && !isVF && (prev == nil || !slices.Contains(prev.uplinks, d))
+	}
+	vfs := map[string]bool{}
+	if unknown {
+		for vf := range a.vfResource {
+			vfs[vf] = true
+		}
+		for vf := range a.vfOwner {
+			vfs[vf] = true
+		}
+	}
+	a.mu.Unlock()
+	for vf := range vfs {
+		if v, err := a.resolver.Resolve(vf); err == nil {
+			a.mu.Lock()
+			a.vfReps[v.Representor] = vf
+			a.mu.Unlock()
+		}
+	}
+}
+
 // planBridgePorts records the ports of la's VFs that are on bridges
 // (portWant) without programming anything, for a bridge that another
 // attachment's sync applies.
@@ -198,6 +230,7 @@ func (a *Agent) syncBridge(ctx context.Context, br string) (map[string]error, er
 	// other's change after it.
 	a.driverMu.Lock()
 	defer a.driverMu.Unlock()
+	a.refreshVFReps(br, devs)
 	for _, la := range a.pendingOn(devs) {
 		a.planBridgePorts(la)
 	}

@@ -47,6 +47,7 @@ func bridgeOf(t *testing.T, topo *datapath.Topology, rules map[string]*policy.Ru
 }
 
 // bridgePort is p's port: its representor, the MAC of its eth0, a copy of
+
 // rs (open when nil) attached to p on testNet.
 func bridgePort(t *testing.T, p *datapath.Pod, rs *policy.RuleSet) BridgePort {
 	t.Helper()
@@ -60,7 +61,7 @@ func bridgePort(t *testing.T, p *datapath.Pod, rs *policy.RuleSet) BridgePort {
 		c = &cp
 	}
 	c.Attachment = policy.Attachment{PodNamespace: "test", PodName: p.Name, Network: testNet}
-	return BridgePort{Dev: p.Rep, MAC: mac, RuleSet: c}
+	return BridgePort{Dev: p.Rep, MAC: mac, RuleSet: c, IPs: p.Addrs()}
 }
 
 // applyBridge applies br and fails t unless it applied and no port of br

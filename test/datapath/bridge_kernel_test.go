@@ -160,7 +160,7 @@ func bridgeOf(t *testing.T, topo *datapath.Topology, rules map[string]*policy.Ru
 			rs = &c
 		}
 		rs.Attachment = policy.Attachment{PodNamespace: "test", PodName: p.Name, Network: testNet}
-		br.Ports = append(br.Ports, tcdriver.BridgePort{Dev: p.Rep, MAC: mac, RuleSet: rs})
+		br.Ports = append(br.Ports, tcdriver.BridgePort{Dev: p.Rep, MAC: mac, RuleSet: rs, IPs: p.Addrs()})
 	}
 	return br
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"testing"
 
 	"github.com/vishvananda/netlink"
@@ -195,6 +196,18 @@ func (topo *Topology) addRemotePod(t testing.TB, name string, opts PodOptions) (
 
 // ReadMAC reads the MAC address of the pod's eth0 from its namespace now:
 // the address the bridge and the TC rules see on its frames.
+// Addrs are the pod's addresses (those it has), as the agent gives them
+// to the driver with the pod's bridge port.
+func (p *Pod) Addrs() []netip.Addr {
+	var out []netip.Addr
+	for _, a := range []netip.Addr{p.IPv4, p.IPv6} {
+		if a.IsValid() {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
 func (p *Pod) ReadMAC() (net.HardwareAddr, error) {
 	l, err := p.nl.LinkByName("eth0")
 	if err != nil {

@@ -74,8 +74,13 @@ func TestAgent(t *testing.T) {
 				t.Errorf("%s → db:%d: %s, want drop", probe.src, probe.port, v)
 			}
 		}
-		if n := c.ourFilters(cache); n != 0 {
-			t.Errorf("cache is not selected but has %d filters", n)
+		// cache is not selected: nothing dispatches to it, but its port
+		// decides db's ingress for what cache sends.
+		if ports := c.dispatchesTo(cache); len(ports) != 0 {
+			t.Errorf("cache is not selected but %v dispatch to it", ports)
+		}
+		if v := c.localVerdict(cache, "10.10.0.11", db, "10.10.0.10", 5432); v != tcdriver.Drop {
+			t.Errorf("cache → db:5432 on cache's port: %s, want drop (cache is no api)", v)
 		}
 		// --pod-rules-path shows what was programmed.
 		eventually(t, 10*time.Second, func() (bool, string) {
@@ -102,17 +107,24 @@ func TestAgent(t *testing.T) {
 	})
 
 	t.Run("a policy change touches only the attachments it affects", func(t *testing.T) {
+		// The bridge placement puts cache's ingress on every other port of
+		// its bridge, so its one attachment re-applies the bridge once;
+		// nothing is programmed alone.
 		before, _ := c.driver.counts()
+		bridgeBefore := c.driver.bridgeCount(bridge)
 		opsBefore := c.tc.Stats()
 		c.createPolicy(ingressPolicy(ns, "cache-from-api", network, map[string]string{"app": "cache"}, map[string]string{"app": "api"}, intstr.FromInt32(6379)))
 		c.waitEnforced(t, cache, "10.10.0.20", "10.10.0.21", "10.10.0.11", 6379)
 		time.Sleep(300 * time.Millisecond) // let any stray work land before counting
 		after, _ := c.driver.counts()
-		if d := after[db] - before[db]; d != 0 {
-			t.Errorf("db's representor got %d Apply calls for a policy that selects only cache", d)
+		if d := after[db] - before[db] + after[cache] - before[cache]; d != 0 {
+			t.Errorf("%d Apply calls on db's or cache's representor, want none (both are bridge ports)", d)
 		}
-		if d := after[cache] - before[cache]; d != 1 {
-			t.Errorf("cache's representor got %d Apply calls, want 1", d)
+		if d := c.driver.bridgeCount(bridge) - bridgeBefore; d != 1 {
+			t.Errorf("bridge %s applied %d times for one changed attachment, want 1", bridge, d)
+		}
+		if got, want := strings.Join(c.dispatchesTo(cache), ","), uplink+","+db; got != want {
+			t.Errorf("ports deciding cache's ingress: %s, want %s", got, want)
 		}
 		t.Logf("kernel operations for one new policy on one attachment: %+v", statsDelta(c.tc.Stats(), opsBefore))
 	})
@@ -225,8 +237,9 @@ func TestAgent(t *testing.T) {
 	t.Run("policy deleted: isolation lifted", func(t *testing.T) {
 		c.deletePolicy(ns, "cache-from-api")
 		eventually(t, 10*time.Second, func() (bool, string) {
-			n := c.ourFilters(cache)
-			return n == 0, "filters left on " + cache + ": " + itoa(n)
+			ports := c.dispatchesTo(cache)
+			v := c.ingressVerdict(cache, "192.0.2.1", "10.10.0.11", 80)
+			return len(ports) == 0 && v == tcdriver.Pass, fmt.Sprintf("ports still deciding cache's ingress: %v; 192.0.2.1 → cache:80: %s", ports, v)
 		})
 	})
 

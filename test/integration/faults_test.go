@@ -86,18 +86,18 @@ func (s *scene) baseline() map[string]bool {
 }
 
 // allowed traces every probe, a new TCP connection from and to the client
-// and a stranger on ports 80 and 443, through what the server's
-// representor has installed, and returns those that pass.
+// and a stranger on ports 80 and 443, where the bridge placement decides
+// it (admits), and returns those that pass.
 func (c *cluster) allowed(s *scene) map[string]bool {
 	out := map[string]bool{}
 	pod := netip.MustParseAddr(s.serverIP)
 	rep := s.representor()
 	for _, r := range []string{s.clientIP, s.strangerIP} {
 		for _, port := range []uint16{80, 443} {
-			if c.tc.Admits(rep, policy.Packet{Direction: policy.Ingress, Remote: netip.MustParseAddr(r), Protocol: policy.TCP, Port: port}, pod) {
+			if c.admits(rep, policy.Packet{Direction: policy.Ingress, Remote: netip.MustParseAddr(r), Protocol: policy.TCP, Port: port}, pod) {
 				out[fmt.Sprintf("in %s:%d", r, port)] = true
 			}
-			if c.tc.Admits(rep, policy.Packet{Direction: policy.Egress, Remote: netip.MustParseAddr(r), Protocol: policy.TCP, Port: port}, pod) {
+			if c.admits(rep, policy.Packet{Direction: policy.Egress, Remote: netip.MustParseAddr(r), Protocol: policy.TCP, Port: port}, pod) {
 				out[fmt.Sprintf("out %s:%d", r, port)] = true
 			}
 		}

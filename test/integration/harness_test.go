@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -40,9 +41,20 @@ const (
 	numVFs     = 32
 )
 
+// The node is accelerated-bridge-cni's: the PF's uplink representor and
+// every VF representor are ports of one Linux bridge, and the PF reports
+// a MAC for each VF, so the agent enforces the bridge placement.
+const (
+	bridge = "br0"
+	uplink = "p0"
+)
+
 // vfPCI is VF i of the PF at 0000:3b:00.0: functions 00.2 to 00.7, then 01.0…
 func vfPCI(i int) string   { return fmt.Sprintf("0000:3b:%02x.%d", (i+2)/8, (i+2)%8) }
 func repName(i int) string { return fmt.Sprintf("pf0vf%d", i) }
+
+// vfMAC is VF i's MAC as its PF reports it.
+func vfMAC(i int) net.HardwareAddr { return net.HardwareAddr{0x02, 0, 0, 0, 0, byte(i + 1)} }
 
 // lockedResolver makes sriov.Fake safe to change while the agent resolves.
 type lockedResolver struct {
@@ -62,11 +74,36 @@ func (r *lockedResolver) removeRepresentor(vf string) {
 	r.f.RemoveRepresentor(vf)
 }
 
-// renameRepresentor makes VF i's representor netdev appear under name.
+// renameRepresentor makes VF i's representor netdev appear under name
+// (still a port of its bridge: a rename keeps the master).
 func (r *lockedResolver) renameRepresentor(i int, name string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if vf, err := r.f.Resolve(vfPCI(i)); err == nil {
+		if br, _ := r.f.BridgeOf(vf.Representor); br != "" {
+			r.f.SetMaster(vf.Representor, "").SetMaster(name, br)
+		}
+	}
 	r.f.AddVF(pfPCI, i, vfPCI(i), name)
+}
+
+// macOf is the MAC of the VF whose representor is rep.
+func (r *lockedResolver) macOf(rep string) tcdriver.MAC {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for i := range numVFs {
+		if vf, err := r.f.Resolve(vfPCI(i)); err == nil && vf.Representor == rep {
+			m, _ := tcdriver.MACOf(vfMAC(i))
+			return m
+		}
+	}
+	for i := range numVFs { // its representor is gone: by its usual name
+		if repName(i) == rep {
+			m, _ := tcdriver.MACOf(vfMAC(i))
+			return m
+		}
+	}
+	return tcdriver.MAC{}
 }
 
 // addVF makes VF i's representor (re)appear.
@@ -84,6 +121,8 @@ type countingDriver struct {
 	mu      sync.Mutex
 	applies map[string]int
 	removes map[string]int
+	// bridgeApplies counts ApplyBridge per bridge.
+	bridgeApplies map[string]int
 }
 
 func (d *countingDriver) Apply(ctx context.Context, dev string, rs *policy.RuleSet) error {
@@ -91,6 +130,19 @@ func (d *countingDriver) Apply(ctx context.Context, dev string, rs *policy.RuleS
 	d.applies[dev]++
 	d.mu.Unlock()
 	return d.Driver.Apply(ctx, dev, rs)
+}
+
+func (d *countingDriver) ApplyBridge(ctx context.Context, b *tcdriver.Bridge) error {
+	d.mu.Lock()
+	d.bridgeApplies[b.Name]++
+	d.mu.Unlock()
+	return d.Driver.ApplyBridge(ctx, b)
+}
+
+func (d *countingDriver) bridgeCount(name string) int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.bridgeApplies[name]
 }
 
 func (d *countingDriver) Remove(ctx context.Context, dev string) error {
@@ -194,15 +246,15 @@ func newCluster(t testing.TB, o clusterOptions) *cluster {
 	c.startPodResources()
 	t.Cleanup(c.stopPodResources)
 
-	fake := sriov.NewFake().AddPF(pfPCI, "p0", true)
-	devs := make([]string, numVFs)
+	fake := sriov.NewFake().AddPF(pfPCI, uplink, true).SetMaster(uplink, bridge)
+	devs := []string{uplink}
 	for i := range numVFs {
-		fake.AddVF(pfPCI, i, vfPCI(i), repName(i))
-		devs[i] = repName(i)
+		fake.AddVF(pfPCI, i, vfPCI(i), repName(i)).SetMaster(repName(i), bridge).SetVFMAC(vfPCI(i), vfMAC(i))
+		devs = append(devs, repName(i))
 	}
 	c.resolver = &lockedResolver{f: fake}
 	c.tc = tcdriver.NewFake(tcdriver.Options{}, devs...)
-	c.driver = &countingDriver{Driver: c.tc, applies: map[string]int{}, removes: map[string]int{}}
+	c.driver = &countingDriver{Driver: c.tc, applies: map[string]int{}, removes: map[string]int{}, bridgeApplies: map[string]int{}}
 
 	// The agent authenticates with a real token of the DaemonSet's
 	// ServiceAccount: RBAC missing from deploy.yml fails the test.
@@ -261,6 +313,7 @@ func (c *cluster) startAgent() {
 		Clients:      c.agentClients,
 		PodResources: podResourcesClient(t, c.opts.PodResourcesSocket),
 		Resolver:     c.resolver,
+		Topology:     c.resolver.f, // sriov.Fake is safe for concurrent use
 		Driver:       c.driver,
 		Registry:     c.registry,
 		Log:          log,
@@ -426,12 +479,62 @@ func (c *cluster) deletePolicy(ns, name string) {
 	mustf(c.t, err, "delete policy %s/%s", ns, name)
 }
 
-// verdict traces a new TCP connection from src to dst:port through what is
-// programmed on the representor's egress hook (the pod's ingress).
+// admits traces the first frame of the connection pp of the pod on
+// representor rep (address pod) where the bridge placement decides it: a
+// connection to the pod enters by the uplink (from the rest of the
+// network), dispatched on the pod's MAC, then leaves by the pod's
+// representor, whose egress hook holds the ingress rules of a port
+// programmed alone (a free VF: it sent nothing, so the bridge has not
+// learned it and software delivers the frame); a connection from the pod
+// enters by its representor.
+func (c *cluster) admits(rep string, pp policy.Packet, pod netip.Addr) bool {
+	fr := tcdriver.FrameFor(pp, pod, 40000)
+	ct := tcdriver.NewConntrack()
+	if pp.Direction == policy.Egress {
+		fr.DstMAC = tcdriver.MAC{0x02, 0xee, 0, 0, 0, 1} // beyond the uplink
+		return tcdriver.Trace(c.tc.Filters(rep, tcdriver.HookIngress), tcdriver.HookIngress, fr, ct).Verdict == tcdriver.Pass
+	}
+	fr.DstMAC = c.resolver.macOf(rep)
+	if tcdriver.Trace(c.tc.Filters(uplink, tcdriver.HookIngress), tcdriver.HookIngress, fr, ct).Verdict != tcdriver.Pass {
+		return false
+	}
+	return tcdriver.Trace(c.tc.Filters(rep, tcdriver.HookEgress), tcdriver.HookEgress, fr, ct).Verdict == tcdriver.Pass
+}
+
+// ingressVerdict is the verdict on a new TCP connection from src (beyond
+// the uplink) to dst:port, the pod on representor rep.
 func (c *cluster) ingressVerdict(rep, src, dst string, port uint16) tcdriver.Verdict {
-	pkt := tcdriver.Packet{EthType: tcdriver.EthIPv4, Src: netip.MustParseAddr(src), Dst: netip.MustParseAddr(dst),
+	pp := policy.Packet{Direction: policy.Ingress, Remote: netip.MustParseAddr(src), Protocol: policy.TCP, Port: port}
+	if c.admits(rep, pp, netip.MustParseAddr(dst)) {
+		return tcdriver.Pass
+	}
+	return tcdriver.Drop
+}
+
+// localVerdict is the verdict on a new TCP connection from the local pod
+// on representor from (address src) to the local pod on representor to
+// (dst:port): decided on the sender's port, dispatched on the receiver's
+// MAC.
+func (c *cluster) localVerdict(from, src, to, dst string, port uint16) tcdriver.Verdict {
+	p := tcdriver.Packet{EthType: tcdriver.EthIPv4, DstMAC: c.resolver.macOf(to), Src: netip.MustParseAddr(src), Dst: netip.MustParseAddr(dst),
 		IPProto: tcdriver.ProtoTCP, SrcPort: 40000, DstPort: port}
-	return tcdriver.Trace(c.tc.Filters(rep, tcdriver.HookEgress), tcdriver.HookEgress, pkt, tcdriver.NewConntrack()).Verdict
+	return tcdriver.Trace(c.tc.Filters(from, tcdriver.HookIngress), tcdriver.HookIngress, p, tcdriver.NewConntrack()).Verdict
+}
+
+// dispatchesTo lists the ports whose ingress hook dispatches frames for
+// rep's MAC to a section.
+func (c *cluster) dispatchesTo(rep string) []string {
+	m := c.resolver.macOf(rep)
+	var out []string
+	for _, dev := range c.tc.Devices() {
+		for _, f := range c.tc.Filters(dev, tcdriver.HookIngress) {
+			if f.Match.DstMAC == m && f.Match.DstMACMask != (tcdriver.MAC{}) {
+				out = append(out, dev)
+				break
+			}
+		}
+	}
+	return out
 }
 
 // waitEnforced waits until the representor allows allowed → dst:port and

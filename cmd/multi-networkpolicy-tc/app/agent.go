@@ -50,7 +50,11 @@ type AgentConfig struct {
 	Clients      *Clients
 	PodResources PodResources
 	Resolver     sriov.Resolver
-	Driver       tcdriver.Driver
+	// Topology says which Linux bridge each representor is a port of,
+	// the bridge's ports and the VFs' MACs (nil: no bridges, every
+	// representor is programmed alone, the old placement).
+	Topology sriov.Topology
+	Driver   tcdriver.Driver
 	// Conntrack cuts the established connections a changed rule set
 	// denies (nil: none are cut).
 	Conntrack tcdriver.ConnCutter
@@ -70,6 +74,7 @@ type Agent struct {
 	clients   *Clients
 	pr        PodResources
 	resolver  sriov.Resolver
+	topology  sriov.Topology
 	driver    tcdriver.Driver
 	conntrack tcdriver.ConnCutter
 	links     func() ([]string, error)
@@ -104,6 +109,21 @@ type Agent struct {
 	podRes map[string]cachedResources
 	// programmed records what is installed for each attachment.
 	programmed map[string]*programmedState
+	// ports is what each VF representor on a bridge is to enforce.
+	ports map[string]*portWant
+	// vfReps maps the representor of every VF the kubelet can allocate
+	// (as of the last sweep) and of every planned port to its VF.
+	vfReps map[string]string
+	// vfRepsKnown: the kubelet's allocatable devices were listed once, so
+	// vfReps tells a VF representor of ours from an uplink.
+	vfRepsKnown bool
+	// vfResource is the device plugin resource of every VF the kubelet
+	// can allocate (as of the last sweep).
+	vfResource map[string]string
+	// aloneLogged are the representors said once to be on no bridge.
+	aloneLogged map[string]bool
+	// bridges is what was last applied on each bridge.
+	bridges map[string]*bridgeState
 
 	ready   atomic.Bool
 	started atomic.Bool
@@ -174,6 +194,7 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 		log:       log.WithField("node", cfg.Options.HostnameOverride),
 		clients:   cfg.Clients,
 		resolver:  cfg.Resolver,
+		topology:  cfg.Topology,
 		driver:    cfg.Driver,
 		conntrack: cfg.Conntrack,
 		links:     cfg.Links,
@@ -182,16 +203,21 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 			AcceptICMP:     cfg.Options.AcceptICMP,
 			AcceptICMPv6:   cfg.Options.AcceptICMPv6,
 		}),
-		mapper:     podresources.NewMapper(),
-		registry:   reg,
-		metrics:    newAgentMetrics(reg),
-		local:      map[string]*localAttachment{},
-		byPod:      map[string][]string{},
-		vfOwner:    map[string]string{},
-		podRes:     map[string]cachedResources{},
-		programmed: map[string]*programmedState{},
-		logs:       newLogLimiter(10 * time.Second),
-		resyncSoon: make(chan struct{}, 1),
+		mapper:      podresources.NewMapper(),
+		registry:    reg,
+		metrics:     newAgentMetrics(reg),
+		local:       map[string]*localAttachment{},
+		byPod:       map[string][]string{},
+		vfOwner:     map[string]string{},
+		podRes:      map[string]cachedResources{},
+		programmed:  map[string]*programmedState{},
+		ports:       map[string]*portWant{},
+		vfReps:      map[string]string{},
+		vfResource:  map[string]string{},
+		aloneLogged: map[string]bool{},
+		bridges:     map[string]*bridgeState{},
+		logs:        newLogLimiter(10 * time.Second),
+		resyncSoon:  make(chan struct{}, 1),
 	}
 	a.pr = instrumentedPodResources{next: cfg.PodResources, metrics: a.metrics}
 	a.attQueue = workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
@@ -506,6 +532,7 @@ func newAgentCommandRunner(opts *AgentOptions) func(*cobra.Command, []string) er
 			Clients:      clients,
 			PodResources: pr,
 			Resolver:     sriov.NewSysfsResolver(),
+			Topology:     sriov.NetlinkTopology{},
 			Driver:       drv,
 			Conntrack:    tcdriver.NetlinkConntrack{Zones: zones},
 			Links:        linkNames,

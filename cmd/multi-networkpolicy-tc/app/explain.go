@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -83,6 +84,7 @@ this node (--on-node); 2 bad input; 4 disagreement.`,
 					return listPodResources(ctx, o.socket)
 				},
 				resolver: sriov.NewSysfsResolver(),
+				topology: sriov.NetlinkTopology{},
 			}
 			if o.onNode || o.dev != "" {
 				drv, err := tcdriver.New(tcdriver.Options{}, logrus.StandardLogger(), nil)
@@ -104,7 +106,7 @@ this node (--on-node); 2 bad input; 4 disagreement.`,
 	f.StringVar(&o.to, "to", "", "a connection from the pod to this address (the pod's egress)")
 	f.StringVar(&o.proto, "proto", "tcp", "tcp, udp, sctp, icmp or icmpv6")
 	f.IntVar(&o.port, "port", 0, "the destination port (tcp, udp, sctp)")
-	f.StringVar(&o.dev, "dev", "", "also trace through the filters installed on this representor of this node")
+	f.StringVar(&o.dev, "dev", "", "also trace through the filters installed on this device of this node: for a connection from the pod its representor; for one to it, in the bridge placement, the uplink of its bridge (or another local pod's port), dispatched on the MAC of its network-status")
 	f.BoolVar(&o.onNode, "on-node", false, "find the pod's representors on this node (PodResources and sysfs, as debug mappings) and trace through their installed filters")
 	f.StringVar(&o.socket, "podresources-socket", podresources.DefaultSocket, "the kubelet's PodResources socket (with --on-node)")
 	o.add(f, "the computed filters are marked with whether it offloads them")
@@ -194,10 +196,15 @@ func runExplain(ctx context.Context, o *explainOptions, node *explainNode, stdin
 				r.err = fmt.Errorf("%s: not in this node's PodResources (is the pod on this node?)", att)
 			}
 			e.dev = r.dev
+			if r.err == nil && pp.Direction == policy.Ingress {
+				e.dev, e.mac, r.err = node.ingressPort(r, podOf(objs, att), att)
+			}
 			if r.err != nil {
 				nodeErrs = append(nodeErrs, r.err)
 				e.dev = ""
 			}
+		} else if e.mac == nil {
+			e.mac, _ = statusMAC(podOf(objs, att), att.Network, att.Interface)
 		}
 		if e.dev != "" {
 			if e.installed, err = node.driver.Dump(ctx, e.dev); err != nil {
@@ -223,12 +230,37 @@ func runExplain(ctx context.Context, o *explainOptions, node *explainNode, stdin
 type explainNode struct {
 	podResources func(ctx context.Context) ([]*podresourcesv1.PodResources, error)
 	resolver     sriov.Resolver
-	driver       tcdriver.Driver
+	// topology finds the bridge of a representor (nil: none is).
+	topology sriov.Topology
+	driver   tcdriver.Driver
 }
 
 type representorOf struct {
 	dev string
+	vf  sriov.VF
 	err error
+}
+
+// ingressPort is where the pod's ingress is decided on this node: the
+// uplink of its representor's bridge (the bridge placement; the other
+// pods' ports decide it too), or its representor (on no bridge), and the
+// VF's MAC the bridge dispatches on.
+func (n *explainNode) ingressPort(r representorOf, pod *corev1.Pod, att policy.Attachment) (string, net.HardwareAddr, error) {
+	if n.topology == nil {
+		return r.dev, nil, nil
+	}
+	br, err := n.topology.BridgeOf(r.dev)
+	if err != nil || br == "" {
+		return r.dev, nil, err
+	}
+	if ub, err := n.topology.BridgeOf(r.vf.Uplink); err != nil || ub != br {
+		return r.dev, nil, fmt.Errorf("%s: representor %s is on bridge %s but the PF's uplink %s is not; trace with --dev on the bridge port frames enter by", att, r.dev, br, r.vf.Uplink)
+	}
+	mac, _, err := vfMAC(n.topology, r.vf, pod, att.Network, att.Interface)
+	if err != nil {
+		return r.dev, nil, fmt.Errorf("%s: %w", att, err)
+	}
+	return r.vf.Uplink, mac, nil
 }
 
 // representors maps each local attachment (nodeKey) to its VF's
@@ -251,7 +283,10 @@ func (n *explainNode) representors(ctx context.Context, objs *policy.Objects) (m
 		ns, name, _ := strings.Cut(row.Pod, "/")
 		netNS, netName, _ := strings.Cut(row.Network, "/")
 		att := policy.Attachment{PodNamespace: ns, PodName: name, Network: policy.NetworkRef{Namespace: netNS, Name: netName}, Interface: row.Interface}
-		r := representorOf{dev: row.Representor}
+		r := representorOf{dev: row.Representor, vf: sriov.VF{PCIAddress: row.VFPCI, PFPCIAddress: row.PFPCI, Uplink: row.Uplink, Representor: row.Representor}}
+		if row.VFIndex != nil {
+			r.vf.Index = *row.VFIndex
+		}
 		if row.Error != "" {
 			r.err = fmt.Errorf("%s: %s", row.Pod, row.Error)
 		}
@@ -262,6 +297,16 @@ func (n *explainNode) representors(ctx context.Context, objs *policy.Objects) (m
 		out[nodeKey(att)] = r
 	}
 	return out, nil
+}
+
+// podOf is the attachment's pod in the objects, nil when absent.
+func podOf(objs *policy.Objects, att policy.Attachment) *corev1.Pod {
+	for _, p := range objs.Pods {
+		if p.Namespace == att.PodNamespace && p.Name == att.PodName {
+			return p
+		}
+	}
+	return nil
 }
 
 // nodeKey identifies an attachment by pod, network and interface.
@@ -279,8 +324,11 @@ type explanation struct {
 	referenceRules []string
 	installed      *tcdriver.State
 	dev            string
-	disagree       bool
-	profile        tcdriver.Profile
+	// mac is the pod's VF MAC (on the node, or its network-status), the
+	// bridge placement's dispatch key.
+	mac      net.HardwareAddr
+	disagree bool
+	profile  tcdriver.Profile
 }
 
 func verdictWord(allowed bool) string {
@@ -340,15 +388,32 @@ func (e *explanation) write(ctx context.Context, w io.Writer) error {
 		return p.err
 	}
 
-	hook := tcdriver.HookFor(e.pp.Direction)
+	// The bridge placement, the pod alone on a bridge: a connection to
+	// the pod is decided where it enters, on the uplink (the other local
+	// pods' ports carry the same section), dispatched on the pod's MAC; a
+	// connection from the pod on its own representor's ingress hook.
+	hook := tcdriver.HookIngress
 	frame := tcdriver.FrameFor(e.pp, unspecified(e.pp.Remote), 40000)
-	computed := tcdriver.NewFake(tcdriver.Options{Profile: e.profile}, "computed")
-	if err := computed.Apply(ctx, "computed", e.rs); err != nil {
+	mac, macNote := e.mac, ""
+	if len(mac) == 0 {
+		mac, macNote = net.HardwareAddr{0x02, 0, 0, 0, 0, 0x01}, " (the pod's MAC is unknown; 02:00:00:00:00:01 stands for it)"
+	}
+	podMAC, _ := tcdriver.MACOf(mac)
+	port, where := "pod", "the pod's representor"
+	if e.pp.Direction == policy.Ingress {
+		port, where = "uplink", "the uplink"
+		frame.DstMAC = podMAC
+	} else {
+		frame.DstMAC = tcdriver.MAC{0x02, 0xee, 0, 0, 0, 0x01} // beyond the uplink
+	}
+	computed := tcdriver.NewFake(tcdriver.Options{Profile: e.profile}, "uplink", "pod")
+	if err := computed.ApplyBridge(ctx, &tcdriver.Bridge{Name: "computed", Uplinks: []string{"uplink"},
+		Ports: []tcdriver.BridgePort{{Dev: "pod", MAC: mac, RuleSet: e.rs}}}); err != nil {
 		return fmt.Errorf("%s: compiling the rules: %w", e.att, err)
 	}
-	st, _ := computed.Dump(ctx, "computed")
+	st, _ := computed.Dump(ctx, port)
 	res := tcdriver.Trace(st.Filters, hook, frame, tcdriver.NewConntrack())
-	p.printf("  computed filters (offload profile %s), representor %s hook: %s\n", e.profile.Name, hook, res.Verdict)
+	p.printf("  computed filters (offload profile %s, bridge placement%s), %s ingress hook: %s\n", e.profile.Name, macNote, where, res.Verdict)
 	writeHits(p, res, false, e.profile)
 	if e.profile.Hardware {
 		hw := tcdriver.TraceOffloaded(e.profile, st.Filters, hook, frame, tcdriver.NewConntrack())
@@ -363,11 +428,19 @@ func (e *explanation) write(ctx context.Context, w io.Writer) error {
 		p.printf("  DISAGREEMENT: the computed filters %s what the rules %s\n", map[bool]string{true: "pass", false: "drop"}[res.Verdict == tcdriver.Pass], verdictWord(allowed))
 	}
 	if e.installed != nil {
+		// A device whose hook of the old placement holds filters of ours
+		// (the pod's ingress on its representor's egress hook) is traced
+		// there; else the bridge placement's ingress hook.
+		oldHook := tcdriver.HookFor(e.pp.Direction)
+		if oldHook != hook && slices.ContainsFunc(e.installed.Ours(), func(f *tcdriver.Filter) bool { return f.Hook == oldHook }) {
+			hook = oldHook
+			frame.DstMAC = tcdriver.MAC{}
+		}
 		got := tcdriver.Trace(e.installed.Filters, hook, frame, tcdriver.NewConntrack())
 		inHW, total := e.installed.InHWCount()
 		p.printf("  installed on %s (%d filters of ours, %d in hardware): %s\n", e.dev, total, inHW, got.Verdict)
 		writeHits(p, got, true, e.profile)
-		if cnt, ok := tcdriver.CountersOf(e.installed, hook, d, tcdriver.Options{}); ok {
+		if cnt, ok := tcdriver.CountersOf(e.installed, hook, d, tcdriver.Options{}); ok && hook == tcdriver.HookFor(e.pp.Direction) {
 			p.printf("  counters on %s since its filters were installed: %d new connections allowed, %d packets dropped\n", e.dev, cnt.Allowed(), cnt.Dropped)
 			for i, n := range cnt.Rules {
 				p.printf("    %d  %s\n", n, strings.Join(d.Rules[i].Origins, "; "))

@@ -2,6 +2,8 @@ package app
 
 import (
 	"context"
+	"io"
+	"net"
 	"strings"
 	"testing"
 
@@ -130,4 +132,58 @@ func exampleServerRuleSet(t *testing.T) *policy.RuleSet {
 	}
 	t.Fatal("no blue/server attachment in docs/examples")
 	return nil
+}
+
+// TestExplainOnNodeBridged: with the pod's representor on a bridge,
+// explain --on-node traces a connection to the pod through the filters
+// installed on the bridge's uplink, dispatched on the VF's MAC as its PF
+// reports it, and one from the pod through its representor.
+func TestExplainOnNodeBridged(t *testing.T) {
+	ctx := context.Background()
+	server := exampleServerRuleSet(t)
+	nic := sriovtest.ConnectX6Dx()
+	const rep, uplink = "ens1f0npf0vf0", "ens1f0np0"
+	sw := nic.Fake()
+	sw.SetMaster(rep, "br0").SetMaster(uplink, "br0")
+	mac := net.HardwareAddr{0x02, 0, 0x0a, 0x0a, 0, 0x10}
+	sw.SetVFMAC("0000:3b:00.2", mac)
+	drv := tcdriver.NewFake(tcdriver.Options{}, rep, uplink)
+	if err := drv.ApplyBridge(ctx, &tcdriver.Bridge{Name: "br0", Uplinks: []string{uplink}, Ports: []tcdriver.BridgePort{{Dev: rep, MAC: mac, RuleSet: server}}}); err != nil {
+		t.Fatal(err)
+	}
+	node := &explainNode{
+		podResources: func(context.Context) ([]*podresourcesv1.PodResources, error) {
+			return []*podresourcesv1.PodResources{{Namespace: "blue", Name: "server", Containers: []*podresourcesv1.ContainerResources{
+				debugContainer("server", "mellanox.com/cx6dx_p0", "0000:3b:00.2")}}}, nil
+		},
+		resolver: sw,
+		topology: sw,
+		driver:   drv,
+	}
+	for _, c := range []struct {
+		from, to string
+		port     int
+		want     []string
+	}{
+		{"10.10.0.20", "", 8080, []string{"installed on " + uplink + " (", ": pass", "dst_mac 02:00:0a:0a:00:10"}},
+		{"10.10.0.21", "", 5005, []string{"installed on " + uplink + " (", ": drop"}},
+		{"", "10.10.0.20", 53, []string{"installed on " + rep + " (", "verdict: allowed"}},
+	} {
+		o := &explainOptions{files: []string{"../../../docs/examples"}, pod: "blue/server", from: c.from, to: c.to, proto: "udp", port: c.port,
+			onNode: true, agentRuleFlags: agentRuleFlags{networkPlugins: policy.DefaultNetworkPlugins}}
+		if c.from != "" {
+			o.proto = "tcp"
+		}
+		var out strings.Builder
+		if err := runExplain(ctx, o, node, nil, &out); err != nil || strings.Contains(out.String(), "DISAGREEMENT") || !containsAll(out.String(), c.want) {
+			t.Errorf("from %q to %q port %d: %v, want %q in:\n%s", c.from, c.to, c.port, err, c.want, out.String())
+		}
+	}
+	// The PF reports a MAC other than the pod's network-status: no guess.
+	sw.SetVFMAC("0000:3b:00.2", net.HardwareAddr{0x02, 0, 0, 0, 0, 0x99})
+	o := &explainOptions{files: []string{"../../../docs/examples"}, pod: "blue/server", from: "10.10.0.20", proto: "tcp", port: 8080,
+		onNode: true, agentRuleFlags: agentRuleFlags{networkPlugins: policy.DefaultNetworkPlugins}}
+	if err := runExplain(ctx, o, node, nil, io.Discard); err == nil || !strings.Contains(err.Error(), "the PF reports MAC 02:00:00:00:00:99") {
+		t.Errorf("MACs disagree: %v", err)
+	}
 }

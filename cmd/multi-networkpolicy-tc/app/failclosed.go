@@ -267,6 +267,9 @@ func (a *Agent) sweepFreeVFs(ctx context.Context, held map[string]bool) {
 		return
 	}
 	resources := a.enforcedResources()
+	a.mu.Lock()
+	a.vfRepsKnown = true
+	a.mu.Unlock()
 	// allocReps: the representors of every VF the kubelet can allocate.
 	// complete: each of those VFs was resolved, so a device outside
 	// allocReps is surely no such VF's representor (one renamed or without
@@ -281,6 +284,10 @@ func (a *Agent) sweepFreeVFs(ctx context.Context, held map[string]bool) {
 				continue
 			}
 			allocReps[vf.Representor] = true
+			a.mu.Lock()
+			a.vfReps[vf.Representor] = id
+			a.vfResource[id] = d.GetResourceName()
+			a.mu.Unlock()
 			if held[id] {
 				continue
 			}
@@ -334,12 +341,15 @@ func (a *Agent) sweepStrayDevices(ctx context.Context, allocReps map[string]bool
 		}
 		return
 	}
+	owned := a.bridgeDevices() // the uplinks of the bridges we program
 	a.mu.Lock()
-	owned := map[string]bool{}
 	for _, ps := range a.programmed {
 		for _, rep := range ps.reps {
 			owned[rep] = true
 		}
+	}
+	for rep := range a.ports {
+		owned[rep] = true
 	}
 	a.mu.Unlock()
 	for _, dev := range links {

@@ -464,36 +464,55 @@ func TestStrayFiltersRemoved(t *testing.T) {
 }
 
 // TestRestartWithBadInput: an agent that starts while a NAD's config does
-// not parse knows no last good rules for the pods on it: it keeps the
-// filters of ours the last run left, and isolates a representor that has
-// none.
+// not parse knows no last good rules for the pods on it. A representor
+// programmed alone keeps the filters of ours the last run left; one on a
+// bridge is isolated both ways, since the agent cannot read a bridge
+// section back into a rule set and every other port must carry the
+// pod's ingress section (stricter than the last run, never more open). A
+// representor without rules of ours is isolated either way.
 func TestRestartWithBadInput(t *testing.T) {
-	lastRun := &policy.RuleSet{Ingress: policy.DirectionRules{Isolated: true, Stateful: true}}
-	var before string
-	h := newHarnessWith(t, func(h *harness) {
-		bad := sriovNAD(fcNS, "net", "accelerated-bridge")
-		bad.Spec.Config = "{"
-		h.createNAD(bad)
-		h.pr.set(fcNS, "db", hVF(0))
-		h.pr.set(fcNS, "web", hVF(1))
-		h.createPod(runningPod(fcNS, "db", fcNet, fcPodIP, nil))
-		h.createPod(runningPod(fcNS, "web", fcNet, "10.1.0.11", nil))
-		h.must(h.tc.Apply(hctx(), hRep(0), lastRun), "db's rules from the last run")
-		st, err := h.tc.Dump(hctx(), hRep(0))
-		h.must(err, "dump")
-		before = st.Canonical()
-	})
-	h.settle()
-	if st, _ := h.tc.Dump(hctx(), hRep(0)); st.Canonical() != before {
-		t.Errorf("%s: the last run's rules changed:\n%s\nwant:\n%s", hRep(0), st.Canonical(), before)
-	}
-	if got := h.allowed(hRep(1), "10.1.0.11"); len(got) != 0 || h.ours(hRep(1)) == 0 {
-		t.Errorf("%s (no rules of the last run) allows %v, want isolated both ways", hRep(1), got)
-	}
-	for _, a := range h.agent.Attachments() {
-		if a.State != stateHeld {
-			t.Errorf("%s is %s, want held", a.ID, a.State)
-		}
+	for _, tc := range []struct {
+		name    string
+		bridged bool
+	}{{"programmed alone", false}, {"on a bridge", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			lastRun := &policy.RuleSet{Ingress: policy.DirectionRules{Isolated: true, Stateful: true}}
+			var before string
+			h := newHarnessWith(t, func(h *harness) {
+				if !tc.bridged {
+					for i := range hVFs {
+						h.sw.SetMaster(hRep(i), "")
+					}
+				}
+				bad := sriovNAD(fcNS, "net", "accelerated-bridge")
+				bad.Spec.Config = "{"
+				h.createNAD(bad)
+				h.pr.set(fcNS, "db", hVF(0))
+				h.pr.set(fcNS, "web", hVF(1))
+				h.createPod(runningPod(fcNS, "db", fcNet, fcPodIP, nil))
+				h.createPod(runningPod(fcNS, "web", fcNet, "10.1.0.11", nil))
+				h.must(h.tc.Apply(hctx(), hRep(0), lastRun), "db's rules from the last run")
+				st, err := h.tc.Dump(hctx(), hRep(0))
+				h.must(err, "dump")
+				before = st.Canonical()
+			})
+			h.settle()
+			st, _ := h.tc.Dump(hctx(), hRep(0))
+			if kept := st.Canonical() == before; kept == tc.bridged {
+				t.Errorf("%s: the last run's rules kept = %v, want %v:\n%s\nlast run:\n%s", hRep(0), kept, !tc.bridged, st.Canonical(), before)
+			}
+			if got := h.allowed(hRep(0), fcPodIP); tc.bridged && len(got) != 0 {
+				t.Errorf("%s on a bridge allows %v, want isolated both ways", hRep(0), got)
+			}
+			if got := h.allowed(hRep(1), "10.1.0.11"); len(got) != 0 || h.ours(hRep(1)) == 0 {
+				t.Errorf("%s (no rules of the last run) allows %v, want isolated both ways", hRep(1), got)
+			}
+			for _, a := range h.agent.Attachments() {
+				if a.State != stateHeld {
+					t.Errorf("%s is %s, want held", a.ID, a.State)
+				}
+			}
+		})
 	}
 }
 

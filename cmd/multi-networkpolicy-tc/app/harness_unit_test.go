@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"slices"
@@ -47,8 +48,23 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
+const (
+	hBridge = "br0"
+	hUplink = "p0"
+)
+
 func hVF(i int) string  { return fmt.Sprintf("0000:3b:00.%d", i+2) }
 func hRep(i int) string { return fmt.Sprintf("pf0vf%d", i) }
+
+// hMAC is VF i's MAC, as its PF reports it.
+func hMAC(i int) net.HardwareAddr { return net.HardwareAddr{0x02, 0, 0, 0, 0, byte(i + 1)} }
+
+// hRepIndex is i of representor pf0vfI.
+func hRepIndex(rep string) int {
+	var i int
+	_, _ = fmt.Sscanf(rep, "pf0vf%d", &i)
+	return i
+}
 
 // fakePodResources keeps what the kubelet would report and fails like the
 // gRPC client does: ErrPodNotFound for an unknown pod, an error when down.
@@ -167,11 +183,14 @@ func newHarnessWith(t *testing.T, before func(*harness)) *harness {
 		pr:      &fakePodResources{pods: map[string]*podresourcesv1.PodResources{}},
 		ct:      &fakeConntrack{},
 	}
-	sw := sriov.NewFake().AddPF(hPF, "p0", true)
-	devs := make([]string, hVFs)
+	// accelerated-bridge-cni's node: the uplink and every VF
+	// representor are ports of one bridge, each VF has a MAC set on its
+	// PF, so the agent enforces the bridge placement.
+	sw := sriov.NewFake().AddPF(hPF, hUplink, true).SetMaster(hUplink, hBridge)
+	devs := []string{hUplink}
 	for i := range hVFs {
-		sw.AddVF(hPF, i, hVF(i), hRep(i))
-		devs[i] = hRep(i)
+		sw.AddVF(hPF, i, hVF(i), hRep(i)).SetMaster(hRep(i), hBridge).SetVFMAC(hVF(i), hMAC(i))
+		devs = append(devs, hRep(i))
 	}
 	h.sw = sw
 	h.tc = tcdriver.NewFake(tcdriver.Options{}, devs...)
@@ -180,7 +199,7 @@ func newHarnessWith(t *testing.T, before func(*harness)) *harness {
 	opts.MetricsBindAddress, opts.HealthProbeBindAddress = "0", "0"
 	log := logrus.New()
 	log.SetLevel(logrus.ErrorLevel)
-	agent, err := NewAgent(AgentConfig{Options: opts, Clients: h.clients, PodResources: h.pr, Resolver: sw, Driver: h.tc, Conntrack: h.ct, Log: log,
+	agent, err := NewAgent(AgentConfig{Options: opts, Clients: h.clients, PodResources: h.pr, Resolver: sw, Topology: sw, Driver: h.tc, Conntrack: h.ct, Log: log,
 		Links: func() ([]string, error) { return h.tc.Devices(), nil }})
 	if err != nil {
 		t.Fatal(err)
@@ -264,17 +283,38 @@ func denyAllIngress(ns, name, network string) *mnpv1beta1.MultiNetworkPolicy {
 // a TCP connection to and from the pod on each of a few ports and peers.
 var probeRemotes = []string{"10.1.0.20", "192.0.2.7"}
 
-// allowed traces every probe through the representor's filters and returns
-// the set of those that pass ("in 10.1.0.20:80", "out 192.0.2.7:443"…).
+// allowed traces every probe where the bridge placement decides it — a
+// new connection to the pod entering by the uplink (the rest of the
+// network), one from the pod entering by its own representor — and
+// returns the set of those that pass ("in 10.1.0.20:80", "out
+// 192.0.2.7:443"…).
 func (h *harness) allowed(rep, podIP string) map[string]bool {
 	out := map[string]bool{}
 	pod := netip.MustParseAddr(podIP)
+	mac, _ := tcdriver.MACOf(hMAC(hRepIndex(rep)))
+	pass := func(dev string, pp policy.Packet) bool {
+		fr := tcdriver.FrameFor(pp, pod, 40000)
+		ct := tcdriver.NewConntrack()
+		if pp.Direction == policy.Egress {
+			fr.DstMAC = tcdriver.MAC{0x02, 0xee, 0, 0, 0, 1} // beyond the uplink
+			return tcdriver.Trace(h.tc.Filters(dev, tcdriver.HookIngress), tcdriver.HookIngress, fr, ct).Verdict == tcdriver.Pass
+		}
+		fr.DstMAC = mac
+		if tcdriver.Trace(h.tc.Filters(dev, tcdriver.HookIngress), tcdriver.HookIngress, fr, ct).Verdict != tcdriver.Pass {
+			return false
+		}
+		// Then out by the pod's representor: its egress hook is empty in
+		// the bridge placement, and holds the ingress rules of a port
+		// programmed alone (a free VF, one closed for its MAC), which
+		// the frame meets since a VF that sent nothing is not learned.
+		return tcdriver.Trace(h.tc.Filters(rep, tcdriver.HookEgress), tcdriver.HookEgress, fr, ct).Verdict == tcdriver.Pass
+	}
 	for _, r := range probeRemotes {
 		for _, port := range []uint16{80, 443} {
-			if h.tc.Admits(rep, policy.Packet{Direction: policy.Ingress, Remote: netip.MustParseAddr(r), Protocol: policy.TCP, Port: port}, pod) {
+			if pass(hUplink, policy.Packet{Direction: policy.Ingress, Remote: netip.MustParseAddr(r), Protocol: policy.TCP, Port: port}) {
 				out[fmt.Sprintf("in %s:%d", r, port)] = true
 			}
-			if h.tc.Admits(rep, policy.Packet{Direction: policy.Egress, Remote: netip.MustParseAddr(r), Protocol: policy.TCP, Port: port}, pod) {
+			if pass(rep, policy.Packet{Direction: policy.Egress, Remote: netip.MustParseAddr(r), Protocol: policy.TCP, Port: port}) {
 				out[fmt.Sprintf("out %s:%d", r, port)] = true
 			}
 		}

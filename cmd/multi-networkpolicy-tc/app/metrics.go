@@ -23,6 +23,13 @@ const (
 	reasonPodResources        = "PodResourcesFailed"
 	reasonNetworksAnnotation  = "InvalidNetworksAnnotation"
 	reasonConntrack           = "ConntrackCutFailed"
+	// reasonMACUnknown: a VF on a bridge whose MAC is missing, malformed or
+	// reported differently by the PF and the pod's network-status, so its
+	// ingress cannot be dispatched to.
+	reasonMACUnknown = "VFMACUnknown"
+	// reasonBridgeTopology: the bridge of a representor, or its ports,
+	// cannot be read.
+	reasonBridgeTopology = "BridgeTopologyFailed"
 	// reasonNetworkNotEnforced is an Event only: a policy names a network
 	// on which it enforces nothing.
 	reasonNetworkNotEnforced = "NetworkNotEnforced"

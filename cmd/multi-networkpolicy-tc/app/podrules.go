@@ -47,8 +47,23 @@ func (a *Agent) writePodRules(la *localAttachment, rs *policy.RuleSet, reps map[
 	}
 	offload, _ := tcdriver.ParseOffload(a.opts.TCOffload)
 	profile, _ := a.opts.Profile()
+	zones, _ := tcdriver.ParseZoneRange(a.opts.CTZoneRange)
+	topts := tcdriver.Options{Offload: offload, Profile: profile, Zones: zones}
 	for _, vf := range vfs {
-		if err := tcdriver.WriteBatch(&b, reps[vf], rs, tcdriver.Options{Offload: offload, Profile: profile}); err != nil {
+		rep := reps[vf]
+		a.mu.Lock()
+		w := a.ports[rep]
+		a.mu.Unlock()
+		var err error
+		if br := a.lastBridge(portBridge(w)); br != nil && !w.closed {
+			// The port as the bridge placement programs it: the pod's
+			// egress and the other local pods' ingress; its own ingress
+			// is on every other port of the bridge.
+			err = writeBridgeBatch(&b, br, topts, map[string]bool{rep: true})
+		} else {
+			err = tcdriver.WriteBatch(&b, rep, rs, topts)
+		}
+		if err != nil {
 			fmt.Fprintf(&b, "# cannot render tc commands: %v\n", err)
 		}
 	}
@@ -65,6 +80,13 @@ func (a *Agent) writePodRules(la *localAttachment, rs *policy.RuleSet, reps map[
 	if err := os.Rename(tmp, path); err != nil {
 		a.log.WithError(err).Warn("--pod-rules-path")
 	}
+}
+
+func portBridge(w *portWant) string {
+	if w == nil {
+		return ""
+	}
+	return w.bridge
 }
 
 func (a *Agent) removePodRules(id string) {

@@ -80,6 +80,9 @@ func (a *Agent) addEventHandlers() error {
 				c, ok2 := cur.(*corev1.Pod)
 				if !ok1 || !ok2 || mappingChanged(o, c) {
 					a.enqueuePod(cur)
+				} else if o.Annotations[nadv1.NetworkStatusAnnot] != c.Annotations[nadv1.NetworkStatusAnnot] {
+					// The VFs' MACs may come from it (vfMAC).
+					a.enqueuePodAttachments(c.Namespace + "/" + c.Name)
 				}
 			},
 			DeleteFunc: func(obj any) { a.enqueuePod(tombstone(obj)) },
@@ -155,6 +158,15 @@ func (a *Agent) onPod(obj any) {
 func (a *Agent) enqueueAttachments(atts []policy.Attachment) {
 	for _, att := range atts {
 		a.attQueue.Add(att.ID())
+	}
+}
+
+func (a *Agent) enqueuePodAttachments(podKey string) {
+	a.mu.Lock()
+	ids := append([]string(nil), a.byPod[podKey]...)
+	a.mu.Unlock()
+	for _, id := range ids {
+		a.attQueue.Add(id)
 	}
 }
 
@@ -526,11 +538,13 @@ func (a *Agent) processAttachment(ctx context.Context, id string) {
 	a.updateStateGauge()
 }
 
-// syncAttachment computes one attachment's rule set and programs it on the
-// representor of each of its VFs; for an attachment that is gone, it removes
-// our rules from representors no other attachment took over. An attachment
-// whose input is unusable is held (ruleSetFor): it keeps its last good
-// rules, or is isolated both ways, and waits for an input change.
+// syncAttachment computes one attachment's rule set and programs it for
+// each of its VFs: a representor on a bridge by re-applying the bridge
+// (syncBridge), one on no bridge on the representor alone (the old
+// placement); for an attachment that is gone, it closes the representors
+// no other attachment took over. An attachment whose input is unusable is
+// held (ruleSetFor): it keeps its last good rules, or is isolated both
+// ways, and waits for an input change.
 func (a *Agent) syncAttachment(ctx context.Context, id string) error {
 	a.mu.Lock()
 	la := a.local[id]
@@ -542,7 +556,16 @@ func (a *Agent) syncAttachment(ctx context.Context, id string) error {
 	rs, held := a.ruleSetFor(la)
 	var errs []error
 	reps := map[string]string{}
-	for _, vfPCI := range la.devices {
+	type alone struct{ vf, rep string }
+	var single []alone              // on no bridge, or closed apart from it
+	bridges := map[string][]alone{} // its ports on each bridge
+	// touch marks a bridge to re-apply that none of its ports is on.
+	touch := func(br string) {
+		if _, ok := bridges[br]; !ok {
+			bridges[br] = nil
+		}
+	}
+	for i, vfPCI := range la.devices {
 		vf, err := a.resolver.Resolve(vfPCI)
 		if err != nil {
 			reason := reasonVFNotResolved
@@ -555,11 +578,97 @@ func (a *Agent) syncAttachment(ctx context.Context, id string) error {
 			errs = append(errs, err)
 			continue
 		}
-		a.driverMu.Lock()
-		if rs != nil {
-			err = a.driver.Apply(ctx, vf.Representor, rs)
+		rep := vf.Representor
+		br, err := a.bridgeOf(rep)
+		if err != nil {
+			a.metrics.errors.WithLabelValues(reasonBridgeTopology).Inc()
+			a.events.warn("Pod", la.att.PodNamespace, la.att.PodName, reasonBridgeTopology,
+				fmt.Sprintf("network %s: VF %s: %v; the representor keeps the rules it had, retried with backoff", la.att.Network, vfPCI, err))
+			errs = append(errs, err)
+			continue
+		}
+		if br == "" {
+			a.mu.Lock()
+			was := a.ports[rep]
+			a.mu.Unlock()
+			a.setPort(rep, nil)
+			if was != nil && !was.closed {
+				touch(was.bridge) // it left: re-apply without it
+			}
+			a.mu.Lock()
+			first := !a.aloneLogged[rep]
+			a.aloneLogged[rep] = true
+			a.mu.Unlock()
+			if first {
+				log.WithFields(logrus.Fields{"representor": rep, "vf": vfPCI}).Info("representor on no bridge: programmed alone (old placement: the pod's ingress on its egress hook, enforced in software only)")
+			}
+			single = append(single, alone{vfPCI, rep})
+			continue
+		}
+		w, err := a.bridgePort(la, i, vf, br, rs)
+		if err != nil {
+			a.reportMAC(la, err)
+			errs = append(errs, err)
+			single = append(single, alone{vfPCI, rep})
+		}
+		a.mu.Lock()
+		was := a.ports[rep]
+		a.mu.Unlock()
+		a.setPort(rep, w)
+		if was != nil && was.bridge != br && !was.closed {
+			touch(was.bridge)
+		}
+		if w.closed {
+			touch(br) // applied without it first, then closed alone
 		} else {
-			err = a.programHeld(ctx, vf.Representor, la)
+			bridges[br] = append(bridges[br], alone{vfPCI, rep})
+		}
+	}
+	for _, br := range mapKeys(bridges) {
+		perPort, err := a.syncBridge(ctx, br)
+		for _, p := range bridges[br] {
+			if e := perPort[p.rep]; e != nil {
+				a.metrics.errors.WithLabelValues(reasonTCProgramming).Inc()
+				a.events.warn("Pod", la.att.PodNamespace, la.att.PodName, reasonTCProgramming,
+					fmt.Sprintf("network %s: VF %s representor %s on bridge %s: %v; the port keeps its previous rules, or is closed if it had none; retried with backoff", la.att.Network, p.vf, p.rep, br, e))
+				errs = append(errs, fmt.Errorf("bridge %s: representor %s: %w", br, p.rep, e))
+			} else if err == nil {
+				reps[p.vf] = p.rep
+				if rs != nil {
+					log.WithFields(logrus.Fields{"representor": p.rep, "vf": p.vf, "bridge": br, "held": held,
+						"ingressIsolated": rs.Ingress.Isolated, "egressIsolated": rs.Egress.Isolated}).Debug("programmed")
+				}
+			}
+		}
+		if err != nil {
+			reason := reasonTCProgramming
+			if errors.Is(err, tcdriver.ErrNoDevice) {
+				reason = reasonRepresentorNotFound
+			}
+			a.metrics.errors.WithLabelValues(reason).Inc()
+			var own []string
+			for _, p := range bridges[br] {
+				own = append(own, p.rep)
+			}
+			a.events.warn("Pod", la.att.PodNamespace, la.att.PodName, reason,
+				fmt.Sprintf("network %s: bridge %s (port %s): %v; its ports keep their previous rules, retried with backoff; fix: %s", la.att.Network, br, strings.Join(own, ","), err, resolveFix(reason)))
+			errs = append(errs, err)
+		}
+	}
+	for _, p := range single {
+		a.mu.Lock()
+		w := a.ports[p.rep]
+		a.mu.Unlock()
+		want := rs
+		if w != nil && w.closed {
+			want = w.rs
+		}
+		var err error
+		a.driverMu.Lock()
+		if want != nil {
+			err = a.driver.Apply(ctx, p.rep, want)
+		} else {
+			err = a.programHeld(ctx, p.rep, la)
 		}
 		a.driverMu.Unlock()
 		if err != nil {
@@ -569,14 +678,14 @@ func (a *Agent) syncAttachment(ctx context.Context, id string) error {
 			}
 			a.metrics.errors.WithLabelValues(reason).Inc()
 			a.events.warn("Pod", la.att.PodNamespace, la.att.PodName, reason,
-				fmt.Sprintf("network %s: VF %s representor %s: %v; its previous rules stay, retried with backoff; fix: %s", la.att.Network, vfPCI, vf.Representor, err, resolveFix(reason)))
+				fmt.Sprintf("network %s: VF %s representor %s: %v; its previous rules stay, retried with backoff; fix: %s", la.att.Network, p.vf, p.rep, err, resolveFix(reason)))
 			errs = append(errs, err)
 			continue
 		}
-		reps[vfPCI] = vf.Representor
-		if rs != nil {
-			log.WithFields(logrus.Fields{"representor": vf.Representor, "vf": vfPCI, "held": held,
-				"ingressIsolated": rs.Ingress.Isolated, "egressIsolated": rs.Egress.Isolated}).Debug("programmed")
+		reps[p.vf] = p.rep
+		if want != nil && (w == nil || !w.closed) {
+			log.WithFields(logrus.Fields{"representor": p.rep, "vf": p.vf, "held": held,
+				"ingressIsolated": want.Ingress.Isolated, "egressIsolated": want.Egress.Isolated}).Debug("programmed")
 		}
 	}
 	// A VF this attachment no longer has, or a representor that is no
@@ -712,13 +821,31 @@ func (a *Agent) removeAttachment(ctx context.Context, id string) error {
 // removeReps leaves the representors (VF PCI → netdev) that attachment id
 // programmed as a free VF's are: closed, isolated both ways (freeVF).
 // Where the VF now belongs to another attachment it does nothing: the new
-// owner's Apply replaces the rules without a moment unprotected.
+// owner's Apply replaces the rules without a moment unprotected. A
+// representor on a bridge first leaves the bridge program (every other
+// port drops the pod's section), then is closed alone, since the driver
+// removes our filters from a port that left a bridge.
 func (a *Agent) removeReps(ctx context.Context, id string, reps map[string]string) error {
 	var errs []error
 	for vf, rep := range reps {
-		a.driverMu.Lock()
 		a.mu.Lock()
 		owner, taken := a.vfOwner[vf]
+		w := a.ports[rep]
+		if w != nil && w.id == id && (!taken || owner == id) {
+			delete(a.ports, rep)
+		} else {
+			w = nil
+		}
+		a.mu.Unlock()
+		if w != nil && !w.closed {
+			if _, err := a.syncBridge(ctx, w.bridge); err != nil {
+				a.metrics.errors.WithLabelValues(reasonTCRemove).Inc()
+				errs = append(errs, fmt.Errorf("bridge %s without representor %s of VF %s released by %s: %w", w.bridge, rep, vf, id, err))
+			}
+		}
+		a.driverMu.Lock()
+		a.mu.Lock()
+		owner, taken = a.vfOwner[vf]
 		a.mu.Unlock()
 		reused := taken && owner != id
 		var err error

@@ -22,12 +22,21 @@ import (
 const exitInvalidObjects = 3
 
 type renderOptions struct {
-	files  []string
-	pod    string
-	output string
-	dev    string
+	files     []string
+	pod       string
+	output    string
+	dev       string
+	devSet    bool
+	placement string
+	uplink    string
 	agentRuleFlags
 }
+
+// Placements of render -o tc.
+const (
+	placementBridge      = "bridge"
+	placementRepresentor = "representor"
+)
 
 // agentRuleFlags are the agent's flags that decide what rules it computes
 // and programs, which the offline commands (render, explain) take too, so
@@ -80,14 +89,17 @@ stderr; their faulty parts allow nothing).`,
   multi-networkpolicy-tc render -f policy.yaml -f pods.yaml -o tc --dev eth5`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			o.devSet = cmd.Flags().Changed("dev")
 			return runRender(o, cmd.InOrStdin(), stdout, cmd.ErrOrStderr())
 		},
 	}
 	f := cmd.Flags()
 	f.StringSliceVarP(&o.files, "filename", "f", nil, "manifest file or directory (repeatable; - for stdin)")
-	f.StringVar(&o.pod, "pod", "", "only this pod (namespace/name)")
+	f.StringVar(&o.pod, "pod", "", "only this pod (namespace/name); with -o tc and the bridge placement, its ports and the uplink of a bridge of every pod in the manifests")
 	f.StringVarP(&o.output, "output", "o", "text", "output format: text, json or tc (tc -batch commands)")
-	f.StringVar(&o.dev, "dev", "REPRESENTOR", "representor name used in -o tc output")
+	f.StringVar(&o.dev, "dev", "REPRESENTOR", "representor name used in -o tc output (bridge placement: the name of the --pod's port; the others are named namespace/pod/interface)")
+	f.StringVar(&o.placement, "placement", placementBridge, "with -o tc: bridge (what the agent programs on a bridge: every attachment of a network in the manifests on one bridge with one uplink, MACs from the pods' network-status) or representor (the old placement, one representor alone, pod ingress on its egress hook)")
+	f.StringVar(&o.uplink, "uplink", "uplink", "with -o tc --placement bridge: the name of the bridges' uplink")
 	o.add(f, "with -o tc each filter is marked with whether the profile offloads it")
 	_ = cmd.MarkFlagRequired("filename")
 	return cmd
@@ -101,13 +113,25 @@ func runRender(o *renderOptions, stdin io.Reader, stdout, stderr io.Writer) erro
 	default:
 		return badInput(fmt.Errorf("--output %q: want text, json or tc", o.output))
 	}
+	switch o.placement {
+	case placementBridge, placementRepresentor:
+	default:
+		return badInput(fmt.Errorf("--placement %q: want bridge or representor", o.placement))
+	}
 	objs, err := readManifests(o.files, stdin)
 	if err != nil {
 		return badInput(err)
 	}
 	engine := policy.NewEngine(o.policyOptions())
 	atts, inputErrs := loadEngine(engine, objs)
-	if o.pod != "" {
+	bridged := o.output == "tc" && o.placement == placementBridge
+	if o.pod != "" && bridged {
+		// The pod's ingress sits on the other ports of its bridge: every
+		// attachment is computed, the output keeps the pod's ports.
+		if !slices.ContainsFunc(atts, func(a policy.Attachment) bool { return a.PodNamespace+"/"+a.PodName == o.pod }) {
+			return badInput(fmt.Errorf("--pod %s: no such pod with secondary networks in the manifests", o.pod))
+		}
+	} else if o.pod != "" {
 		atts = slices.DeleteFunc(atts, func(a policy.Attachment) bool { return a.PodNamespace+"/"+a.PodName != o.pod })
 		if len(atts) == 0 {
 			return badInput(fmt.Errorf("--pod %s: no such pod with secondary networks in the manifests", o.pod))
@@ -131,6 +155,10 @@ func runRender(o *renderOptions, stdin io.Reader, stdout, stderr io.Writer) erro
 		}
 		err = enc.Encode(ruleSets)
 	case "tc":
+		if bridged {
+			err = writeBridges(stdout, stderr, o, objs, engine, ruleSets, tcdriver.Options{Profile: profile})
+			break
+		}
 		for _, rs := range ruleSets {
 			if err = tcdriver.WriteBatch(stdout, o.dev, rs, tcdriver.Options{Profile: profile}); err != nil {
 				return fmt.Errorf("%s: %w", rs.Attachment, err)

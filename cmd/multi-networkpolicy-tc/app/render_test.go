@@ -198,3 +198,60 @@ spec: {podSelector: {}}
 		t.Errorf("stderr:\n%s\nwant:\n%s", errOut, want)
 	}
 }
+
+// TestRenderBridgePlacement: -o tc shows the bridge placement by default,
+// --pod keeps the uplink and the pod's port, a port without MAC is closed
+// alone (and said on stderr), --placement representor is the old output.
+func TestRenderBridgePlacement(t *testing.T) {
+	noMAC := filepath.Join(t.TempDir(), "nomac.yaml")
+	b, err := os.ReadFile("../../../docs/examples/00-cluster.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(noMAC, []byte(strings.ReplaceAll(string(b), `, "mac": "02:00:0a:0a:00:10"`, "")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name        string
+		args        []string
+		has, hasNot []string
+		stderr      string
+	}{
+		{"every port of the bridge", []string{"-f", "../../../docs/examples"},
+			[]string{"# bridge blue/sriov-a port uplink", "# bridge blue/sriov-a port blue/server/net1", "# bridge blue/sriov-a port red/intruder/net1",
+				"filter add dev uplink ingress chain 0 pref 49152 protocol all", "dst_mac 02:00:0a:0a:00:10 action gact goto chain"},
+			[]string{" egress "}, ""},
+		{"--pod: the uplink and its port, --dev names it", []string{"-f", "../../../docs/examples", "--pod", "blue/server", "--dev", "eth5", "--uplink", "p0"},
+			[]string{"# bridge blue/sriov-a port p0", "# bridge blue/sriov-a port eth5", "filter add dev eth5 ingress"},
+			[]string{"port blue/client/net1", "port red/"}, ""},
+		{"no MAC: closed alone", []string{"-f", noMAC, "-f", "../../../docs/examples/01-default-deny.yaml"},
+			[]string{"port blue/server/net1: closed alone (old placement, isolated both ways)", "filter add dev blue/server/net1 egress"},
+			[]string{"dst_mac 02:00:0a:0a:00:10"}, "closed: blue/server net1 (network blue/sriov-a): no MAC address known"},
+		{"--placement representor: the old output", []string{"-f", "../../../docs/examples", "--pod", "blue/server", "--placement", "representor"},
+			[]string{"on representor REPRESENTOR", "filter add dev REPRESENTOR egress"}, []string{"dst_mac", "# bridge"}, ""},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			out, errOut, code := runCLI(t, append([]string{"render", "-o", "tc"}, c.args...)...)
+			if code != 0 {
+				t.Fatalf("exit %d: %s", code, errOut)
+			}
+			for _, s := range c.has {
+				if !strings.Contains(out, s) {
+					t.Errorf("output lacks %q", s)
+				}
+			}
+			for _, s := range c.hasNot {
+				if strings.Contains(out, s) {
+					t.Errorf("output has %q", s)
+				}
+			}
+			if !strings.Contains(errOut, c.stderr) {
+				t.Errorf("stderr %q lacks %q", errOut, c.stderr)
+			}
+		})
+	}
+	if _, errOut, code := runCLI(t, "render", "-o", "tc", "-f", "../../../docs/examples", "--placement", "eswitch"); code != exitBadInput || !strings.Contains(errOut, "--placement") {
+		t.Errorf("--placement eswitch: exit %d, %s", code, errOut)
+	}
+}

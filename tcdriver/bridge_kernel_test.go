@@ -568,9 +568,15 @@ func TestKernelDifferentialBridge(t *testing.T) {
 	remote := topo.AddRemotePod(t, "bremote", datapath.PodOptions{})
 	up := topo.Uplink().Dev
 	raw := map[*datapath.Pod]*rawPort{peer: openRaw(t, peer.NS, "eth0"), subj: openRaw(t, subj.NS, "eth0"), remote: openRaw(t, remote.NS, "eth0")}
-	drvs := make([]*TC, len(Profiles))
+	// Every other set with Options.RoutedSources: then a frame entering by
+	// the peer's port is judged by its source address, as the reference
+	// evaluator judges it; otherwise as coming from the peer's own
+	// addresses (docs/policy-semantics.md §4), and the oracle is the rule
+	// set narrowed to them.
+	drvs := make([]*TC, 2*len(Profiles))
 	for i, prof := range Profiles {
-		drvs[i] = newKernelDriver(t, Options{Profile: prof})
+		drvs[2*i] = newKernelDriver(t, Options{Profile: prof})
+		drvs[2*i+1] = newKernelDriver(t, Options{Profile: prof, RoutedSources: true})
 	}
 	t.Cleanup(func() { _ = drvs[0].RemoveBridge(context.Background(), topo.Bridge()) })
 	nextID := uint16(1)
@@ -584,7 +590,11 @@ func TestKernelDifferentialBridge(t *testing.T) {
 		if rs == nil || (!rs.Ingress.Isolated && !rs.Egress.Isolated && sets%5 != 0) {
 			continue // mostly sets that isolate something
 		}
-		prof, drv := Profiles[sets%len(Profiles)], drvs[sets%len(Profiles)]
+		routed := sets/len(Profiles)%2 == 1
+		prof, drv := Profiles[sets%len(Profiles)], drvs[2*(sets%len(Profiles))]
+		if routed {
+			drv = drvs[2*(sets%len(Profiles))+1]
+		}
 		pp, ps := bridgePort(t, peer, nil), bridgePort(t, subj, nil)
 		// The peer is open, on the pod's network (a port dispatches only
 		// to pods of its own network).
@@ -592,7 +602,9 @@ func TestKernelDifferentialBridge(t *testing.T) {
 		ps.RuleSet = rs
 		br := &Bridge{Name: topo.Bridge(), Uplinks: []string{up}, Ports: []BridgePort{pp, ps}}
 		applyBridge(t, drv, br)
-		fake := NewFake(Options{Profile: prof}, up, peer.Rep, subj.Rep)
+		fake := NewFake(Options{Profile: prof, RoutedSources: routed}, up, peer.Rep, subj.Rep)
+		fromPeer := *rs
+		fromPeer.Ingress = *fromSender(&rs.Ingress, peer.Addrs())
 		if err := fake.ApplyBridge(context.Background(), br); err != nil {
 			t.Fatal(err)
 		}
@@ -636,6 +648,9 @@ func TestKernelDifferentialBridge(t *testing.T) {
 				raw[subj].send(t, f)
 			}
 			want := s.Reference(att, pkt)
+			if port == peer.Rep && !routed {
+				want = fromPeer.Allows(pkt)
+			}
 			tp := FrameFor(pkt, local, f.id)
 			tp.DstMAC, _ = MACOf(f.dstMAC)
 			if tr := Trace(fake.Filters(port, HookIngress), HookIngress, tp, NewConntrack()); (tr.Verdict == Pass) != want {
@@ -669,6 +684,6 @@ func TestKernelDifferentialBridge(t *testing.T) {
 			}
 		}
 	}
-	t.Logf("%d policy sets, %d packets (%d ingress through the uplink; denied entering by the uplink %d, the peer's port %d, the pod's own port %d): kernel == reference evaluator == tracer, bridge placement",
+	t.Logf("%d policy sets, %d packets (%d ingress through the uplink; denied entering by the uplink %d, the peer's port %d, the pod's own port %d): kernel == reference evaluator (narrowed to the peer's addresses for frames entering by its port, in the sets without RoutedSources) == tracer, bridge placement",
 		sets, packets, viaUplink, denied[up], denied[peer.Rep], denied[subj.Rep])
 }

@@ -515,7 +515,7 @@ func newAgentCommandRunner(opts *AgentOptions) func(*cobra.Command, []string) er
 		offload, _ := tcdriver.ParseOffload(opts.TCOffload)
 		profile, _ := opts.Profile()
 		zones, _ := tcdriver.ParseZoneRange(opts.CTZoneRange)
-		drv, err := tcdriver.New(tcdriver.Options{Offload: offload, Profile: profile, Zones: zones}, logrus.StandardLogger(), tcdriver.NewMetrics(reg))
+		drv, err := tcdriver.New(tcdriver.Options{Offload: offload, Profile: profile, Zones: zones, RoutedSources: opts.RoutedSources}, logrus.StandardLogger(), tcdriver.NewMetrics(reg))
 		if err != nil {
 			return err
 		}

@@ -244,7 +244,9 @@ func (a *Agent) syncBridge(ctx context.Context, br string) (map[string]error, er
 		vf, isVF := a.vfReps[d]
 		switch {
 		case w != nil && w.bridge == br && !w.closed:
-			b.Ports = append(b.Ports, tcdriver.BridgePort{Dev: d, MAC: w.mac, RuleSet: w.rs})
+			att := w.rs.Attachment
+			b.Ports = append(b.Ports, tcdriver.BridgePort{Dev: d, MAC: w.mac, RuleSet: w.rs,
+				IPs: a.engine.PodIPs(att.PodNamespace, att.PodName, att.Network)})
 		case w != nil && w.bridge == br:
 			left = append(left, d)
 		case isVF && resources[a.vfResource[vf]]:

@@ -43,8 +43,13 @@ type AgentOptions struct {
 	TCOffload              string
 	OffloadProfile         string
 	CTZoneRange            string
+	RoutedSources          bool
 	Workers                int
 }
+
+// routedSourcesUsage is --routed-sources' help, for the agent and the
+// offline commands.
+const routedSourcesUsage = "judge a frame a local pod sends to another local pod on its bridge by its source address whatever it is (for pods that route traffic for others), instead of as coming from the sender's own addresses; every port then carries each receiver's whole ingress rules (docs/policy-semantics.md §4)"
 
 // NewAgentOptions returns the defaults.
 func NewAgentOptions() *AgentOptions {
@@ -77,6 +82,7 @@ func (o *AgentOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.TCOffload, "tc-offload", o.TCOffload, "hardware offload of the TC filters: auto (no skip flag), skip-sw (hardware only) or skip-hw (software only)")
 	fs.StringVar(&o.OffloadProfile, "offload-profile", o.OffloadProfile, offloadProfileUsage)
 	fs.StringVar(&o.CTZoneRange, "ct-zone-range", o.CTZoneRange, "conntrack zones FIRST-LAST: each network gets the zone its namespace/name hashes to, so networks with overlapping addresses never share connection state; two networks on one zone are refused (Event), choose another range")
+	fs.BoolVar(&o.RoutedSources, "routed-sources", o.RoutedSources, routedSourcesUsage)
 	fs.IntVar(&o.Workers, "workers", o.Workers, "attachments computed in parallel (programming the kernel is serialized)")
 }
 

@@ -48,7 +48,7 @@ func (a *Agent) writePodRules(la *localAttachment, rs *policy.RuleSet, reps map[
 	offload, _ := tcdriver.ParseOffload(a.opts.TCOffload)
 	profile, _ := a.opts.Profile()
 	zones, _ := tcdriver.ParseZoneRange(a.opts.CTZoneRange)
-	topts := tcdriver.Options{Offload: offload, Profile: profile, Zones: zones}
+	topts := tcdriver.Options{Offload: offload, Profile: profile, Zones: zones, RoutedSources: a.opts.RoutedSources}
 	for _, vf := range vfs {
 		rep := reps[vf]
 		a.mu.Lock()

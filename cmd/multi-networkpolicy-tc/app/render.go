@@ -46,6 +46,7 @@ type agentRuleFlags struct {
 	acceptICMP     bool
 	acceptICMPv6   bool
 	offloadProfile string
+	routedSources  bool
 }
 
 // add registers the flags; offloadUse says what --offload-profile does in
@@ -55,6 +56,7 @@ func (a *agentRuleFlags) add(f *pflag.FlagSet, offloadUse string) {
 	f.BoolVar(&a.acceptICMP, "accept-icmp", false, "the agent's --accept-icmp: always accept ICMP (every type) in isolated directions")
 	f.BoolVar(&a.acceptICMPv6, "accept-icmpv6", false, "the agent's --accept-icmpv6: always accept ICMPv6 (every type) in isolated directions")
 	f.StringVar(&a.offloadProfile, "offload-profile", tcdriver.ProfileAuto, "the agent's "+offloadProfileUsage+"; "+offloadUse)
+	f.BoolVar(&a.routedSources, "routed-sources", false, "the agent's --routed-sources: "+routedSourcesUsage)
 }
 
 func (a *agentRuleFlags) policyOptions() policy.Options {
@@ -156,7 +158,7 @@ func runRender(o *renderOptions, stdin io.Reader, stdout, stderr io.Writer) erro
 		err = enc.Encode(ruleSets)
 	case "tc":
 		if bridged {
-			err = writeBridges(stdout, stderr, o, objs, engine, ruleSets, tcdriver.Options{Profile: profile})
+			err = writeBridges(stdout, stderr, o, objs, engine, ruleSets, tcdriver.Options{Profile: profile, RoutedSources: o.routedSources})
 			break
 		}
 		for _, rs := range ruleSets {

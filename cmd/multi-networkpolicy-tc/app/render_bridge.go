@@ -150,7 +150,8 @@ func writeBridges(stdout, stderr io.Writer, o *renderOptions, objs *policy.Objec
 				closed = append(closed, apart{dev, rs, err})
 				continue
 			}
-			b.Ports = append(b.Ports, tcdriver.BridgePort{Dev: dev, MAC: mac, RuleSet: rs})
+			b.Ports = append(b.Ports, tcdriver.BridgePort{Dev: dev, MAC: mac, RuleSet: rs,
+				IPs: engine.PodIPs(att.PodNamespace, att.PodName, att.Network)})
 		}
 		var pe *tcdriver.PortError
 		for _, e := range unjoin(tcdriver.ValidateBridge(b)) {

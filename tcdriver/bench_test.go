@@ -631,7 +631,8 @@ func portChange(tb testing.TB, before, after *Bridge, dev string) (Stats, placem
 	r := newReconciler(k, benchOpts, nil)
 	ctx := context.Background()
 	for i, b := range []*Bridge{before, after} {
-		for _, err := range unjoin(r.ApplyBridge(ctx, b)) {
+		_, rest := PortErrors(r.ApplyBridge(ctx, b))
+		for _, err := range rest {
 			if !errors.Is(err, ErrNoDevice) {
 				tb.Fatalf("port %s: ApplyBridge %d: %v", dev, i, err)
 			}

@@ -96,25 +96,45 @@ func (r *reconciler) enforceable(b *Bridge) (*Bridge, []error) {
 	out := &Bridge{Name: b.Name, Uplinks: b.Uplinks, Ports: make([]BridgePort, 0, len(b.Ports))}
 	var errs []error
 	applied := r.Applied()
-	invalid := map[string]error{}
-	var pe *PortError
-	for _, err := range unjoin(ValidateBridge(b)) {
-		if errors.As(err, &pe) {
-			invalid[pe.Dev] = pe.Err
-		} else {
-			return &Bridge{Name: b.Name}, []error{err} // the bridge as a whole
-		}
+	invalid, whole := PortErrors(ValidateBridge(b))
+	if len(whole) > 0 {
+		return &Bridge{Name: b.Name}, whole // the bridge as a whole
+	}
+	refuse := func(pt *BridgePort, err error) {
+		errs = append(errs, fmt.Errorf("bridge %s: %w", b.Name, &PortError{Dev: pt.Dev, Err: fmt.Errorf("refusing rule set, %s: %w", r.fallback(pt, applied), err)}))
 	}
 	for _, pt := range b.Ports {
 		if err, bad := invalid[pt.Dev]; bad {
-			errs = append(errs, fmt.Errorf("bridge %s: representor %s: refusing rule set, %s: %w", b.Name, pt.Dev, r.fallback(&pt, applied), err))
+			refuse(&pt, err)
 		} else if other, clash := zoneConflict(r.opts.Zones, pt.RuleSet, applied, pt.Dev); clash {
-			errs = append(errs, fmt.Errorf("bridge %s: representor %s: refusing rule set, %s: networks %s and %s map to the same conntrack zone %d of --ct-zone-range %s and would share connection state; choose another range",
-				b.Name, pt.Dev, r.fallback(&pt, applied), pt.RuleSet.Attachment.Network, other, r.opts.Zones.Of(pt.RuleSet.Attachment.Network), r.opts.Zones))
+			refuse(&pt, fmt.Errorf("networks %s and %s map to the same conntrack zone %d of --ct-zone-range %s and would share connection state; choose another range",
+				pt.RuleSet.Attachment.Network, other, r.opts.Zones.Of(pt.RuleSet.Attachment.Network), r.opts.Zones))
 		}
 		out.Ports = append(out.Ports, pt)
 	}
 	return out, errs
+}
+
+// PortErrors splits an error of ValidateBridge or ApplyBridge into the
+// ports it names (a *PortError each: a port that cannot be enforced as
+// given) and the rest (the bridge as a whole, the kernel).
+func PortErrors(err error) (ports map[string]error, rest []error) {
+	ports = map[string]error{}
+	var errs []error
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		errs = j.Unwrap()
+	} else if err != nil {
+		errs = []error{err}
+	}
+	for _, e := range errs {
+		var pe *PortError
+		if errors.As(e, &pe) {
+			ports[pe.Dev] = pe.Err
+		} else {
+			rest = append(rest, e)
+		}
+	}
+	return ports, rest
 }
 
 // fallback replaces pt's rule set by the one applied before, or a closed
@@ -133,16 +153,6 @@ func (r *reconciler) fallback(pt *BridgePort, applied map[string]*policy.RuleSet
 	}
 	pt.RuleSet = closed
 	return "closed until it can be enforced"
-}
-
-func unjoin(err error) []error {
-	if err == nil {
-		return nil
-	}
-	if j, ok := err.(interface{ Unwrap() []error }); ok {
-		return j.Unwrap()
-	}
-	return []error{err}
 }
 
 // applyPort reconciles one port: its ingress hook gets its bridge program

@@ -7,7 +7,6 @@ import (
 	"net"
 	"slices"
 	"sort"
-	"strings"
 
 	"github.com/sirupsen/logrus"
 	corev1 "k8s.io/api/core/v1"
@@ -265,13 +264,6 @@ func (a *Agent) syncBridge(ctx context.Context, br string) (map[string]error, er
 		a.log.WithFields(logrus.Fields{"bridge": br, "uplinks": b.Uplinks, "closedApart": left}).Info(
 			"bridge ports that are no representor of a local attachment are uplinks: the local pods' ingress is decided on them")
 	}
-	perPort := map[string]error{}
-	var pe *tcdriver.PortError
-	for _, e := range unjoin(tcdriver.ValidateBridge(b)) {
-		if errors.As(e, &pe) {
-			perPort[pe.Dev] = pe.Err
-		}
-	}
 	err = a.driver.ApplyBridge(ctx, b)
 	// The driver removes our filters from a port that left the bridge
 	// program: a free VF among them is closed again at once, not at the
@@ -294,12 +286,8 @@ func (a *Agent) syncBridge(ctx context.Context, br string) (map[string]error, er
 	// The driver names each port it refused (kept its previous rules, or
 	// closed it); those are the problems of their attachments, reported
 	// from perPort. The rest fails the bridge.
-	rest := closeErrs
-	for _, e := range unjoin(err) {
-		if !slices.ContainsFunc(mapKeys(perPort), func(d string) bool { return strings.Contains(e.Error(), "representor "+d+": refusing") }) {
-			rest = append(rest, e)
-		}
-	}
+	perPort, rest := tcdriver.PortErrors(err)
+	rest = append(closeErrs, rest...)
 	a.mu.Lock()
 	a.bridges[br] = &bridgeState{uplinks: b.Uplinks, bridge: b}
 	a.mu.Unlock()
@@ -316,16 +304,6 @@ func mapKeys[V any](m map[string]V) []string {
 	}
 	sort.Strings(out)
 	return out
-}
-
-func unjoin(err error) []error {
-	if err == nil {
-		return nil
-	}
-	if j, ok := err.(interface{ Unwrap() []error }); ok {
-		return j.Unwrap()
-	}
-	return []error{err}
 }
 
 // bridgeDevices are the uplinks of every bridge the agent programs, for

@@ -153,19 +153,19 @@ func writeBridges(stdout, stderr io.Writer, o *renderOptions, objs *policy.Objec
 			b.Ports = append(b.Ports, tcdriver.BridgePort{Dev: dev, MAC: mac, RuleSet: rs,
 				IPs: engine.PodIPs(att.PodNamespace, att.PodName, att.Network)})
 		}
-		var pe *tcdriver.PortError
-		for _, e := range unjoin(tcdriver.ValidateBridge(b)) {
-			if !errors.As(e, &pe) {
-				return e
-			}
-			for i, pt := range b.Ports {
-				if pt.Dev == pe.Dev {
-					closed = append(closed, apart{pt.Dev, pt.RuleSet, pe.Err})
-					b.Ports = append(b.Ports[:i], b.Ports[i+1:]...)
-					break
-				}
+		refused, whole := tcdriver.PortErrors(tcdriver.ValidateBridge(b))
+		if len(whole) > 0 {
+			return errors.Join(whole...)
+		}
+		kept := b.Ports[:0]
+		for _, pt := range b.Ports {
+			if why, bad := refused[pt.Dev]; bad {
+				closed = append(closed, apart{pt.Dev, pt.RuleSet, why})
+			} else {
+				kept = append(kept, pt)
 			}
 		}
+		b.Ports = kept
 		var sel map[string]bool
 		if o.pod != "" {
 			sel = only

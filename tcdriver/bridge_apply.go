@@ -30,12 +30,29 @@ func (r *reconciler) ApplyBridge(ctx context.Context, b *Bridge) error {
 	b, refused := r.enforceable(b)
 	errs := refused
 	now := map[string]bool{}
+	failed := map[string]bool{}
 	for _, dev := range portOrder(b) {
 		now[dev] = true
 		if err := ctx.Err(); err != nil {
 			return errors.Join(append(errs, err)...)
 		}
 		if err := r.applyPort(b, dev); err != nil {
+			// A port that is gone sends nothing: it does not hold
+			// back the others' egress hooks.
+			if !errors.Is(err, ErrNoDevice) {
+				failed[dev] = true
+			}
+			errs = append(errs, fmt.Errorf("bridge %s: %w", b.Name, err))
+		}
+	}
+	// Then what the representor placement left on egress hooks: a pod's
+	// ingress there stays enforced (in software) until every port
+	// dispatches to its section, so only once every port took its program.
+	for _, dev := range portOrder(b) {
+		if len(failed) > 0 {
+			break
+		}
+		if err := r.clearEgress(dev); err != nil {
 			errs = append(errs, fmt.Errorf("bridge %s: %w", b.Name, err))
 		}
 	}
@@ -48,7 +65,9 @@ func (r *reconciler) ApplyBridge(ctx context.Context, b *Bridge) error {
 	r.bridgesMu.Unlock()
 	if prev != nil {
 		for _, dev := range portOrder(prev) {
-			if !now[dev] {
+			// A port programmed alone (Apply) since it left is the
+			// caller's: it closed it before applying the bridge without it.
+			if !now[dev] && !r.isAlone(dev) {
 				if err := r.Remove(ctx, dev); err != nil {
 					errs = append(errs, fmt.Errorf("bridge %s: port %s left it: %w", b.Name, dev, err))
 				}
@@ -69,6 +88,27 @@ func (r *reconciler) Bridges() []*Bridge {
 		out = append(out, b)
 	}
 	return out
+}
+
+// isAlone reports whether dev was last programmed alone (Apply), not as
+// a port of a bridge.
+func (r *reconciler) isAlone(dev string) bool {
+	r.bridgesMu.Lock()
+	defer r.bridgesMu.Unlock()
+	return r.alone[dev]
+}
+
+func (r *reconciler) setAlone(dev string, alone bool) {
+	r.bridgesMu.Lock()
+	defer r.bridgesMu.Unlock()
+	if r.alone == nil {
+		r.alone = map[string]bool{}
+	}
+	if alone {
+		r.alone[dev] = true
+	} else {
+		delete(r.alone, dev)
+	}
 }
 
 // RemoveBridge removes our filters from every port of the bridge as of the
@@ -195,13 +235,31 @@ func (r *reconciler) applyPort(b *Bridge, dev string) error {
 		}
 	}
 	before := r.stats
-	if err := r.reconcile(dev, [2]*hookProgram{HookIngress: prog}, read); err != nil {
+	if err := r.reconcile(dev, [2]*hookProgram{HookIngress: prog}, read, HookIngress); err != nil {
 		return err
 	}
 	for _, pt := range b.Ports {
 		if pt.Dev == dev {
 			r.setApplied(dev, pt.RuleSet)
 		}
+	}
+	r.setAlone(dev, false)
+	if d := r.stats.sub(before); d.Adds+d.Replaces+d.Deletes+d.Flushes > 0 {
+		r.reportOffload(dev)
+	}
+	return nil
+}
+
+// clearEgress removes what the representor placement put on dev's egress
+// hook (nothing decides there in the bridge placement).
+func (r *reconciler) clearEgress(dev string) error {
+	ok, err := r.k.hasClsact(dev)
+	if err != nil || !ok {
+		return err
+	}
+	before := r.stats
+	if err := r.reconcile(dev, [2]*hookProgram{}, [2]*hookState{}, HookEgress); err != nil {
+		return err
 	}
 	if d := r.stats.sub(before); d.Adds+d.Replaces+d.Deletes+d.Flushes > 0 {
 		r.reportOffload(dev)

@@ -731,3 +731,55 @@ func TestBridgeSourceIsTheSender(t *testing.T) {
 		}
 	}
 }
+
+// TestBridgeJoinNeverOpens: a pod programmed alone (the representor
+// placement: its ingress on its egress hook) joining the bridge stays
+// enforced at every step of the ApplyBridge that moves it, even one cut
+// short by a kernel refusal: its egress hook is cleared only after every
+// port dispatches to its section.
+func TestBridgeJoinNeverOpens(t *testing.T) {
+	full := testBridge()
+	without := testBridge()
+	without.Ports = without.Ports[1:]
+	denied := synTo(macDB, ipFE, ipDB, 80)
+	for n := 0; n < 80; n += 2 {
+		fake := NewFake(Options{}, "up0", "rep1", "rep2", "rep3")
+		if err := fake.ApplyBridge(context.Background(), without); err != nil {
+			t.Fatal(err)
+		}
+		if err := fake.Apply(context.Background(), "rep1", dbRules()); err != nil {
+			t.Fatal(err)
+		}
+		fake.FailAfter(n)
+		_ = fake.ApplyBridge(context.Background(), full)
+		fake.FailAfter(-1)
+		for _, port := range []string{"rep3", "up0"} {
+			ct := NewConntrack()
+			if Trace(fake.Filters(port, HookIngress), HookIngress, denied, ct).Verdict == Pass &&
+				Trace(fake.Filters("rep1", HookEgress), HookEgress, denied, ct).Verdict == Pass {
+				t.Fatalf("fail after %d: a denied connection to db entering by %s passes", n, port)
+			}
+		}
+	}
+}
+
+// TestBridgeLeavesPortProgrammedAlone: a port closed on its own (Apply)
+// after the bridge's last apply is the caller's: the bridge applied
+// without it leaves its filters as they are.
+func TestBridgeLeavesPortProgrammedAlone(t *testing.T) {
+	b := testBridge()
+	fake := bridgeFake(t, ProfileSoftware, b)
+	closed := &policy.RuleSet{Attachment: att("db-0"), Ingress: policy.DirectionRules{Isolated: true, Stateful: true}, Egress: policy.DirectionRules{Isolated: true, Stateful: true}}
+	if err := fake.Apply(context.Background(), "rep1", closed); err != nil {
+		t.Fatal(err)
+	}
+	want := canon(t, fake, "rep1")
+	without := testBridge()
+	without.Ports = without.Ports[1:]
+	if err := fake.ApplyBridge(context.Background(), without); err != nil {
+		t.Fatal(err)
+	}
+	if got := canon(t, fake, "rep1"); got != want {
+		t.Errorf("the port closed alone changed:\n%s\nwant\n%s", got, want)
+	}
+}

@@ -85,6 +85,8 @@ type reconciler struct {
 	// bridges are the bridges as of their last ApplyBridge.
 	bridgesMu sync.Mutex
 	bridges   map[string]*Bridge
+	// alone are the devices last programmed alone (Apply).
+	alone map[string]bool
 }
 
 func newReconciler(k kernel, opts Options, log logrus.FieldLogger) *reconciler {
@@ -135,6 +137,7 @@ func (r *reconciler) Apply(ctx context.Context, dev string, rs *policy.RuleSet) 
 	if err := r.reconcile(dev, prog.Hooks, [2]*hookState{}); err != nil {
 		return err
 	}
+	r.setAlone(dev, true)
 	if d := r.stats.sub(start); d.Adds+d.Replaces+d.Deletes+d.Flushes > 0 {
 		r.reportOffload(dev)
 	}
@@ -294,9 +297,13 @@ func (r *reconciler) hasOtherSlot(st *hookState, keep int) bool {
 // either moves to the new rules or keeps the old ones: new generations are
 // built first on both hooks (invisible), then committed hook by hook; a
 // failed commit rolls the hooks already committed back.
-func (r *reconciler) reconcile(dev string, progs [2]*hookProgram, read [2]*hookState) error {
+func (r *reconciler) reconcile(dev string, progs [2]*hookProgram, read [2]*hookState, only ...Hook) error {
 	var plans []*hookPlan
-	for _, h := range Hooks {
+	hooks := Hooks
+	if len(only) > 0 {
+		hooks = only
+	}
+	for _, h := range hooks {
 		p, err := r.plan(dev, h, progs[h], read[h])
 		if err != nil {
 			return err
@@ -807,6 +814,7 @@ func (r *reconciler) del(dev string, f *Filter) error {
 
 func (r *reconciler) Remove(ctx context.Context, dev string) error {
 	r.setApplied(dev, nil) // its counters stop being reported now
+	r.setAlone(dev, false)
 	start := r.stats
 	defer func() { r.last = r.stats.sub(start) }()
 	ok, err := r.k.hasClsact(dev)

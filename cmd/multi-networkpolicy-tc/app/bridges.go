@@ -91,6 +91,17 @@ func (a *Agent) bridgePort(la *localAttachment, i int, vf sriov.VF, br string, r
 	w := &portWant{id: la.att.ID(), vf: vf.PCIAddress, bridge: br, rs: rs}
 	iface := deviceInterface(la.att, i)
 	mac, source, err := vfMAC(a.topology, vf, a.localPod(la.att), la.att.Network, iface)
+	if err != nil && !errors.Is(err, errNoMAC) {
+		// Bad input (an annotation that does not parse, sources that
+		// disagree) keeps the last good state, the MAC included: the
+		// bridge may have learned it, and hardware switches frames to it
+		// past anything but the sections dispatched on it.
+		a.mu.Lock()
+		if prev := a.ports[vf.Representor]; prev != nil && prev.id == w.id && prev.vf == w.vf && prev.mac != nil && !prev.closed {
+			mac, source, err = prev.mac, "last good", nil
+		}
+		a.mu.Unlock()
+	}
 	switch {
 	case err == nil:
 		w.mac = mac

@@ -619,42 +619,16 @@ func (a *Agent) syncAttachment(ctx context.Context, id string) error {
 			touch(was.bridge)
 		}
 		if w.closed {
-			touch(br) // applied without it first, then closed alone
+			touch(br) // closed alone first, then the bridge applied without it
 		} else {
 			bridges[br] = append(bridges[br], alone{vfPCI, rep})
 		}
 	}
-	for _, br := range mapKeys(bridges) {
-		perPort, err := a.syncBridge(ctx, br)
-		for _, p := range bridges[br] {
-			if e := perPort[p.rep]; e != nil {
-				a.metrics.errors.WithLabelValues(reasonTCProgramming).Inc()
-				a.events.warn("Pod", la.att.PodNamespace, la.att.PodName, reasonTCProgramming,
-					fmt.Sprintf("network %s: VF %s representor %s on bridge %s: %v; the port keeps its previous rules, or is closed if it had none; retried with backoff", la.att.Network, p.vf, p.rep, br, e))
-				errs = append(errs, fmt.Errorf("bridge %s: representor %s: %w", br, p.rep, e))
-			} else if err == nil {
-				reps[p.vf] = p.rep
-				if rs != nil {
-					log.WithFields(logrus.Fields{"representor": p.rep, "vf": p.vf, "bridge": br, "held": held,
-						"ingressIsolated": rs.Ingress.Isolated, "egressIsolated": rs.Egress.Isolated}).Debug("programmed")
-				}
-			}
-		}
-		if err != nil {
-			reason := reasonTCProgramming
-			if errors.Is(err, tcdriver.ErrNoDevice) {
-				reason = reasonRepresentorNotFound
-			}
-			a.metrics.errors.WithLabelValues(reason).Inc()
-			var own []string
-			for _, p := range bridges[br] {
-				own = append(own, p.rep)
-			}
-			a.events.warn("Pod", la.att.PodNamespace, la.att.PodName, reason,
-				fmt.Sprintf("network %s: bridge %s (port %s): %v; its ports keep their previous rules, retried with backoff; fix: %s", la.att.Network, br, strings.Join(own, ","), err, resolveFix(reason)))
-			errs = append(errs, err)
-		}
-	}
+	// Ports programmed alone first: a port that leaves a bridge program
+	// (closed for its MAC) is closed on its own before the bridge is
+	// applied without it, so that it is never open in between (the driver
+	// leaves a port programmed alone since the bridge's last apply as it
+	// is).
 	for _, p := range single {
 		a.mu.Lock()
 		w := a.ports[p.rep]
@@ -686,6 +660,37 @@ func (a *Agent) syncAttachment(ctx context.Context, id string) error {
 		if want != nil && (w == nil || !w.closed) {
 			log.WithFields(logrus.Fields{"representor": p.rep, "vf": p.vf, "held": held,
 				"ingressIsolated": want.Ingress.Isolated, "egressIsolated": want.Egress.Isolated}).Debug("programmed")
+		}
+	}
+	for _, br := range mapKeys(bridges) {
+		perPort, err := a.syncBridge(ctx, br)
+		for _, p := range bridges[br] {
+			if e := perPort[p.rep]; e != nil {
+				a.metrics.errors.WithLabelValues(reasonTCProgramming).Inc()
+				a.events.warn("Pod", la.att.PodNamespace, la.att.PodName, reasonTCProgramming,
+					fmt.Sprintf("network %s: VF %s representor %s on bridge %s: %v; the port keeps its previous rules, or is closed if it had none; retried with backoff", la.att.Network, p.vf, p.rep, br, e))
+				errs = append(errs, fmt.Errorf("bridge %s: representor %s: %w", br, p.rep, e))
+			} else if err == nil {
+				reps[p.vf] = p.rep
+				if rs != nil {
+					log.WithFields(logrus.Fields{"representor": p.rep, "vf": p.vf, "bridge": br, "held": held,
+						"ingressIsolated": rs.Ingress.Isolated, "egressIsolated": rs.Egress.Isolated}).Debug("programmed")
+				}
+			}
+		}
+		if err != nil {
+			reason := reasonTCProgramming
+			if errors.Is(err, tcdriver.ErrNoDevice) {
+				reason = reasonRepresentorNotFound
+			}
+			a.metrics.errors.WithLabelValues(reason).Inc()
+			var own []string
+			for _, p := range bridges[br] {
+				own = append(own, p.rep)
+			}
+			a.events.warn("Pod", la.att.PodNamespace, la.att.PodName, reason,
+				fmt.Sprintf("network %s: bridge %s (port %s): %v; its ports keep their previous rules, retried with backoff; fix: %s", la.att.Network, br, strings.Join(own, ","), err, resolveFix(reason)))
+			errs = append(errs, err)
 		}
 	}
 	// A VF this attachment no longer has, or a representor that is no

@@ -827,9 +827,10 @@ func (a *Agent) removeAttachment(ctx context.Context, id string) error {
 // programmed as a free VF's are: closed, isolated both ways (freeVF).
 // Where the VF now belongs to another attachment it does nothing: the new
 // owner's Apply replaces the rules without a moment unprotected. A
-// representor on a bridge first leaves the bridge program (every other
-// port drops the pod's section), then is closed alone, since the driver
-// removes our filters from a port that left a bridge.
+// representor on a bridge is first closed alone, then the bridge is
+// applied without it (every other port drops the pod's section; the
+// driver leaves a port programmed alone since as it is), so that it is
+// never open in between.
 func (a *Agent) removeReps(ctx context.Context, id string, reps map[string]string) error {
 	var errs []error
 	for vf, rep := range reps {
@@ -842,12 +843,6 @@ func (a *Agent) removeReps(ctx context.Context, id string, reps map[string]strin
 			w = nil
 		}
 		a.mu.Unlock()
-		if w != nil && !w.closed {
-			if _, err := a.syncBridge(ctx, w.bridge); err != nil {
-				a.metrics.errors.WithLabelValues(reasonTCRemove).Inc()
-				errs = append(errs, fmt.Errorf("bridge %s without representor %s of VF %s released by %s: %w", w.bridge, rep, vf, id, err))
-			}
-		}
 		a.driverMu.Lock()
 		a.mu.Lock()
 		owner, taken = a.vfOwner[vf]
@@ -862,6 +857,12 @@ func (a *Agent) removeReps(ctx context.Context, id string, reps map[string]strin
 			a.metrics.errors.WithLabelValues(reasonTCRemove).Inc()
 			errs = append(errs, fmt.Errorf("closing representor %s of VF %s released by %s: %w", rep, vf, id, err))
 			continue
+		}
+		if w != nil && !w.closed {
+			if _, err := a.syncBridge(ctx, w.bridge); err != nil {
+				a.metrics.errors.WithLabelValues(reasonTCRemove).Inc()
+				errs = append(errs, fmt.Errorf("bridge %s without representor %s of VF %s released by %s: %w", w.bridge, rep, vf, id, err))
+			}
 		}
 		a.log.WithFields(logrus.Fields{"attachment": id, "representor": rep, "vf": vf, "reusedBy": owner}).Info("VF released; closed until its next pod's rules are in place")
 	}

@@ -75,8 +75,10 @@ const (
 	// numbered so that one can be rebuilt beside the installed one and its
 	// entry moved to it in one replace.
 	chainReceivers uint32 = 3 * sectionSize
-	// MaxBridgePorts is how many receivers a port can dispatch to.
-	MaxBridgePorts = int((slotSize - chainReceivers) / sectionSize)
+	// MaxBridgePorts is how many attachments a bridge can have: half the
+	// receiver sections a generation holds, so that every section can be
+	// rebuilt beside the installed one in the same change.
+	MaxBridgePorts = int((slotSize-chainReceivers)/sectionSize) / 2
 	// maxSectionRules keeps a section's rule chains inside it.
 	maxSectionRules = int((sectionSize - chainRules - 1) / 3)
 )
@@ -296,7 +298,7 @@ func compilePortFresh(b *Bridge, dev string, opts Options, sections map[MAC]int,
 	taken := map[int]bool{}
 	number := map[MAC]int{}
 	for _, r := range rx {
-		if k, ok := sections[r.mac]; ok && !fresh[r.mac] && k >= 0 && k < MaxBridgePorts && !taken[k] {
+		if k, ok := sections[r.mac]; ok && !fresh[r.mac] && k >= 0 && k < 2*MaxBridgePorts && !taken[k] {
 			number[r.mac], taken[k] = k, true
 		}
 	}

@@ -658,20 +658,14 @@ func TestKernelDifferentialBridge(t *testing.T) {
 			}
 			batch = append(batch, sent{pkt, f, rx, port, want})
 		}
-		deadline := time.Now().Add(300 * time.Millisecond)
-		for time.Now().Before(deadline) {
-			all := true
+		settle(func() bool {
 			for _, s := range batch {
 				if s.want && !s.rx.saw(s.f.id) {
-					all = false
+					return false
 				}
 			}
-			if all {
-				break
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
-		time.Sleep(20 * time.Millisecond) // late deliveries of dropped ones would show now
+			return true
+		})
 		for _, s := range batch {
 			packets++
 			if !s.want {

@@ -455,20 +455,14 @@ func TestKernelDifferential(t *testing.T) {
 			}
 			batch = append(batch, sent{pp, f, rx, want})
 		}
-		deadline := time.Now().Add(300 * time.Millisecond)
-		for time.Now().Before(deadline) {
-			all := true
+		settle(func() bool {
 			for _, s := range batch {
 				if s.want && !s.rx.saw(s.f.id) {
-					all = false
+					return false
 				}
 			}
-			if all {
-				break
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
-		time.Sleep(20 * time.Millisecond) // late deliveries of dropped ones would show now
+			return true
+		})
 		for _, s := range batch {
 			packets++
 			if got := s.rx.saw(s.f.id); got != s.want {
@@ -488,6 +482,15 @@ const defaultDifferentialSeed = 1796133933452929629
 
 // differentialSeed is DIFF_SEED: unset, the fixed default; "random", a seed
 // from the clock (fresh cases, opt-in); otherwise the number given.
+// settle waits up to 300 ms for delivered to report every expected frame
+// seen, then 20 ms more, so that late deliveries of dropped ones show.
+func settle(delivered func() bool) {
+	for deadline := time.Now().Add(300 * time.Millisecond); time.Now().Before(deadline) && !delivered(); {
+		time.Sleep(5 * time.Millisecond)
+	}
+	time.Sleep(20 * time.Millisecond)
+}
+
 func differentialSeed(t *testing.T) uint64 {
 	seed := uint64(defaultDifferentialSeed)
 	switch s := os.Getenv("DIFF_SEED"); s {

@@ -27,6 +27,11 @@ import (
 func (r *reconciler) ApplyBridge(ctx context.Context, b *Bridge) error {
 	start := r.stats
 	defer func() { r.last = r.stats.sub(start) }()
+	if _, whole := PortErrors(ValidateBridge(b)); len(whole) > 0 {
+		// The bridge as a whole cannot be enforced: every port keeps
+		// what it has.
+		return fmt.Errorf("bridge %s: refused, every port keeps its rules: %w", b.Name, errors.Join(whole...))
+	}
 	b, refused := r.enforceable(b)
 	errs := refused
 	now := map[string]bool{}
@@ -136,10 +141,7 @@ func (r *reconciler) enforceable(b *Bridge) (*Bridge, []error) {
 	out := &Bridge{Name: b.Name, Uplinks: b.Uplinks, Ports: make([]BridgePort, 0, len(b.Ports))}
 	var errs []error
 	applied := r.Applied()
-	invalid, whole := PortErrors(ValidateBridge(b))
-	if len(whole) > 0 {
-		return &Bridge{Name: b.Name}, whole // the bridge as a whole
-	}
+	invalid, _ := PortErrors(ValidateBridge(b)) // the bridge as a whole was checked by ApplyBridge
 	refuse := func(pt *BridgePort, err error) {
 		errs = append(errs, fmt.Errorf("bridge %s: %w", b.Name, &PortError{Dev: pt.Dev, Err: fmt.Errorf("refusing rule set, %s: %w", r.fallback(pt, applied), err)}))
 	}

@@ -783,3 +783,24 @@ func TestBridgeLeavesPortProgrammedAlone(t *testing.T) {
 		t.Errorf("the port closed alone changed:\n%s\nwant\n%s", got, want)
 	}
 }
+
+// TestBridgeTooLargeKeepsEveryPort: a bridge that cannot be enforced as a
+// whole (more attachments than a port can dispatch to) is refused, and
+// every port keeps its rules.
+func TestBridgeTooLargeKeepsEveryPort(t *testing.T) {
+	b := testBridge()
+	fake := bridgeFake(t, ProfileSoftware, b)
+	before := canon(t, fake, "rep1") + canon(t, fake, "up0")
+	big := testBridge()
+	for i := 0; i <= MaxBridgePorts; i++ {
+		rs := dbRules()
+		rs.Attachment = att(fmt.Sprintf("x-%d", i))
+		big.Ports = append(big.Ports, BridgePort{Dev: fmt.Sprintf("x%d", i), MAC: hw(MAC{2, 2, 0, 0, byte(i >> 8), byte(i)}), RuleSet: rs})
+	}
+	if err := fake.ApplyBridge(context.Background(), big); err == nil || !strings.Contains(err.Error(), "exceed") {
+		t.Fatalf("ApplyBridge of %d ports: %v", len(big.Ports), err)
+	}
+	if after := canon(t, fake, "rep1") + canon(t, fake, "up0"); after != before {
+		t.Error("a refused bridge changed its ports")
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/policy"
@@ -802,5 +803,46 @@ func TestBridgeTooLargeKeepsEveryPort(t *testing.T) {
 	}
 	if after := canon(t, fake, "rep1") + canon(t, fake, "up0"); after != before {
 		t.Error("a refused bridge changed its ports")
+	}
+}
+
+// TestBridgeInHardwareAsExpected: after every change the driver compares
+// each filter's in_hw_count with what the placement expects (one port for
+// what the profile offloads, none for what it keeps in software) and
+// exports the filters not in hardware per reason: on switchdev ports that
+// offload what the profile matches nothing is missing; on a device that
+// offloads nothing, every filter the profile puts in hardware is.
+func TestBridgeInHardwareAsExpected(t *testing.T) {
+	prof := ProfileMLX563
+	fake := NewFake(Options{Profile: prof}, "up0", "rep1", "rep2", "rep3")
+	reg := prometheus.NewRegistry()
+	fake.metrics = NewMetrics(reg)
+	for _, d := range []string{"up0", "rep1", "rep2"} {
+		fake.SetOffload(d, prof)
+	}
+	if err := fake.ApplyBridge(context.Background(), testBridge()); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{"up0", "rep1", "rep2", "rep3"} {
+		st, err := fake.Dump(context.Background(), d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		missing, reasons := NotInHardware(st, prof)
+		offloadable := len(prof.Offloaded(st.Ours()))
+		want := 0
+		if d == "rep3" {
+			want = offloadable // a device that offloads nothing
+		}
+		if missing != want || reasons[reasonNotOffloaded] != want {
+			t.Errorf("%s: %d missing (%v), want %d of %d offloadable", d, missing, reasons, want, offloadable)
+		}
+		got := testutil.ToFloat64(fake.metrics.notInHW.WithLabelValues(d, reasonNotOffloaded))
+		if int(got) != want {
+			t.Errorf("%s: metric %v, want %d", d, got, want)
+		}
+		if d == "rep2" && reasons["icmp type (needs the firmware flex parser)"] == 0 {
+			t.Errorf("%s: the filters kept in software by design are not counted by reason: %v", d, reasons)
+		}
 	}
 }

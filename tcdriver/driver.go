@@ -87,6 +87,9 @@ type reconciler struct {
 	bridges   map[string]*Bridge
 	// alone are the devices last programmed alone (Apply).
 	alone map[string]bool
+	// missing is, per device, how many filters the profile puts in
+	// hardware were not there at the last read back (warned on change).
+	missing map[string]int
 }
 
 func newReconciler(k kernel, opts Options, log logrus.FieldLogger) *reconciler {
@@ -875,6 +878,46 @@ func (r *reconciler) reportOffload(dev string) {
 			r.metrics.set(dev, h, c[0], c[1])
 		}
 	}
+	missing, reasons := NotInHardware(st, r.opts.Profile)
+	if r.metrics != nil {
+		r.metrics.setNotInHW(dev, reasons)
+	}
+	r.bridgesMu.Lock()
+	changed := r.missing[dev] != missing
+	if r.missing == nil {
+		r.missing = map[string]int{}
+	}
+	r.missing[dev] = missing
+	r.bridgesMu.Unlock()
+	if missing > 0 && changed {
+		r.log.WithFields(logrus.Fields{"representor": dev, "filters": missing, "profile": r.opts.Profile.withDefault().Name}).Warn(
+			"filters the offload profile puts in hardware are not in hardware (in_hw_count 0): the device did not offload them, so software decides what they decide; check `ethtool -k DEV hw-tc-offload` and the eswitch mode")
+	}
+}
+
+// reasonNotOffloaded is why a filter the profile puts in hardware is not
+// there: the device did not take it.
+const reasonNotOffloaded = "not offloaded by the device"
+
+// NotInHardware compares what the kernel reports in hardware (in_hw_count)
+// with what the placement expects per filter: one port (its own) for a
+// filter the profile offloads, none for one it keeps in software. It
+// returns how many expected filters are missing from hardware, and every
+// filter not in hardware counted by reason: the profile's (by design), or
+// reasonNotOffloaded.
+func NotInHardware(st *State, prof Profile) (missing int, reasons map[string]int) {
+	reasons = map[string]int{}
+	for _, f := range st.Ours() {
+		want, why := prof.Offloads(f)
+		switch {
+		case want && f.InHWCount == 0 && !f.InHW:
+			missing++
+			reasons[reasonNotOffloaded]++
+		case !want:
+			reasons[why]++
+		}
+	}
+	return missing, reasons
 }
 
 // ErrNoDevice is returned (wrapped) when the representor does not exist.

@@ -49,6 +49,17 @@ func (f *Fake) AddDevice(dev string) {
 	}
 }
 
+// SetOffload makes dev a switchdev port whose hardware matches what prof
+// matches, on its ingress hook only (as mlx5): filters added from now on
+// are held in hardware unless skip_hw.
+func (f *Fake) SetOffload(dev string, prof Profile) {
+	f.k.mu.Lock()
+	defer f.k.mu.Unlock()
+	if d := f.k.devs[dev]; d != nil {
+		d.offloads = &prof
+	}
+}
+
 // Devices lists the fake kernel's network devices, sorted.
 func (f *Fake) Devices() []string {
 	f.k.mu.Lock()
@@ -112,6 +123,9 @@ func (f *Fake) Filters(dev string, h Hook) []*Filter {
 type fakeDev struct {
 	clsact  bool
 	filters []*Filter
+	// offloads, when set, makes the device a switchdev port that holds in
+	// hardware every filter its target matches (SetOffload).
+	offloads *Profile
 }
 
 type fakeKernel struct {
@@ -226,9 +240,13 @@ func (k *fakeKernel) create(dev string, f *Filter, replace bool) error {
 		}
 	}
 	c := cloneFilter(f)
-	// Software only: nothing is ever offloaded by the fake.
-	c.InHW = false
-	if c.Flags&flagSkipSW != 0 {
+	// A plain device offloads nothing; a switchdev port (SetOffload) holds
+	// in hardware what its target matches, unless skip_hw.
+	c.InHW, c.InHWCount = false, 0
+	if d.offloads != nil && c.Flags&flagSkipHW == 0 && d.offloads.refuses(c) == "" && c.Hook == HookIngress {
+		c.InHW, c.InHWCount = true, 1
+	}
+	if c.Flags&flagSkipSW != 0 && !c.InHW {
 		return opError(op, dev, f, syscall.EOPNOTSUPP)
 	}
 	if idx >= 0 {

@@ -14,20 +14,34 @@ import (
 
 // Metrics exports how many of the driver's filters are offloaded.
 type Metrics struct {
-	filters *prometheus.GaugeVec
+	filters, notInHW *prometheus.GaugeVec
 }
 
 // NewMetrics registers the driver's metrics with reg (nil: not registered).
 func NewMetrics(reg prometheus.Registerer) *Metrics {
-	m := &Metrics{filters: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-		Namespace: "multi_networkpolicy_tc",
-		Name:      "filters",
-		Help:      "TC filters installed by the driver per representor and hook, split by whether the kernel reports them offloaded (in_hw).",
-	}, []string{"representor", "hook", "in_hw"})}
+	m := &Metrics{
+		filters: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: "multi_networkpolicy_tc",
+			Name:      "filters",
+			Help:      "TC filters installed by the driver per representor and hook, split by whether the kernel reports them offloaded (in_hw).",
+		}, []string{"representor", "hook", "in_hw"}),
+		notInHW: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: "multi_networkpolicy_tc",
+			Name:      "filters_not_in_hardware",
+			Help:      "Filters of a device not in hardware, per reason: \"" + reasonNotOffloaded + "\" for filters the offload profile puts in hardware but the kernel reports not offloaded (in_hw_count 0), or why the profile keeps a filter in software.",
+		}, []string{"representor", "reason"}),
+	}
 	if reg != nil {
-		reg.MustRegister(m.filters)
+		reg.MustRegister(m.filters, m.notInHW)
 	}
 	return m
+}
+
+func (m *Metrics) setNotInHW(dev string, reasons map[string]int) {
+	m.notInHW.DeletePartialMatch(prometheus.Labels{"representor": dev})
+	for why, n := range reasons {
+		m.notInHW.WithLabelValues(dev, why).Set(float64(n))
+	}
 }
 
 func (m *Metrics) set(dev string, h Hook, inHW, total int) {
@@ -37,6 +51,7 @@ func (m *Metrics) set(dev string, h Hook, inHW, total int) {
 
 func (m *Metrics) forget(dev string) {
 	m.filters.DeletePartialMatch(prometheus.Labels{"representor": dev})
+	m.notInHW.DeletePartialMatch(prometheus.Labels{"representor": dev})
 }
 
 // Collector returns the gauge, for tests and custom registries.

@@ -229,6 +229,10 @@ type Filter struct {
 	Cookie []byte
 	// InHW is read back from the kernel: the filter is offloaded to hardware.
 	InHW bool
+	// InHWCount is read back from the kernel: how many devices hold the
+	// filter in hardware (one for a port's own filter; a shared block's
+	// is installed once per bound port).
+	InHWCount uint32
 	// Packets and Bytes are read back from the kernel: what the filter
 	// matched, in software and in hardware.
 	Packets, Bytes uint64

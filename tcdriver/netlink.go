@@ -558,7 +558,7 @@ func decodeFlower(data []byte, f *Filter) bool {
 			f.Flags = fl & (flagSkipHW | flagSkipSW)
 			f.InHW = fl&flagInHW != 0
 		case flInHWCount:
-			// in_hw count; InHW is taken from the flags
+			f.InHWCount = ad.Uint32()
 		case flKeyEthType:
 			// equals the protocol (or the VLAN TPID)
 		case flKeyEthDst:

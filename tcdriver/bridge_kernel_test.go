@@ -12,7 +12,6 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -162,38 +161,6 @@ func flushConntrack(t testing.TB) {
 	if err := netlink.ConntrackTableFlush(netlink.ConntrackTable); err != nil {
 		t.Fatalf("flush conntrack: %v", err)
 	}
-}
-
-type probeSpec struct {
-	from *datapath.Pod
-	dst  netip.Addr
-	prot datapath.Proto
-	port uint16
-	want datapath.Outcome
-}
-
-// runProbes runs the probes eight at a time: a dropped probe costs the
-// whole timeout, and they are independent (each its own source port or
-// echo token). A probe that must be delivered is retried by Expect (a
-// first SCTP INIT lost costs a 3 s RTO, longer than the timeout); one that
-// must be dropped is never retried, and must not have reached the server.
-func runProbes(t *testing.T, probes []probeSpec) {
-	t.Helper()
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, 8)
-	for _, p := range probes {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			res := p.from.Expect(t, p.dst, p.prot, p.port, p.want)
-			if p.want == datapath.Dropped && res.Reached {
-				t.Errorf("%s: a denied request reached the server", res)
-			}
-		}()
-	}
-	wg.Wait()
 }
 
 // TestKernelEgressHookBypass is the negative control of the placement
@@ -620,11 +587,7 @@ func TestKernelDifferentialBridge(t *testing.T) {
 		var batch []sent
 		for i := 0; i < 12; i++ {
 			pkt := s.RandomPacket(rng, att)
-			f := &frame{id: nextID, proto: toTC(pkt, 0).IPProto, dstPort: pkt.Port}
-			nextID++
-			if nextID == 0 {
-				nextID = 1
-			}
+			f := differentialFrame(&nextID, pkt)
 			local := subj.IPv4
 			if pkt.Remote.Is6() {
 				local = subj.IPv6

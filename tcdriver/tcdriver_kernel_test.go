@@ -257,15 +257,15 @@ func TestKernelPolicySemantics(t *testing.T) {
 					for _, p := range pods {
 						datapath.Run(t, "ip", "-n", p.Name, "neigh", "flush", "all")
 					}
-					var probes []probeSpec
+					var probes []datapath.ProbeSpec
 					for _, pc := range tc.probes {
 						dst := pods[pc.to].IPv4
 						if pc.v6 {
 							dst = pods[pc.to].IPv6
 						}
-						probes = append(probes, probeSpec{pods[pc.from], dst, pc.proto, pc.port, pc.want})
+						probes = append(probes, datapath.ProbeSpec{From: pods[pc.from], Dst: dst, Proto: pc.proto, Port: pc.port, Want: pc.want})
 					}
-					runProbes(t, probes)
+					datapath.ExpectAll(t, probes)
 				})
 			}
 			if br != nil {
@@ -430,11 +430,7 @@ func TestKernelDifferential(t *testing.T) {
 		var batch []sent
 		for i := 0; i < 12; i++ {
 			pp := s.RandomPacket(rng, att)
-			f := &frame{id: nextID, proto: toTC(pp, 0).IPProto, dstPort: pp.Port}
-			nextID++
-			if nextID == 0 {
-				nextID = 1
-			}
+			f := differentialFrame(&nextID, pp)
 			local := subj.IPv4
 			if pp.Remote.Is6() {
 				local = subj.IPv6
@@ -482,6 +478,16 @@ const defaultDifferentialSeed = 1796133933452929629
 
 // differentialSeed is DIFF_SEED: unset, the fixed default; "random", a seed
 // from the clock (fresh cases, opt-in); otherwise the number given.
+// differentialFrame is the frame of a differential probe, with the next
+// frame id (ids wrap around, skipping 0).
+func differentialFrame(nextID *uint16, pp policy.Packet) *frame {
+	f := &frame{id: *nextID, proto: toTC(pp, 0).IPProto, dstPort: pp.Port}
+	if *nextID++; *nextID == 0 {
+		*nextID = 1
+	}
+	return f
+}
+
 // settle waits up to 300 ms for delivered to report every expected frame
 // seen, then 20 ms more, so that late deliveries of dropped ones show.
 func settle(delivered func() bool) {

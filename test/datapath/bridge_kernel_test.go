@@ -6,7 +6,6 @@ import (
 	"context"
 	"net/netip"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/sirupsen/logrus"
@@ -113,15 +112,16 @@ func TestBridgePlacementEveryDirection(t *testing.T) {
 			if err := netlink.ConntrackTableFlush(netlink.ConntrackTable); err != nil {
 				t.Fatalf("flush conntrack: %v", err)
 			}
-			var probes []probeSpec
+			var probes []datapath.ProbeSpec
 			for _, w := range wants {
 				for _, proto := range allProtos {
 					for i := range 2 {
-						probes = append(probes, probeSpec{w.from, families(w.to)[i], proto, 7100, w.outcome})
+						probes = append(probes, datapath.ProbeSpec{From: w.from, Dst: families(w.to)[i], Proto: proto, Port: 7100, Want: w.outcome})
 					}
 				}
 			}
-			runProbes(t, probes)
+			datapath.ExpectAll(t, probes)
+			t.Logf("%d probes", len(probes))
 		})
 	}
 }
@@ -196,38 +196,6 @@ func requireNoEgressFilters(t *testing.T, drv tcdriver.Driver, br *tcdriver.Brid
 			}
 		}
 	}
-}
-
-type probeSpec struct {
-	from *datapath.Pod
-	dst  netip.Addr
-	prot datapath.Proto
-	port uint16
-	want datapath.Outcome
-}
-
-// runProbes runs the probes eight at a time (a dropped probe costs the
-// whole timeout, and they are independent: each has its own source port
-// or echo token) and fails t for each whose outcome differs. A probe that
-// must be delivered is retried by Expect; a dropped one is never retried.
-func runProbes(t *testing.T, probes []probeSpec) {
-	t.Helper()
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, 8)
-	for _, p := range probes {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			res := p.from.Expect(t, p.dst, p.prot, p.port, p.want)
-			if p.want == datapath.Dropped && res.Reached {
-				t.Errorf("%s: a denied request reached the server", res)
-			}
-		}()
-	}
-	wg.Wait()
-	t.Logf("%d probes", len(probes))
 }
 
 func containsFold(s, sub string) bool {

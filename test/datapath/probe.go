@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -234,3 +235,38 @@ func probeUDP(ns netns.NsHandle, to netip.AddrPort, token string, deadline time.
 
 // portString is strconv for ports, to keep call sites short.
 func portString(port uint16) string { return strconv.Itoa(int(port)) }
+
+// ProbeSpec is one probe of ExpectAll: from a pod to dst, and the outcome
+// it must have.
+type ProbeSpec struct {
+	From  *Pod
+	Dst   netip.Addr
+	Proto Proto
+	Port  uint16
+	Want  Outcome
+}
+
+// ExpectAll runs the probes eight at a time (a dropped probe costs the
+// whole timeout, and they are independent: each has its own source port
+// or echo token) and fails t for each whose outcome differs. A probe that
+// must be delivered is retried by Expect (a first SCTP INIT lost costs a
+// 3 s RTO, longer than the timeout); one that must be dropped is never
+// retried, and must not have reached the server.
+func ExpectAll(t testing.TB, probes []ProbeSpec) {
+	t.Helper()
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 8)
+	for _, p := range probes {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			res := p.From.Expect(t, p.Dst, p.Proto, p.Port, p.Want)
+			if p.Want == Dropped && res.Reached {
+				t.Errorf("%s: a denied request reached the server", res)
+			}
+		}()
+	}
+	wg.Wait()
+}

@@ -187,21 +187,10 @@ func (topo *Topology) addPod(t testing.TB, name string, opts PodOptions) (*Pod, 
 	if err := topo.nextAddrs(&opts); err != nil {
 		return nil, err
 	}
-	ns, err := newNamedNetns(name)
+	ns, nl, err := podNetns(t, name)
 	if err != nil {
 		return nil, err
 	}
-	t.Cleanup(func() {
-		_ = ns.Close()
-		if err := netns.DeleteNamed(name); err != nil {
-			t.Errorf("delete netns %s: %v", name, err)
-		}
-	})
-	nl, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		return nil, fmt.Errorf("netlink handle in netns %s: %w", name, err)
-	}
-	t.Cleanup(nl.Close)
 	pod := &Pod{Name: name, NS: ns, Rep: "rep-" + name, Iface: "eth0", topo: topo, nl: nl,
 		IPv4: opts.IPv4.Addr(), IPv6: opts.IPv6.Addr(), servers: map[serverKey]*Server{}}
 
@@ -306,4 +295,25 @@ func (p *Pod) configureInside(opts PodOptions) error {
 		}
 	}
 	return nil
+}
+
+// podNetns creates a pod's named network namespace and a netlink handle in
+// it, both removed when t ends.
+func podNetns(t testing.TB, name string) (netns.NsHandle, *netlink.Handle, error) {
+	ns, err := newNamedNetns(name)
+	if err != nil {
+		return ns, nil, err
+	}
+	t.Cleanup(func() {
+		_ = ns.Close()
+		if err := netns.DeleteNamed(name); err != nil {
+			t.Errorf("delete netns %s: %v", name, err)
+		}
+	})
+	nl, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		return ns, nil, fmt.Errorf("netlink handle in netns %s: %w", name, err)
+	}
+	t.Cleanup(nl.Close)
+	return ns, nl, nil
 }

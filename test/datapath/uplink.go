@@ -140,21 +140,10 @@ func (topo *Topology) addRemotePod(t testing.TB, name string, opts PodOptions) (
 	if err := topo.nextAddrs(&opts); err != nil {
 		return nil, err
 	}
-	ns, err := newNamedNetns(name)
+	ns, nl, err := podNetns(t, name)
 	if err != nil {
 		return nil, err
 	}
-	t.Cleanup(func() {
-		_ = ns.Close()
-		if err := netns.DeleteNamed(name); err != nil {
-			t.Errorf("delete netns %s: %v", name, err)
-		}
-	})
-	nl, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		return nil, fmt.Errorf("netlink handle in netns %s: %w", name, err)
-	}
-	t.Cleanup(nl.Close)
 	pod := &Pod{Name: name, NS: ns, Iface: "eth0", Remote: true, topo: topo, nl: nl,
 		IPv4: opts.IPv4.Addr(), IPv6: opts.IPv6.Addr(), servers: map[serverKey]*Server{}}
 

@@ -27,12 +27,13 @@ import (
 func (r *reconciler) ApplyBridge(ctx context.Context, b *Bridge) error {
 	start := r.stats
 	defer func() { r.last = r.stats.sub(start) }()
-	if _, whole := PortErrors(ValidateBridge(b)); len(whole) > 0 {
+	invalid, whole := PortErrors(ValidateBridge(b))
+	if len(whole) > 0 {
 		// The bridge as a whole cannot be enforced: every port keeps
 		// what it has.
 		return fmt.Errorf("bridge %s: refused, every port keeps its rules: %w", b.Name, errors.Join(whole...))
 	}
-	b, refused := r.enforceable(b)
+	b, refused := r.enforceable(b, invalid)
 	errs := refused
 	now := map[string]bool{}
 	failed := map[string]bool{}
@@ -136,12 +137,12 @@ func (r *reconciler) RemoveBridge(ctx context.Context, name string) error {
 }
 
 // enforceable returns the bridge with each port that cannot be enforced
-// as given replaced by what it keeps, and the reasons.
-func (r *reconciler) enforceable(b *Bridge) (*Bridge, []error) {
+// as given (invalid: ValidateBridge's per-port errors, or a conntrack
+// zone another network uses) replaced by what it keeps, and the reasons.
+func (r *reconciler) enforceable(b *Bridge, invalid map[string]error) (*Bridge, []error) {
 	out := &Bridge{Name: b.Name, Uplinks: b.Uplinks, Ports: make([]BridgePort, 0, len(b.Ports))}
 	var errs []error
 	applied := r.Applied()
-	invalid, _ := PortErrors(ValidateBridge(b)) // the bridge as a whole was checked by ApplyBridge
 	refuse := func(pt *BridgePort, err error) {
 		errs = append(errs, fmt.Errorf("bridge %s: %w", b.Name, &PortError{Dev: pt.Dev, Err: fmt.Errorf("refusing rule set, %s: %w", r.fallback(pt, applied), err)}))
 	}

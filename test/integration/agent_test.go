@@ -79,9 +79,12 @@ func TestAgent(t *testing.T) {
 		if ports := c.dispatchesTo(cache); len(ports) != 0 {
 			t.Errorf("cache is not selected but %v dispatch to it", ports)
 		}
-		if v := c.localVerdict(cache, "10.10.0.11", db, "10.10.0.10", 5432); v != tcdriver.Drop {
-			t.Errorf("cache → db:5432 on cache's port: %s, want drop (cache is no api)", v)
-		}
+		// waitEnforced saw db's section on the uplink, which a bridge
+		// apply programs first; the pods' ports follow.
+		eventually(t, 10*time.Second, func() (bool, string) {
+			v := c.localVerdict(cache, "10.10.0.11", db, "10.10.0.10", 5432)
+			return v == tcdriver.Drop, fmt.Sprintf("cache → db:5432 on cache's port: %s, want drop (cache is no api)", v)
+		})
 		// --pod-rules-path shows what was programmed.
 		eventually(t, 10*time.Second, func() (bool, string) {
 			b, err := os.ReadFile(filepath.Join(c.opts.PodRulesPath, "shop_db_shop_sriov-net.rules"))

@@ -88,7 +88,8 @@ type reconciler struct {
 	// alone are the devices last programmed alone (Apply).
 	alone map[string]bool
 	// missing is, per device, how many filters the profile puts in
-	// hardware were not there at the last read back (warned on change).
+	// hardware were not there at the last read back (warned when it
+	// stops being zero; the metric carries the count).
 	missing map[string]int
 }
 
@@ -883,13 +884,13 @@ func (r *reconciler) reportOffload(dev string) {
 		r.metrics.setNotInHW(dev, reasons)
 	}
 	r.bridgesMu.Lock()
-	changed := r.missing[dev] != missing
+	first := r.missing[dev] == 0
 	if r.missing == nil {
 		r.missing = map[string]int{}
 	}
 	r.missing[dev] = missing
 	r.bridgesMu.Unlock()
-	if missing > 0 && changed {
+	if missing > 0 && first {
 		r.log.WithFields(logrus.Fields{"representor": dev, "filters": missing, "profile": r.opts.Profile.withDefault().Name}).Warn(
 			"filters the offload profile puts in hardware are not in hardware (in_hw_count 0): the device did not offload them, so software decides what they decide; check `ethtool -k DEV hw-tc-offload` and the eswitch mode")
 	}

@@ -79,10 +79,10 @@ func TestInspect(t *testing.T) {
 		check   func(t *testing.T, p preflight.PF)
 	}{
 		{
-			name: "ConnectX switchdev, everything on",
-			host: func(t *testing.T) *preflight.Fake { return connectX(t, nil) },
-			pf:   pf0,
-			want: preflight.Hardware,
+			name:  "ConnectX switchdev, everything on",
+			host:  func(t *testing.T) *preflight.Fake { return connectX(t, nil) },
+			pf:    pf0,
+			want:  preflight.Hardware,
 			notes: []string{"bridge offload active: 1 FDB entries of br0 offloaded by mlx5_core"},
 			check: func(t *testing.T, p preflight.PF) {
 				if p.Driver != "mlx5_core" || p.EswitchMode != "switchdev" || p.FlowSteeringMode != "smfs" || p.VFs != 4 ||

@@ -196,7 +196,7 @@ func judgeBridge(pf *PF, f facts, env environment) {
 	switch {
 	case pf.OffloadedFDB > 0:
 		pf.BridgeOffload = "active"
-		pf.note("bridge offload active: %d FDB entries of %s offloaded by %s", pf.OffloadedFDB, pf.Bridge, dash(pf.Driver))
+		pf.note("bridge offload active: %s has offloaded %d FDB entries of %s", dash(pf.Driver), pf.OffloadedFDB, pf.Bridge)
 	case dev.Driver != driverMLX5 || pf.EswitchMode != "switchdev":
 		pf.BridgeOffload = "no"
 		pf.note("bridge %s is not offloaded: no FDB entry offloaded, and only mlx5_core in switchdev mode is known to offload it; frames between its ports are bridged in software", pf.Bridge)

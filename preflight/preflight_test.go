@@ -83,7 +83,7 @@ func TestInspect(t *testing.T) {
 			host:  func(t *testing.T) *preflight.Fake { return connectX(t, nil) },
 			pf:    pf0,
 			want:  preflight.Hardware,
-			notes: []string{"bridge offload active: 1 FDB entries of br0 offloaded by mlx5_core"},
+			notes: []string{"bridge offload active: mlx5_core has offloaded 1 FDB entries of br0"},
 			check: func(t *testing.T, p preflight.PF) {
 				if p.Driver != "mlx5_core" || p.EswitchMode != "switchdev" || p.FlowSteeringMode != "smfs" || p.VFs != 4 ||
 					p.Uplink.Netdev != "ens1f0np0" || len(p.Representors) != 4 || p.Bridge != bridge0 || p.BridgeOffload != "active" ||

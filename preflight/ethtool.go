@@ -46,7 +46,10 @@ const (
 const featureTCOffload = "hw-tc-offload"
 
 // TCOffload implements Host.
-func (System) TCOffload(netdev string) (Feature, error) {
+func (System) TCOffload(netdev string) (Feature, error) { return feature(netdev, featureTCOffload) }
+
+// feature reads one feature of a netdev by its ethtool name.
+func feature(netdev, name string) (Feature, error) {
 	fam, err := netlink.GenlFamilyGet(ethtoolGenlName)
 	if err != nil {
 		return Feature{}, fmt.Errorf("netdev %s: ethtool netlink family (Linux 5.6+, CONFIG_ETHTOOL_NETLINK): %w", netdev, err)
@@ -63,7 +66,7 @@ func (System) TCOffload(netdev string) (Feature, error) {
 	if len(msgs) == 0 || len(msgs[0]) < nl.SizeofGenlmsg {
 		return Feature{}, fmt.Errorf("netdev %s: ethtool features: empty answer", netdev)
 	}
-	return parseFeatures(msgs[0][nl.SizeofGenlmsg:], featureTCOffload)
+	return parseFeatures(msgs[0][nl.SizeofGenlmsg:], name)
 }
 
 // parseFeatures reads one feature from a FEATURES_GET reply's attributes.

@@ -208,7 +208,7 @@ func (f *Fake) RemoveNetdev(name string) error {
 
 // AddNetdevsim adds netdevsim device id with one port and vfs VFs in
 // switchdev mode, laid out as Linux 6.1 shows it: the device under
-// /sys/bus/netdevsim, an uplink eni<id>np1 (phys_port_name p0) and a
+// /sys/bus/netdevsim, an uplink eni<id>np1 (phys_port_name p1) and a
 // representor eni<id>npf0vf<N> per VF on the uplink's switch id. It
 // returns the uplink.
 func (f *Fake) AddNetdevsim(id, vfs int) (string, error) {
@@ -233,7 +233,7 @@ func (f *Fake) AddNetdevsim(id, vfs int) (string, error) {
 		w.file(filepath.Join(nd, "phys_switch_id"), switchID)
 		w.link("../../devices/"+dev+"/net/"+name, f.path("class/net", name))
 	}
-	port(uplink, "p0")
+	port(uplink, "p1")
 	for i := range vfs {
 		port(fmt.Sprintf("eni%dnpf0vf%d", id, i), fmt.Sprintf("pf0vf%d", i))
 	}

@@ -96,7 +96,7 @@ func (s Sysfs) Device(pf string) (Device, error) {
 	}
 	d := s.describe(devDir)
 	d.Uplink = nd
-	d.Representors = s.representors(nd)
+	d.Representors = s.representors(nd, d.PCI)
 	return d, nil
 }
 
@@ -135,7 +135,7 @@ func (s Sysfs) pciDevice(addr string) (Device, error) {
 		return Device{}, fmt.Errorf("PF %s: has netdevs %s and none with phys_port_name pN: name the uplink netdev instead", addr, strings.Join(candidates, ", "))
 	}
 	d.Uplink = s.netdev(candidates[0])
-	d.Representors = s.representors(d.Uplink)
+	d.Representors = s.representors(d.Uplink, d.PCI)
 	return d, nil
 }
 
@@ -176,17 +176,18 @@ func (s Sysfs) netdev(name string) Netdev {
 	return nd
 }
 
-// representors finds the VF representors of the uplink's PF as sriovnet
-// does: every netdev with the uplink's phys_switch_id and a pf<N>vf<M> port
-// name whose N is the uplink's port number (a dual-port NIC may share one
-// switch id).
-func (s Sysfs) representors(uplink Netdev) []Representor {
+// representors finds the VF representors of the PF as sriovnet does: every
+// netdev with the uplink's phys_switch_id and a pf<N>vf<M> port name whose
+// N is the PF's PCI function (the ports of a dual-port NIC may share one
+// switch id). A PF that is no PCI function (netdevsim, whose uplink is p1
+// and representors pf0vfM) takes every pf<N>vf<M> on its switch.
+func (s Sysfs) representors(uplink Netdev, pci string) []Representor {
 	if uplink.SwitchID == "" {
 		return nil
 	}
 	pfNum := ""
-	if m := uplinkPort.FindStringSubmatch(uplink.PortName); m != nil {
-		pfNum = m[1]
+	if pci != "" {
+		pfNum = pci[len(pci)-1:]
 	}
 	ents, _ := os.ReadDir(s.path("class/net"))
 	var reps []Representor

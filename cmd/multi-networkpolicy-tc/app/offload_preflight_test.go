@@ -188,3 +188,24 @@ func TestPreflightMessageTruncated(t *testing.T) {
 		t.Error(got)
 	}
 }
+
+func TestPreflightFlags(t *testing.T) {
+	for _, tc := range []struct {
+		tcOffload    string
+		required     bool
+		softwareFlag string
+	}{
+		{"auto", false, ""},
+		{"", false, ""},
+		{"skip-sw", true, ""},
+		{"skip-hw", false, "--tc-offload=skip-hw"},
+		{"never", false, ""},
+	} {
+		if got := offloadRequired(tc.tcOffload); got != tc.required {
+			t.Errorf("offloadRequired(%q) = %v", tc.tcOffload, got)
+		}
+		if got := preflightOptions(tc.tcOffload, "auto"); got.SoftwareFlag != tc.softwareFlag || got.Profile != "auto" {
+			t.Errorf("preflightOptions(%q) = %+v", tc.tcOffload, got)
+		}
+	}
+}

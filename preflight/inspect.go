@@ -2,9 +2,11 @@ package preflight
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
+	"syscall"
 
 	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/tcdriver"
 )
@@ -82,14 +84,20 @@ func inspectPF(host Host, pf *PF, env environment) {
 		pf.Driver = dash(f.kind)
 	} else {
 		mode, err := host.EswitchMode(dev.Devlink)
-		if err != nil {
+		noDevlink := errors.Is(err, syscall.ENODEV)
+		switch {
+		case noDevlink:
+			// The kernel has no devlink instance of that name: a driver
+			// without devlink, so without switchdev mode.
+			pf.note("no devlink device %s", dev.Devlink)
+		case err != nil:
 			pf.fail(fmt.Errorf("eswitch mode: %w", err))
 			return
-		}
-		if mode != "" {
+		case mode != "":
 			pf.EswitchMode = mode
 		}
 		switch v, ok, err := host.DevlinkParam(dev.Devlink, "flow_steering_mode"); {
+		case noDevlink:
 		case err != nil:
 			pf.FlowSteeringMode = "unknown"
 			pf.note("flow steering mode unknown: %v", err)

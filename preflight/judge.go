@@ -42,8 +42,8 @@ func judgeEswitch(pf *PF, dev Device) bool {
 			dev.Devlink)
 		return false
 	default:
-		pf.problem(CannotEnforce, "", "%s (driver %s) has no devlink eswitch mode: its VFs have no representors, so the agent has nowhere to install their filters and pods on them are not enforced (the NIC or driver has no switchdev mode)",
-			dev.Devlink, dash(dev.Driver))
+		pf.problem(CannotEnforce, "", "%s (driver %s) reports no switchdev eswitch (eswitch mode %s): its VFs have no representors, so the agent has nowhere to install their filters and pods on them are not enforced (the NIC or driver has no switchdev mode)",
+			dev.Devlink, dash(dev.Driver), pf.EswitchMode)
 		return false
 	}
 	if dev.NumVFs == 0 {

@@ -44,7 +44,9 @@ func connectX(t *testing.T, mutate func(*sriovtest.NIC)) *preflight.Fake {
 		if pf.SwitchID == "" {
 			mode = "legacy"
 		}
-		f.SetEswitchMode(dl, mode)
+		if i == 0 { // PF1: a driver without devlink, unless a test sets it
+			f.SetEswitchMode(dl, mode)
+		}
 		f.SetParam(dl, "flow_steering_mode", "smfs")
 		f.SetTCOffload(pf.Uplink, on)
 		for _, vf := range pf.VFs {
@@ -275,6 +277,16 @@ func TestInspect(t *testing.T) {
 			err:     "PF 0000:3b:00.0: eswitch mode: devlink device pci/0000:3b:00.0: operation not supported",
 		},
 		{
+			name: "a driver without devlink",
+			host: func(t *testing.T) *preflight.Fake {
+				return connectX(t, nil) // PF 0000:3b:00.1 is given no devlink device below
+			},
+			pf:      "0000:3b:00.1",
+			want:    preflight.CannotEnforce,
+			reasons: []string{"pci/0000:3b:00.1 (driver mlx5_core) reports no switchdev eswitch (eswitch mode n/a)"},
+			notes:   []string{"no devlink device pci/0000:3b:00.1"},
+		},
+		{
 			name:    "no such PF",
 			host:    func(t *testing.T) *preflight.Fake { return connectX(t, nil) },
 			pf:      "0000:5e:00.0",
@@ -288,6 +300,14 @@ func TestInspect(t *testing.T) {
 			pf:      "0000:3b:00.3",
 			want:    preflight.CannotEnforce,
 			err:     "is a VF of PF 0000:3b:00.0: name the PF",
+			reasons: []string{"cannot be inspected"},
+		},
+		{
+			name:    "a path is no PF",
+			host:    func(t *testing.T) *preflight.Fake { return connectX(t, nil) },
+			pf:      "..",
+			want:    preflight.CannotEnforce,
+			err:     `PF "..": neither a PCI address`,
 			reasons: []string{"cannot be inspected"},
 		},
 		{

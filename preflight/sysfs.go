@@ -75,7 +75,7 @@ func (s Sysfs) Device(pf string) (Device, error) {
 	if pciAddress.MatchString(pf) {
 		return s.pciDevice(pf)
 	}
-	if !safeNetdevRef.MatchString(pf) {
+	if !safeNetdevRef.MatchString(pf) || pf == "." || pf == ".." {
 		return Device{}, fmt.Errorf("PF %q: neither a PCI address (0000:3b:00.0) nor a netdev name", pf)
 	}
 	if _, err := os.Stat(s.path("class/net", pf)); err != nil {

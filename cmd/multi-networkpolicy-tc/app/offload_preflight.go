@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sirupsen/logrus"
 	corev1 "k8s.io/api/core/v1"
 
@@ -59,7 +60,6 @@ func (a *Agent) runPreflight(ctx context.Context) {
 
 // applyPreflight reports a preflight result.
 func (a *Agent) applyPreflight(r preflight.Report) {
-	a.metrics.preflight.Reset() // PFs no longer listed go away
 	block := ""
 	required := offloadRequired(a.opts.TCOffload)
 	seen := map[string]bool{}
@@ -103,8 +103,9 @@ func (a *Agent) applyPreflight(r preflight.Report) {
 	}
 	a.mu.Lock()
 	for label := range a.preflightLast {
-		if !seen[label] {
+		if !seen[label] { // a PF no longer listed: its series go
 			delete(a.preflightLast, label)
+			a.metrics.preflight.DeletePartialMatch(prometheus.Labels{"pf": label})
 		}
 	}
 	a.preflightRan = true

@@ -15,7 +15,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/sirupsen/logrus"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	kubefake "k8s.io/client-go/kubernetes/fake"
+	"k8s.io/client-go/tools/record"
 	podresourcesv1 "k8s.io/kubelet/pkg/apis/podresources/v1"
 
 	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/preflight"
@@ -176,6 +178,23 @@ func TestAgentPreflightFailsClosed(t *testing.T) {
 	a.runPreflight(context.Background())
 	if why := a.preflightBlocker(); !strings.Contains(why, "--tc-offload=skip-sw: the offload preflight has not run yet") || !strings.Contains(why, "kubelet down") {
 		t.Errorf("blocker %q", why)
+	}
+}
+
+// A PF the kubelet no longer lists loses its series; the others keep theirs.
+func TestAgentPreflightForgetsGonePFs(t *testing.T) {
+	a := &Agent{opts: AgentOptions{TCOffload: "auto", HostnameOverride: hNode}, preflightLast: map[string]string{}, log: logrus.New(),
+		metrics: newAgentMetrics(nil), events: newEventReporter(record.NewFakeRecorder(10), func(string, string, string) types.UID { return "" }, time.Minute)}
+	pf := func(name string, v preflight.Verdict) preflight.PF {
+		return preflight.PF{Name: name, PCI: name, Verdict: v}
+	}
+	a.applyPreflight(preflight.Report{PFs: []preflight.PF{pf("0000:3b:00.0", preflight.Hardware), pf("0000:3b:00.1", preflight.SoftwareOnly)}})
+	a.applyPreflight(preflight.Report{PFs: []preflight.PF{pf("0000:3b:00.0", preflight.Hardware)}})
+	if n := testutil.CollectAndCount(a.metrics.preflight); n != 3 {
+		t.Errorf("%d series, want the 3 verdicts of the PF still listed", n)
+	}
+	if got := testutil.ToFloat64(a.metrics.preflight.WithLabelValues("0000:3b:00.0", "hardware")); got != 1 {
+		t.Errorf("hardware = %v", got)
 	}
 }
 

@@ -85,13 +85,13 @@ type Agent struct {
 	driver    tcdriver.Driver
 	conntrack tcdriver.ConnCutter
 	links     func() ([]string, error)
+	engine    *policy.Engine
+	mapper    *podresources.Mapper
+	registry  *prometheus.Registry
+	metrics   *agentMetrics
+	informers *informerSet
 	// preflightHost: see AgentConfig.Preflight.
 	preflightHost preflight.Host
-	engine        *policy.Engine
-	mapper        *podresources.Mapper
-	registry      *prometheus.Registry
-	metrics       *agentMetrics
-	informers     *informerSet
 
 	broadcaster record.EventBroadcaster
 	events      *eventReporter
@@ -219,24 +219,23 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 			AcceptICMP:     cfg.Options.AcceptICMP,
 			AcceptICMPv6:   cfg.Options.AcceptICMPv6,
 		}),
-		mapper:        podresources.NewMapper(),
-		registry:      reg,
-		metrics:       newAgentMetrics(reg),
-		local:         map[string]*localAttachment{},
-		byPod:         map[string][]string{},
-		vfOwner:       map[string]string{},
-		podRes:        map[string]cachedResources{},
-		programmed:    map[string]*programmedState{},
-		ports:         map[string]*portWant{},
-		vfReps:        map[string]string{},
-		vfResource:    map[string]string{},
-		aloneLogged:   map[string]bool{},
-		bridges:       map[string]*bridgeState{},
-		preflightLast: map[string]string{},
-		logs:          newLogLimiter(10 * time.Second),
-		resyncSoon:    make(chan struct{}, 1),
+		mapper:      podresources.NewMapper(),
+		registry:    reg,
+		metrics:     newAgentMetrics(reg),
+		local:       map[string]*localAttachment{},
+		byPod:       map[string][]string{},
+		vfOwner:     map[string]string{},
+		podRes:      map[string]cachedResources{},
+		programmed:  map[string]*programmedState{},
+		ports:       map[string]*portWant{},
+		vfReps:      map[string]string{},
+		vfResource:  map[string]string{},
+		aloneLogged: map[string]bool{},
+		bridges:     map[string]*bridgeState{},
+		logs:        newLogLimiter(10 * time.Second),
+		resyncSoon:  make(chan struct{}, 1),
 	}
-	a.preflightHost = cfg.Preflight
+	a.preflightHost, a.preflightLast = cfg.Preflight, map[string]string{}
 	a.pr = instrumentedPodResources{next: cfg.PodResources, metrics: a.metrics}
 	a.attQueue = workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
 		workqueue.TypedRateLimitingQueueConfig[string]{Name: "attachments"})

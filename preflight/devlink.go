@@ -1,7 +1,9 @@
 package preflight
 
 import (
+	"errors"
 	"fmt"
+	"syscall"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
@@ -14,7 +16,7 @@ import (
 func (System) EswitchMode(dl DevlinkHandle) (string, error) {
 	dev, err := netlink.DevLinkGetDeviceByName(dl.Bus, dl.Name)
 	if err != nil {
-		return "", fmt.Errorf("devlink device %s: %w", dl, err)
+		return "", devlinkError(dl, err)
 	}
 	return dev.Attrs.Eswitch.Mode, nil
 }
@@ -25,7 +27,7 @@ func (System) EswitchMode(dl DevlinkHandle) (string, error) {
 func (System) DevlinkParam(dl DevlinkHandle, name string) (string, bool, error) {
 	params, err := netlink.DevlinkGetDeviceParams(dl.Bus, dl.Name)
 	if err != nil {
-		return "", false, fmt.Errorf("devlink device %s: parameters: %w", dl, err)
+		return "", false, fmt.Errorf("parameters: %w", devlinkError(dl, err))
 	}
 	for _, p := range params {
 		if p.Name != name {
@@ -46,4 +48,15 @@ func paramValue(p *netlink.DevlinkParam) string {
 		}
 	}
 	return ""
+}
+
+// devlinkError names the device, and wraps ErrNoDevlink where the kernel
+// says there is no such devlink device (ENODEV) or no devlink family at
+// all (ENOENT from the genetlink controller: CONFIG_NET_DEVLINK off, as on
+// a VM without SR-IOV NICs).
+func devlinkError(dl DevlinkHandle, err error) error {
+	if errors.Is(err, syscall.ENODEV) || errors.Is(err, syscall.ENOENT) {
+		return fmt.Errorf("devlink device %s: %w (%w)", dl, ErrNoDevlink, err)
+	}
+	return fmt.Errorf("devlink device %s: %w", dl, err)
 }

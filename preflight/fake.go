@@ -107,7 +107,7 @@ func (f *Fake) devlink(dl DevlinkHandle) error {
 		return fmt.Errorf("devlink device %s: %w", dl, err)
 	}
 	if !f.devlinked[dl.String()] {
-		return fmt.Errorf("devlink device %s: %w", dl, syscall.ENODEV)
+		return devlinkError(dl, syscall.ENODEV)
 	}
 	return nil
 }

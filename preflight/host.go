@@ -18,7 +18,7 @@ type Host interface {
 	LinkKind(netdev string) (string, error)
 	// EswitchMode is the devlink eswitch mode of the device: "legacy",
 	// "switchdev", or "" when the device has no eswitch (the kernel
-	// answers no mode).
+	// answers no mode); ErrNoDevlink when there is no such devlink device.
 	EswitchMode(dl DevlinkHandle) (string, error)
 	// DevlinkParam returns the driverinit/runtime value of a devlink
 	// parameter; ok is false when the device has no such parameter.
@@ -30,8 +30,14 @@ type Host interface {
 	OffloadedFDB(bridge string) (map[string]int, error)
 }
 
-// ErrNotVF is wrapped by PFOfVF for a device that is not a virtual function.
-var ErrNotVF = errors.New("not a virtual function")
+// Errors a Host wraps.
+var (
+	// ErrNotVF: PFOfVF's device is not a virtual function.
+	ErrNotVF = errors.New("not a virtual function")
+	// ErrNoDevlink: the kernel has no devlink device of that name (a
+	// driver without devlink), or no devlink at all.
+	ErrNoDevlink = errors.New("no devlink device")
+)
 
 // DevlinkHandle names a devlink device: bus/name, as devlink(8) spells it
 // (pci/0000:3b:00.0, netdevsim/netdevsim1).

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"sort"
 	"strings"
-	"syscall"
 
 	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/tcdriver"
 )
@@ -81,15 +80,17 @@ func inspectPF(host Host, pf *PF, env environment) {
 			pf.fail(err)
 			return
 		}
-		pf.Driver = dash(f.kind)
+		if f.kind == "" {
+			f.kind = "virtual"
+		}
+		pf.Driver = f.kind
 	} else {
 		mode, err := host.EswitchMode(dev.Devlink)
-		noDevlink := errors.Is(err, syscall.ENODEV)
+		noDevlink := errors.Is(err, ErrNoDevlink)
 		switch {
 		case noDevlink:
-			// The kernel has no devlink instance of that name: a driver
-			// without devlink, so without switchdev mode.
-			pf.note("no devlink device %s", dev.Devlink)
+			// A driver without devlink, so without switchdev mode.
+			pf.note("%v", err)
 		case err != nil:
 			pf.fail(fmt.Errorf("eswitch mode: %w", err))
 			return

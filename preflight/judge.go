@@ -16,7 +16,7 @@ func judge(pf *PF, f facts, env environment) {
 	dev := f.dev
 	if dev.Virtual() {
 		pf.problem(SoftwareOnly, "", "%s is a %s netdev, not a NIC port: no eswitch offloads its filters, they run in software for every packet (use VFs of a switchdev mlx5 PF for hardware enforcement)",
-			dev.Uplink.Name, dash(f.kind))
+			dev.Uplink.Name, f.kind)
 		judgeBridge(pf, f, env)
 		return
 	}
@@ -42,6 +42,10 @@ func judgeEswitch(pf *PF, dev Device) bool {
 			dev.Devlink)
 		return false
 	default:
+		if dev.NumVFs < 0 {
+			pf.problem(CannotEnforce, "", "%s (driver %s) has neither SR-IOV VFs nor a switchdev eswitch: no VF representor to enforce on", dev.Devlink, dash(dev.Driver))
+			return false
+		}
 		pf.problem(CannotEnforce, "", "%s (driver %s) reports no switchdev eswitch (eswitch mode %s): its VFs have no representors, so the agent has nowhere to install their filters and pods on them are not enforced (the NIC or driver has no switchdev mode)",
 			dev.Devlink, dash(dev.Driver), pf.EswitchMode)
 		return false

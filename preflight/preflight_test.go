@@ -284,7 +284,7 @@ func TestInspect(t *testing.T) {
 			pf:      "0000:3b:00.1",
 			want:    preflight.CannotEnforce,
 			reasons: []string{"pci/0000:3b:00.1 (driver mlx5_core) reports no switchdev eswitch (eswitch mode n/a)"},
-			notes:   []string{"no devlink device pci/0000:3b:00.1"},
+			notes:   []string{"devlink device pci/0000:3b:00.1: no devlink device (no such device)"},
 		},
 		{
 			name:    "no such PF",

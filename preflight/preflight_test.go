@@ -2,6 +2,7 @@ package preflight_test
 
 import (
 	"context"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -285,6 +286,19 @@ func TestInspect(t *testing.T) {
 			want:    preflight.CannotEnforce,
 			reasons: []string{"pci/0000:3b:00.1 (driver mlx5_core) reports no switchdev eswitch (eswitch mode n/a)"},
 			notes:   []string{"devlink device pci/0000:3b:00.1: no devlink device (no such device)"},
+		},
+		{
+			name: "a NIC without SR-IOV nor devlink",
+			host: func(t *testing.T) *preflight.Fake {
+				f := connectX(t, nil)
+				if err := os.Remove(filepath.Join(f.Root, "bus/pci/devices/0000:3b:00.1/sriov_numvfs")); err != nil {
+					t.Fatal(err)
+				}
+				return f
+			},
+			pf:      "0000:3b:00.1",
+			want:    preflight.CannotEnforce,
+			reasons: []string{"pci/0000:3b:00.1 (driver mlx5_core) has neither SR-IOV VFs nor a switchdev eswitch"},
 		},
 		{
 			name:    "no such PF",

@@ -18,6 +18,10 @@ const (
 	OffloadSkipSW Offload = "skip-sw"
 	// OffloadSkipHW keeps every filter in software (skip_hw).
 	OffloadSkipHW Offload = "skip-hw"
+	// OffloadRequired: every filter must be in hardware. Defined here for
+	// the offload preflight (readiness); --tc-offload=required itself, and
+	// skip-sw as its spelling, come with the offload modes (issue 12).
+	OffloadRequired Offload = "required"
 )
 
 // ParseOffload parses the --tc-offload flag value.

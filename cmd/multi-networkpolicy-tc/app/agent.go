@@ -29,6 +29,7 @@ import (
 
 	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/podresources"
 	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/policy"
+	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/preflight"
 	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/sriov"
 	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/tcdriver"
 )
@@ -62,6 +63,12 @@ type AgentConfig struct {
 	// our filters from devices that are neither the representor of a VF
 	// the kubelet can allocate nor an attachment's (nil: no such sweep).
 	Links func() ([]string, error)
+	// Preflight is the node the offload preflight reads (nil: no
+	// preflight): run at start and after every resync, reported as the
+	// preflight metric, log lines and Events on the Node, and, with
+	// --tc-offload=required, not ready while a PF is not enforced in
+	// hardware.
+	Preflight preflight.Host
 	// Registry receives the metrics (nil: a private registry).
 	Registry *prometheus.Registry
 	Log      logrus.FieldLogger
@@ -83,6 +90,8 @@ type Agent struct {
 	registry  *prometheus.Registry
 	metrics   *agentMetrics
 	informers *informerSet
+	// preflightHost: see AgentConfig.Preflight.
+	preflightHost preflight.Host
 
 	broadcaster record.EventBroadcaster
 	events      *eventReporter
@@ -124,6 +133,13 @@ type Agent struct {
 	aloneLogged map[string]bool
 	// bridges is what was last applied on each bridge.
 	bridges map[string]*bridgeState
+	// preflightLast is each PF's last preflight message, so that a log
+	// line and an Event are sent when it changes; preflightBlock is why
+	// the preflight keeps the agent not ready ("" when it does not);
+	// preflightRan: the preflight ran once.
+	preflightLast  map[string]string
+	preflightBlock string
+	preflightRan   bool
 
 	ready   atomic.Bool
 	started atomic.Bool
@@ -219,6 +235,7 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 		logs:        newLogLimiter(10 * time.Second),
 		resyncSoon:  make(chan struct{}, 1),
 	}
+	a.preflightHost, a.preflightLast = cfg.Preflight, map[string]string{}
 	a.pr = instrumentedPodResources{next: cfg.PodResources, metrics: a.metrics}
 	a.attQueue = workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
 		workqueue.TypedRateLimitingQueueConfig[string]{Name: "attachments"})
@@ -243,8 +260,10 @@ const initialMappingDeadline = 5 * time.Second
 func (a *Agent) Registry() *prometheus.Registry { return a.registry }
 
 // Ready reports whether, since start, every local attachment was
-// programmed once, or held or failed with an Event saying why.
-func (a *Agent) Ready() bool { return a.ready.Load() }
+// programmed once, or held or failed with an Event saying why; and, with
+// --tc-offload=required, whether the offload preflight found every PF
+// enforced in hardware.
+func (a *Agent) Ready() bool { return a.ready.Load() && a.preflightBlocker() == "" }
 
 // Run runs the agent until ctx ends. Rules stay in the kernel when it
 // returns: a restart adopts them, and pods stay protected meanwhile.
@@ -315,6 +334,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
+	a.runPreflight(ctx)
 	a.ready.Store(true)
 	a.log.WithFields(a.stateCounts()).Info("ready")
 
@@ -351,6 +371,7 @@ func (a *Agent) resyncLoop(ctx context.Context) {
 		if err := a.resync(ctx); err != nil && ctx.Err() == nil && a.logs.allow(reasonPodResources) {
 			a.log.WithError(err).Warn("resync failed; keeping the current rules")
 		}
+		a.runPreflight(ctx)
 	}
 }
 
@@ -383,19 +404,26 @@ func (a *Agent) startHTTP(ctx context.Context) ([]*http.Server, error) {
 		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 			_, _ = w.Write([]byte("ok\n"))
 		})
-		mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-			if !a.Ready() {
-				http.Error(w, "not ready: caches syncing, or attachments not programmed yet", http.StatusServiceUnavailable)
-				return
-			}
-			// Held and failed attachments were reported with Events.
-			_, _ = fmt.Fprintf(w, "ok %v\n", a.stateCounts())
-		})
+		mux.HandleFunc("/readyz", a.readyz)
 		if err := serve(a.opts.HealthProbeBindAddress, mux, "health probes"); err != nil {
 			return servers, err
 		}
 	}
 	return servers, nil
+}
+
+// readyz serves /readyz: 503 with why while not ready.
+func (a *Agent) readyz(w http.ResponseWriter, _ *http.Request) {
+	if !a.ready.Load() {
+		http.Error(w, "not ready: caches syncing, or attachments not programmed yet", http.StatusServiceUnavailable)
+		return
+	}
+	if why := a.preflightBlocker(); why != "" {
+		http.Error(w, "not ready: "+why, http.StatusServiceUnavailable)
+		return
+	}
+	// Held and failed attachments were reported with Events.
+	_, _ = fmt.Fprintf(w, "ok %v\n", a.stateCounts())
 }
 
 // uidOf finds an object's UID in the caches, so Events link to the object.
@@ -411,6 +439,10 @@ func (a *Agent) uidOf(kind, namespace, name string) types.UID {
 	case "Namespace":
 		inf = a.informers.namespaces
 		namespace = ""
+	case "Node":
+		// As the kubelet does for the Node's Events, which `kubectl
+		// describe node` finds by it.
+		return types.UID(name)
 	default:
 		return ""
 	}
@@ -536,6 +568,7 @@ func newAgentCommandRunner(opts *AgentOptions) func(*cobra.Command, []string) er
 			Driver:       drv,
 			Conntrack:    tcdriver.NetlinkConntrack{Zones: zones},
 			Links:        linkNames,
+			Preflight:    preflight.NewSystem(),
 			Registry:     reg,
 		})
 		if err != nil {

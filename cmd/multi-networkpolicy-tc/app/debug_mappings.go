@@ -38,6 +38,7 @@ func newDebugCommand(stdout io.Writer) *cobra.Command {
 	}
 	debug.AddCommand(newDebugMappingsCommand(stdout))
 	debug.AddCommand(newDebugPodResourcesCommand(stdout))
+	debug.AddCommand(newDebugOffloadCommand(stdout))
 	return debug
 }
 

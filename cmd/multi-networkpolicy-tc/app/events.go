@@ -40,6 +40,12 @@ func newEventReporter(recorder record.EventRecorder, uid func(kind, namespace, n
 // warn records a Warning Event on the object, unless the same one was
 // recorded less than an interval ago.
 func (r *eventReporter) warn(kind, namespace, name, reason, message string) {
+	r.event(corev1.EventTypeWarning, kind, namespace, name, reason, message)
+}
+
+// event records an Event of that type (Normal, Warning) on the object,
+// unless the same one was recorded less than an interval ago.
+func (r *eventReporter) event(eventType, kind, namespace, name, reason, message string) {
 	k := eventKey{kind, namespace, name, reason, message}
 	now := r.now()
 	r.mu.Lock()
@@ -72,7 +78,7 @@ func (r *eventReporter) warn(kind, namespace, name, reason, message string) {
 	default:
 		ref.APIVersion = "v1"
 	}
-	r.recorder.Event(ref, corev1.EventTypeWarning, reason, message)
+	r.recorder.Event(ref, eventType, reason, message)
 }
 
 // inputErrors splits the error of policy.Engine.Compute into its

@@ -58,6 +58,7 @@ type agentMetrics struct {
 	lastResync       prometheus.Gauge
 	orphansCleaned   prometheus.Counter
 	connectionsCut   prometheus.Counter
+	preflight        *prometheus.GaugeVec
 }
 
 func newAgentMetrics(reg prometheus.Registerer) *agentMetrics {
@@ -104,12 +105,17 @@ func newAgentMetrics(reg prometheus.Registerer) *agentMetrics {
 			Name:      "connections_cut_total",
 			Help:      "Conntrack entries of established connections removed because a changed rule set denies them.",
 		}),
+		preflight: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: metricsNamespace,
+			Name:      "preflight",
+			Help:      "Offload preflight per PF whose VFs the kubelet can allocate (pf: PCI address): 1 for its current verdict (hardware, software-only, cannot-enforce), 0 for the others. Run at start and after every resync; `debug offload` says why.",
+		}, []string{"pf", "verdict"}),
 	}
 	for _, s := range attachmentStates {
 		m.attachments.WithLabelValues(s).Set(0)
 	}
 	if reg != nil {
-		reg.MustRegister(m.syncDuration, m.errors, m.attachments, m.podResourcesCall, m.podResourcesErrs, m.lastResync, m.orphansCleaned, m.connectionsCut)
+		reg.MustRegister(m.syncDuration, m.errors, m.attachments, m.podResourcesCall, m.podResourcesErrs, m.lastResync, m.orphansCleaned, m.connectionsCut, m.preflight)
 	}
 	return m
 }

@@ -71,6 +71,7 @@ func applyBridge(t testing.TB, drv *TC, br *Bridge) {
 		t.Fatalf("ApplyBridge %s: %v", br.Name, err)
 	}
 	requireNoEgressFilters(t, drv, bridgeDevs(br)...)
+	checkOffload(t, drv, br)
 }
 
 func bridgeDevs(br *Bridge) []string {
@@ -293,6 +294,7 @@ func TestKernelEgressHookBypass(t *testing.T) {
 // on an egress hook.
 func TestKernelMakeBeforeBreak(t *testing.T) {
 	datapath.RequireBed(t)
+	datapath.ConformanceSuite(t)
 	// Room for what the test sends: every allowed SYN is a conntrack
 	// entry, and bursts of frames queue in the backlog of the guest's one
 	// CPU (veth delivers through it); a full table or backlog would drop
@@ -527,6 +529,7 @@ func raiseSysctl(t *testing.T, name string, n int) {
 // evaluator's, and the tracer's on the fake's program of the entering port.
 func TestKernelDifferentialBridge(t *testing.T) {
 	datapath.RequireBed(t)
+	datapath.ConformanceSuite(t)
 	seed := differentialSeed(t)
 	rng := randv2.New(randv2.NewPCG(seed, 1))
 	topo := datapath.NewTopology(t, datapath.Options{Bridge: "brb"})

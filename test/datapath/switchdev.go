@@ -535,7 +535,9 @@ func (p *switchdevPF) take(t testing.TB, what string) (*vf, error) {
 
 // vfMAC is the MAC the backend gives VF n: locally administered, unicast,
 // the same on every run, so that reports compare.
-func vfMAC(n int) net.HardwareAddr { return net.HardwareAddr{0x02, 0x6d, 0x6e, 0x70, byte(n >> 8), byte(n)} }
+func vfMAC(n int) net.HardwareAddr {
+	return net.HardwareAddr{0x02, 0x6d, 0x6e, 0x70, byte(n >> 8), byte(n)}
+}
 
 // attach gives v to a namespace: its eth0 there is the VF's netdev (PCI) or
 // a veth end wired to the representor (netdevsim); its representor is

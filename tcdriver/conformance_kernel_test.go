@@ -4,8 +4,10 @@ package tcdriver
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"os"
+	"strings"
 	"testing"
 
 	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/test/datapath"
@@ -19,8 +21,36 @@ import (
 // ends.
 
 func TestMain(m *testing.M) {
+	flag.Parse()
 	datapath.SetSelectedProfile(ProfileForKernel(RunningKernelRelease()).Name)
+	// The run must leave the PF as it found it: snapshot before and after
+	// (the whole host in the bed, the PF's own netdevs on a node).
+	pf, before := datapath.SwitchdevPF(), ""
+	if pf == datapath.NetdevsimPF {
+		pf = ""
+	}
+	if datapath.SwitchdevPF() != "" {
+		var err error
+		if before, err = datapath.HostSnapshot(pf); err != nil {
+			fmt.Fprintf(os.Stderr, "conformance: snapshot of the host before the run: %v\n", err)
+			os.Exit(1)
+		}
+	}
 	code := m.Run()
+	if datapath.SwitchdevPF() != "" {
+		after, err := datapath.HostSnapshot(pf)
+		diff := datapath.SnapshotDiff(before, after)
+		switch {
+		case err != nil:
+			datapath.AddReportField("left behind", "unknown: "+err.Error())
+			code = 1
+		case len(diff) > 0:
+			datapath.AddReportField("left behind", "CHANGED (- before, + after):\n      "+strings.Join(diff, "\n      "))
+			code = 1
+		default:
+			datapath.AddReportField("left behind", "nothing (netdevs, masters, qdiscs, filters, VF settings, sriov_numvfs, eswitch mode, namespaces as before)")
+		}
+	}
 	path, err := datapath.WriteConformanceReport(os.Stdout)
 	switch {
 	case err != nil:

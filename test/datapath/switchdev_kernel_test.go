@@ -8,8 +8,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"path/filepath"
-	"sort"
 	"strings"
 	"testing"
 
@@ -28,81 +26,20 @@ import (
 // namespaces, netdevsim devices, sriov_numvfs and eswitch modes are the
 // same before and after.
 
-// hostSnapshot is what the backend must leave as it found it, one line per
-// fact, sorted.
 func hostSnapshot(t *testing.T) string {
 	t.Helper()
-	var lines []string
-	links, err := netlink.LinkList()
+	s, err := datapath.HostSnapshot("")
 	if err != nil {
 		t.Fatal(err)
 	}
-	names := map[int]string{}
-	for _, l := range links {
-		names[l.Attrs().Index] = l.Attrs().Name
-	}
-	for _, l := range links {
-		a := l.Attrs()
-		lines = append(lines, fmt.Sprintf("link %s type=%s master=%s up=%v", a.Name, l.Type(), names[a.MasterIndex], a.Flags&net.FlagUp != 0))
-		qs, err := netlink.QdiscList(l)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, q := range qs {
-			lines = append(lines, fmt.Sprintf("qdisc %s %s parent=%x", a.Name, q.Type(), q.Attrs().Parent))
-		}
-		for _, parent := range []uint32{netlink.HANDLE_MIN_INGRESS, netlink.HANDLE_MIN_EGRESS} {
-			fs, _ := netlink.FilterList(l, parent)
-			if len(fs) > 0 {
-				lines = append(lines, fmt.Sprintf("filters %s parent=%x: %d", a.Name, parent, len(fs)))
-			}
-		}
-		for _, vf := range a.Vfs {
-			lines = append(lines, fmt.Sprintf("vf %s/%d mac=%s trust=%d spoofchk=%v", a.Name, vf.ID, vf.Mac, vf.Trust, vf.Spoofchk))
-		}
-	}
-	nss, _ := os.ReadDir("/run/netns")
-	for _, e := range nss {
-		lines = append(lines, "netns "+e.Name())
-	}
-	devs, _ := os.ReadDir("/sys/bus/netdevsim/devices")
-	for _, e := range devs {
-		numvfs, _ := os.ReadFile(filepath.Join("/sys/bus/netdevsim/devices", e.Name(), "sriov_numvfs"))
-		mode := "?"
-		if dl, err := netlink.DevLinkGetDeviceByName("netdevsim", e.Name()); err == nil {
-			mode = dl.Attrs.Eswitch.Mode
-		}
-		lines = append(lines, fmt.Sprintf("netdevsim %s sriov_numvfs=%s eswitch=%s", e.Name(), strings.TrimSpace(string(numvfs)), mode))
-	}
-	sort.Strings(lines)
-	return strings.Join(lines, "\n")
+	return s
 }
 
 func requireSameHost(t *testing.T, before, after string) {
 	t.Helper()
-	if before == after {
-		return
+	if diff := datapath.SnapshotDiff(before, after); len(diff) > 0 {
+		t.Errorf("the switchdev backend left the host changed (- before, + after):\n%s", strings.Join(diff, "\n"))
 	}
-	b, a := map[string]bool{}, map[string]bool{}
-	for _, l := range strings.Split(before, "\n") {
-		b[l] = true
-	}
-	for _, l := range strings.Split(after, "\n") {
-		a[l] = true
-	}
-	var diff []string
-	for l := range b {
-		if !a[l] {
-			diff = append(diff, "- "+l)
-		}
-	}
-	for l := range a {
-		if !b[l] {
-			diff = append(diff, "+ "+l)
-		}
-	}
-	sort.Strings(diff)
-	t.Errorf("the switchdev backend left the host changed (- before, + after):\n%s", strings.Join(diff, "\n"))
 }
 
 // newNetdevsimPF creates netdevsim device id as a NIC would be found on a

@@ -126,6 +126,7 @@ func NewTopology(t testing.TB, opts Options) *Topology {
 	if err := netlink.LinkAdd(br); err != nil {
 		t.Fatalf("create bridge %s: %v", opts.Bridge, err)
 	}
+	remember(&created.bridges, opts.Bridge)
 	t.Cleanup(func() {
 		if err := netlink.LinkDel(br); err != nil {
 			t.Errorf("delete bridge %s: %v", opts.Bridge, err)

@@ -193,7 +193,7 @@ func setupPF(name string) (p *switchdevPF, err error) {
 	defer func() {
 		if err != nil {
 			if rerr := p.restore(); rerr != nil {
-				err = fmt.Errorf("%w (and restoring: %v)", err, rerr)
+				err = fmt.Errorf("%w (and restoring: %w)", err, rerr)
 			}
 		}
 	}()

@@ -20,8 +20,15 @@ import (
 // (checkOffload), and the report is printed and written when the binary
 // ends.
 
+// ConformanceSuites are the tests of the conformance run: what runs when
+// a PF is given and -test.run is not.
+const ConformanceSuites = "^(TestKernelPolicySemantics|TestKernelMakeBeforeBreak|TestKernelDifferentialBridge)$"
+
 func TestMain(m *testing.M) {
 	flag.Parse()
+	if datapath.SwitchdevPF() != "" && flag.Lookup("test.run").Value.String() == "" {
+		_ = flag.Set("test.run", ConformanceSuites)
+	}
 	datapath.SetSelectedProfile(ProfileForKernel(RunningKernelRelease()).Name)
 	// The run must leave the PF as it found it: snapshot before and after
 	// (the whole host in the bed, the PF's own netdevs on a node).

@@ -81,8 +81,8 @@ type probeCase struct {
 // every egress hook (TestKernelEgressHookBypass shows what hardware
 // switching does to it).
 func TestKernelPolicySemantics(t *testing.T) {
-	datapath.RequireBed(t)
 	datapath.ConformanceSuite(t)
+	datapath.RequireBed(t)
 	topo := datapath.NewTopology(t, datapath.Options{Timeout: time.Second})
 	pods := map[string]*datapath.Pod{}
 	for _, n := range []string{"a", "b", "c"} {

@@ -20,11 +20,12 @@ func InBed() bool { return os.Getenv(BedEnv) == "1" }
 // misconfigured run is not mistaken for a passing one.
 //
 // A run on real hardware (-mnptc.pf or $MNPTC_HARDWARE_PF naming a PF, see
-// SwitchdevPF) is the operator's consent to rewire that PF's VFs: it is
-// allowed outside the bed.
+// SwitchdevPF) is the operator's consent to rewire that PF's VFs, and
+// nothing else: outside the bed it allows the conformance suites
+// (ConformanceSuite, called before RequireBed) and fails every other test.
 func RequireBed(t testing.TB) {
 	t.Helper()
-	if pf := SwitchdevPF(); pf != "" && pf != NetdevsimPF {
+	if pf := SwitchdevPF(); pf != "" && pf != NetdevsimPF && isConformanceSuite(t) {
 		return
 	}
 	if !InBed() {

@@ -63,7 +63,8 @@ var conf struct {
 }
 
 // ConformanceSuite registers t's test as a suite of the conformance run:
-// its outcome is reported when it ends.
+// its outcome is reported when it ends, and RequireBed lets it (and its
+// subtests) run on a node's PF outside the bed.
 func ConformanceSuite(t *testing.T) {
 	start := time.Now()
 	r := &suiteResult{name: t.Name(), status: "running"}
@@ -241,4 +242,18 @@ func orNone(s string) string {
 		return "(none)"
 	}
 	return s
+}
+
+// isConformanceSuite reports whether t is, or runs under, a registered
+// conformance suite.
+func isConformanceSuite(t testing.TB) bool {
+	top, _, _ := strings.Cut(t.Name(), "/")
+	conf.mu.Lock()
+	defer conf.mu.Unlock()
+	for _, s := range conf.suites {
+		if s.name == top {
+			return true
+		}
+	}
+	return false
 }

@@ -25,8 +25,13 @@ func InBed() bool { return os.Getenv(BedEnv) == "1" }
 // (ConformanceSuite, called before RequireBed) and fails every other test.
 func RequireBed(t testing.TB) {
 	t.Helper()
-	if pf := SwitchdevPF(); pf != "" && pf != NetdevsimPF && isConformanceSuite(t) {
-		return
+	if pf := SwitchdevPF(); pf != "" && pf != NetdevsimPF {
+		if isConformanceSuite(t) {
+			return
+		}
+		if !InBed() {
+			t.Fatalf("%s is not a suite of the conformance run: with a PF (%s) only those run outside the kernel test bed (drop -test.run to run them)", t.Name(), pf)
+		}
 	}
 	if !InBed() {
 		t.Fatalf("this test needs the kernel test bed: run it with `make test-kernel` or "+

@@ -49,8 +49,11 @@ func HostSnapshot(pf string) (string, error) {
 	}
 	var pfDev, pfSwitch string
 	if pf != "" {
+		if _, err := os.Stat(filepath.Join(sysClassNet, pf)); err != nil {
+			return "", fmt.Errorf("PF %s: no such netdev", pf)
+		}
 		if pfDev, err = filepath.EvalSymlinks(filepath.Join(sysClassNet, pf, "device")); err != nil {
-			return "", fmt.Errorf("PF %s: %w", pf, err)
+			return "", fmt.Errorf("PF %s is a virtual netdev, not an SR-IOV PF's uplink", pf)
 		}
 		pfSwitch, _ = readSysNet(pf, "phys_switch_id")
 	}

@@ -120,6 +120,7 @@ type switchdevPF struct {
 	taken map[int]bool
 
 	createdVFs, changedMode bool
+	attached                bool // a VF was given to a topology
 }
 
 var (
@@ -467,7 +468,7 @@ func representors(switchID string) (map[int]string, error) {
 // the netdevsim device made for the run deleted.
 func (p *switchdevPF) restore() error {
 	var errs []error
-	if !p.createdVFs && p.refs == 0 && len(p.taken) == 0 {
+	if p.attached && !p.createdVFs {
 		// VFs taken as they were: their admin MAC, trust and spoof checking
 		// (each attach restores its own; this catches a failed one).
 		errs = append(errs, p.restoreVFConfig()...)
@@ -549,6 +550,9 @@ func (p *switchdevPF) attach(t testing.TB, v *vf, name string, ns netns.NsHandle
 	if err != nil {
 		return err
 	}
+	p.mu.Lock()
+	p.attached = true
+	p.mu.Unlock()
 	mac := vfMAC(v.n)
 	if err := netlink.LinkSetVfHardwareAddr(pf, v.n, mac); err != nil {
 		return fmt.Errorf("set VF %d MAC %s through %s: %w", v.n, mac, p.name, err)

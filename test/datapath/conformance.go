@@ -118,11 +118,15 @@ func RecordOffload(t testing.TB, c OffloadCheck) {
 	if !SwitchdevActive() {
 		return
 	}
-	info := LastSwitchdev()
 	if l := portLabel(c.Dev); l != "" {
 		c.Port = l
 	}
-	suite, _, _ := strings.Cut(t.Name(), "/")
+	recordOffload(t, t.Name(), LastSwitchdev(), c)
+}
+
+func recordOffload(t testing.TB, name string, info *SwitchdevInfo, c OffloadCheck) {
+	t.Helper()
+	suite, _, _ := strings.Cut(name, "/")
 	key := suite + "\x00" + c.Dev + "\x00" + c.Profile
 	conf.mu.Lock()
 	if conf.rows == nil {
@@ -156,7 +160,7 @@ func WriteConformanceReport(w io.Writer) (string, error) {
 		return "", nil
 	}
 	var b strings.Builder
-	formatReport(&b, info)
+	formatReport(&b, info, kernelRelease())
 	path := os.Getenv(ReportEnv)
 	if path == "" {
 		path = filepath.Join(os.TempDir(), "multi-networkpolicy-tc-conformance.txt")
@@ -176,13 +180,13 @@ func kernelRelease() string {
 	return unix.ByteSliceToString(u.Release[:])
 }
 
-func formatReport(b *strings.Builder, info *SwitchdevInfo) {
+func formatReport(b *strings.Builder, info *SwitchdevInfo, kernel string) {
 	conf.mu.Lock()
 	defer conf.mu.Unlock()
 	enforced, verdict := info.HardwareEnforced()
 	fmt.Fprintf(b, "multi-networkpolicy-tc conformance run\n")
 	field := func(k, v string) { fmt.Fprintf(b, "  %-22s %s\n", k+":", v) }
-	field("kernel", kernelRelease())
+	field("kernel", kernel)
 	field("PF", fmt.Sprintf("%s (%s %s)", info.PF, info.Bus, info.Device))
 	field("driver", strings.TrimSpace(info.Driver+" "+info.DriverVersion))
 	field("firmware", orNone(strings.TrimSpace(info.Firmware)))

@@ -193,6 +193,7 @@ func formatReport(b *strings.Builder, info *SwitchdevInfo, kernel string) {
 	field("eswitch mode", fmt.Sprintf("%s during the run (was %s, restored)", info.Mode, info.OldMode))
 	field("VFs", fmt.Sprintf("%d during the run (sriov_numvfs was %d, restored)", info.NumVFs, info.OldNumVFs))
 	field("hw-tc-offload", info.HWTCOffload)
+	field("kubelet", orNone(info.Kubelet))
 	field("verdict", verdict)
 	field("selected profile", orNone(conf.selected))
 	for _, f := range conf.fields {

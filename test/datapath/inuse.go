@@ -31,6 +31,9 @@ type VFUse struct {
 	// master, RepFilters how many TC filters its clsact hooks carry.
 	Rep, RepMaster string
 	RepFilters     int
+	// AllocatedTo lists the pods the kubelet allocated the VF to (its PCI
+	// address among their devices, PodResources List).
+	AllocatedTo []string
 }
 
 // InUse says why a VF is in use, nil if it is free. A VF is in use, and
@@ -44,7 +47,9 @@ type VFUse struct {
 //   - its netdev is enslaved (to a bridge, a bond) or has a global IP
 //     address: the host uses it;
 //   - its representor is enslaved (the bridge of accelerated-bridge-cni:
-//     a pod's port) or carries TC filters (an agent programs it).
+//     a pod's port) or carries TC filters (an agent programs it);
+//   - the kubelet lists it among a pod's devices (PodResources), when
+//     there is a kubelet to ask.
 //
 // A VF whose netdev is merely up, or whose representor is up, is free.
 func (u VFUse) InUse() []string {
@@ -70,6 +75,9 @@ func (u VFUse) InUse() []string {
 	}
 	if u.RepFilters > 0 {
 		why = append(why, fmt.Sprintf("its representor %s carries %d TC filters", u.Rep, u.RepFilters))
+	}
+	if len(u.AllocatedTo) > 0 {
+		why = append(why, "allocated by the kubelet to "+strings.Join(u.AllocatedTo, ", "))
 	}
 	return why
 }
@@ -160,6 +168,11 @@ func (p *switchdevPF) refuseInUse() error {
 		}
 		uses = append(uses, u)
 	}
+	note, err := kubeletNote(uses)
+	if err != nil {
+		return fmt.Errorf("PF %s: %w (refusing: a VF may be a pod's)", p.name, err)
+	}
+	p.info.Kubelet = note
 	return RefuseInUse(p.name, uses)
 }
 

@@ -26,6 +26,7 @@ func TestVFUseInUse(t *testing.T) {
 		{"netdev with an address", with(func(u *VFUse) { u.NetdevAddrs = []string{"192.0.2.7/24"} }), []string{"its netdev has addresses 192.0.2.7/24"}},
 		{"representor on a bridge", with(func(u *VFUse) { u.RepMaster = "br-sriov" }), []string{"its representor ens1f0r3 is a port of br-sriov"}},
 		{"representor with filters", with(func(u *VFUse) { u.RepFilters = 12 }), []string{"its representor ens1f0r3 carries 12 TC filters"}},
+		{"allocated to a pod", with(func(u *VFUse) { u.AllocatedTo = []string{"default/db-0"} }), []string{"allocated by the kubelet to default/db-0"}},
 		{"several at once", with(func(u *VFUse) { u.Netdevs, u.RepMaster, u.RepFilters = nil, "br0", 3 }), []string{
 			"its netdev is not in the host network namespace (moved into a pod)", "its representor ens1f0r3 is a port of br0", "its representor ens1f0r3 carries 3 TC filters"}},
 	} {

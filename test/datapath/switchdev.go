@@ -67,6 +67,8 @@ type SwitchdevInfo struct {
 	// Wired: the VFs have no netdev (netdevsim) and pods are veth pairs
 	// wired to the representors with act_mirred; no frame crosses a NIC.
 	Wired bool
+	// Kubelet says what the kubelet was asked about the PF's VFs.
+	Kubelet string
 }
 
 // HardwareEnforced says whether the NIC claims to enforce TC flower in
@@ -205,6 +207,8 @@ func setupPF(name string) (p *switchdevPF, err error) {
 		if err := p.refuseInUse(); err != nil {
 			return p, err
 		}
+	} else {
+		p.info.Kubelet = "no VFs before the run: none can be a pod's"
 	}
 	if p.info.OldNumVFs == 0 {
 		n := vfCount()

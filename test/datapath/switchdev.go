@@ -616,7 +616,7 @@ func (p *switchdevPF) moveVF(t testing.TB, v *vf, ns netns.NsHandle, nl *netlink
 	if err != nil {
 		return fmt.Errorf("VF %d netdev %s: %w", v.n, v.netdev, err)
 	}
-	oldMAC := l.Attrs().HardwareAddr
+	oldMAC, wasUp := l.Attrs().HardwareAddr, l.Attrs().Flags&net.FlagUp != 0
 	_ = netlink.LinkSetDown(l)
 	if err := netlink.LinkSetNsFd(l, int(ns)); err != nil {
 		return fmt.Errorf("move VF netdev %s into the pod's namespace: %w", v.netdev, err)
@@ -639,6 +639,12 @@ func (p *switchdevPF) moveVF(t testing.TB, v *vf, ns netns.NsHandle, nl *netlink
 		}
 		if err := nl.LinkSetNsFd(l, int(p.host)); err != nil {
 			t.Errorf("move VF netdev %s back to the host namespace: %v", v.netdev, err)
+			return
+		}
+		if wasUp {
+			if l, err := netlink.LinkByName(v.netdev); err == nil {
+				_ = netlink.LinkSetUp(l)
+			}
 		}
 	})
 	if l, err = nl.LinkByName(v.netdev); err != nil {

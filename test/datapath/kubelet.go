@@ -2,7 +2,6 @@ package datapath
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"os"
 	"sort"
@@ -18,13 +17,11 @@ import (
 // node mounts the node's / there); none of them: not checked.
 const PodResourcesEnv = "MNPTC_PODRESOURCES_SOCKET"
 
-var podResourcesFlag = flag.String("mnptc.podresources", "", "the kubelet's pod-resources socket, asked which VFs are allocated to pods (default $"+PodResourcesEnv+", else the kubelet's standard path, also under /host)")
-
 var defaultPodResourcesSockets = []string{"/var/lib/kubelet/pod-resources/kubelet.sock", "/host/var/lib/kubelet/pod-resources/kubelet.sock"}
 
 func podResourcesSocket() string {
-	if flag.Parsed() && *podResourcesFlag != "" {
-		return *podResourcesFlag
+	if v := flagValue(podResourcesFlag); v != "" {
+		return v
 	}
 	if s := os.Getenv(PodResourcesEnv); s != "" {
 		return s

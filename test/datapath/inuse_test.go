@@ -61,3 +61,21 @@ func TestEthtoolOnLoopback(t *testing.T) {
 		t.Errorf("unknown feature: %v", err)
 	}
 }
+
+// TestPFInUse: a legacy PF the host uses is not switched to switchdev.
+func TestPFInUse(t *testing.T) {
+	for _, tc := range []struct {
+		master string
+		addrs  []string
+		want   string
+	}{
+		{"", nil, ""},
+		{"bond0", nil, "is enslaved to bond0"},
+		{"", []string{"10.0.0.5/24", "fd00::5/64"}, "carries the addresses 10.0.0.5/24, fd00::5/64"},
+		{"br-ex", []string{"10.0.0.5/24"}, "is enslaved to br-ex and carries the addresses 10.0.0.5/24"},
+	} {
+		if got := pfInUse(tc.master, tc.addrs); got != tc.want {
+			t.Errorf("pfInUse(%q, %q) = %q, want %q", tc.master, tc.addrs, got, tc.want)
+		}
+	}
+}

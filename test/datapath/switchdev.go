@@ -224,6 +224,9 @@ func setupPF(name string) (p *switchdevPF, err error) {
 		p.info.NumVFs = p.info.OldNumVFs
 	}
 	if p.info.OldMode != "switchdev" {
+		if err := p.refuseModeChange(); err != nil {
+			return p, err
+		}
 		if err := p.setMode("switchdev"); err != nil {
 			return p, err
 		}
@@ -786,4 +789,41 @@ func portLabel(dev string) string {
 		p.mu.Unlock()
 	}
 	return ""
+}
+
+// refuseModeChange refuses to switch the eswitch of a PF the host uses:
+// the change re-creates the PF's netdev (mlx5 reloads it as the uplink
+// representor), which cuts its traffic for seconds and drops its
+// configuration.
+func (p *switchdevPF) refuseModeChange() error {
+	l, err := netlink.LinkByName(p.name)
+	if err != nil {
+		return err
+	}
+	var addrs []string
+	if as, err := netlink.AddrList(l, netlink.FAMILY_ALL); err == nil {
+		for _, a := range as {
+			if a.IP.IsGlobalUnicast() {
+				addrs = append(addrs, a.IPNet.String())
+			}
+		}
+	}
+	if why := pfInUse(masterName(l), addrs); why != "" {
+		return fmt.Errorf("PF %s is in eswitch mode %s and %s: switching it to switchdev re-creates its netdev and cuts that traffic; switch it yourself (devlink dev eswitch set %s/%s mode switchdev) or use another PF",
+			p.name, p.info.OldMode, why, p.info.Bus, p.info.Device)
+	}
+	return nil
+}
+
+// pfInUse says why the host uses a PF netdev with this master and these
+// global addresses, "" if it does not.
+func pfInUse(master string, addrs []string) string {
+	var why []string
+	if master != "" {
+		why = append(why, "is enslaved to "+master)
+	}
+	if len(addrs) > 0 {
+		why = append(why, "carries the addresses "+strings.Join(addrs, ", "))
+	}
+	return strings.Join(why, " and ")
 }

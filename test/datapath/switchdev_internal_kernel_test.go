@@ -60,3 +60,36 @@ func TestSwitchdevRefusesAPFWithVFsInUse(t *testing.T) {
 		t.Errorf("%s was taken off busy0", reps[0].Name)
 	}
 }
+
+// TestSwitchdevRefusesToSwitchAPFTheHostUses: a legacy PF with an address
+// is not switched to switchdev, and the VFs created before the refusal are
+// gone again.
+func TestSwitchdevRefusesToSwitchAPFTheHostUses(t *testing.T) {
+	RequireBed(t)
+	const id = 64
+	if err := os.WriteFile(nsimBus+"/new_device", []byte(fmt.Sprintf("%d 1", id)), 0o200); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.WriteFile(nsimBus+"/del_device", []byte(fmt.Sprint(id)), 0o200) })
+	dev := fmt.Sprintf("%s/devices/netdevsim%d", nsimBus, id)
+	if err := os.WriteFile(fmt.Sprintf("/sys/kernel/debug/netdevsim/netdevsim%d/max_vfs", id), []byte("8"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ents, err := os.ReadDir(dev + "/net")
+	if err != nil || len(ents) != 1 {
+		t.Fatalf("netdevsim%d: %v %v", id, ents, err)
+	}
+	pf := ents[0].Name()
+	Run(t, "ip", "addr", "add", "192.0.2.1/24", "dev", pf)
+
+	_, err = setupPF(pf)
+	if err == nil || !strings.Contains(err.Error(), "carries the addresses 192.0.2.1/24") || !strings.Contains(err.Error(), "mode legacy") {
+		t.Fatalf("want a refusal naming the address and the mode, got %v", err)
+	}
+	t.Logf("refused: %v", err)
+	numvfs, _ := os.ReadFile(dev + "/sriov_numvfs")
+	dl, derr := netlink.DevLinkGetDeviceByName("netdevsim", fmt.Sprintf("netdevsim%d", id))
+	if strings.TrimSpace(string(numvfs)) != "0" || derr != nil || dl.Attrs.Eswitch.Mode != "legacy" {
+		t.Errorf("refused PF changed: sriov_numvfs %q, eswitch %v (%v)", numvfs, dl, derr)
+	}
+}

@@ -71,6 +71,7 @@ func applyBridge(t testing.TB, drv *TC, br *Bridge) {
 		t.Fatalf("ApplyBridge %s: %v", br.Name, err)
 	}
 	requireNoEgressFilters(t, drv, bridgeDevs(br)...)
+	checkOffload(t, drv, br)
 }
 
 func bridgeDevs(br *Bridge) []string {
@@ -292,6 +293,7 @@ func TestKernelEgressHookBypass(t *testing.T) {
 // may be lost, no denied frame may pass, and no update may leave a filter
 // on an egress hook.
 func TestKernelMakeBeforeBreak(t *testing.T) {
+	datapath.ConformanceSuite(t)
 	datapath.RequireBed(t)
 	// Room for what the test sends: every allowed SYN is a conntrack
 	// entry, and bursts of frames queue in the backlog of the guest's one
@@ -526,6 +528,7 @@ func raiseSysctl(t *testing.T, name string, n int) {
 // the pod to either. The kernel's verdict must equal the reference
 // evaluator's, and the tracer's on the fake's program of the entering port.
 func TestKernelDifferentialBridge(t *testing.T) {
+	datapath.ConformanceSuite(t)
 	datapath.RequireBed(t)
 	seed := differentialSeed(t)
 	rng := randv2.New(randv2.NewPCG(seed, 1))

@@ -17,14 +17,20 @@ GO_LDFLAGS  := -s -w -X $(VERSION_PKG).version=$(VERSION) -X $(VERSION_PKG).comm
 IMAGE        ?= ghcr.io/k8snetworkplumbingwg/multi-networkpolicy-tc:$(VERSION)
 IMAGE_LAYOUT := $(abspath $(BIN_DIR))/image
 IMAGE_TAR    := $(abspath $(BIN_DIR))/image.tar
-RELEASE_TOOL  = cd hack/release && $(GO) run . image -binary $(abspath $(BINARY)) -o $(IMAGE_LAYOUT) -tar $(IMAGE_TAR) \
-	-tag $(IMAGE) -version $(VERSION) -revision $(COMMIT) -created $(BUILD_DATE)
+# The conformance run's suites, compiled, for the one-liner inside the
+# image (docs/troubleshooting.md, "Verify on your nodes").
+CONFORMANCE_BINARY := $(abspath $(BIN_DIR))/conformance/tcdriver.test
+RELEASE_TOOL  = cd hack/release && $(GO) run . image -binary $(abspath $(BINARY)) -conformance $(CONFORMANCE_BINARY) \
+	-o $(IMAGE_LAYOUT) -tar $(IMAGE_TAR) -tag $(IMAGE) -version $(VERSION) -revision $(COMMIT) -created $(BUILD_DATE)
 
-.PHONY: image image-push test-release
-image: build
+.PHONY: image image-push test-release conformance-binary
+conformance-binary:
+	CGO_ENABLED=0 $(GO) test -c -tags kernel -trimpath -ldflags "-s -w" -o $(CONFORMANCE_BINARY) ./tcdriver
+
+image: build conformance-binary
 	$(RELEASE_TOOL)
 
-image-push: build
+image-push: build conformance-binary
 	$(RELEASE_TOOL) -push $(IMAGE)
 
 # Validates the image `make image` built (manifest, config, entrypoint,

@@ -6,8 +6,13 @@
 // The image is the binary and nothing else a shell could use: one layer
 // with /usr/bin/multi-networkpolicy-tc (the path upstream DaemonSets call),
 // /usr/bin/multi-networkpolicy-iptables linking to it (the command of
-// multi-networkpolicy-iptables' DaemonSet), /etc/passwd and /etc/group for
-// the users Kubernetes may run it as, and /tmp. Every file is readable by
+// multi-networkpolicy-iptables' DaemonSet), the conformance run's compiled
+// suites (-conformance: tcdriver's kernel tests, `go test -c -tags kernel`)
+// at /usr/lib/multi-networkpolicy-tc/conformance/tcdriver.test, for
+// `kubectl debug node/NODE --profile=sysadmin --image=IMAGE --
+// /usr/lib/multi-networkpolicy-tc/conformance/tcdriver.test -mnptc.pf=PF -test.v`
+// (docs/troubleshooting.md, "Verify on your nodes"), /etc/passwd and
+// /etc/group for the users Kubernetes may run it as, and /tmp. Every file is readable by
 // any user. It runs as root (USER 0:0) because the agent needs NET_ADMIN,
 // which Kubernetes grants only to root (docs/deployment.md); a DaemonSet
 // that sets runAsUser keeps working, and `version` runs as any user.
@@ -36,6 +41,7 @@ import (
 const (
 	binaryPath      = "/usr/bin/multi-networkpolicy-tc"
 	iptablesCommand = "/usr/bin/multi-networkpolicy-iptables"
+	conformancePath = "/usr/lib/multi-networkpolicy-tc/conformance/tcdriver.test"
 )
 
 // imageConfig is what goes into the image besides the binary.
@@ -56,7 +62,7 @@ type entry struct {
 	link     string
 }
 
-func layerEntries(binary []byte) []entry {
+func layerEntries(binary, conformance []byte) []entry {
 	return []entry{
 		{name: "etc/", typeflag: tar.TypeDir, mode: 0o755},
 		{name: "etc/group", typeflag: tar.TypeReg, mode: 0o644, data: []byte("root:x:0:\nnonroot:x:65532:\nnobody:x:65534:\n")},
@@ -66,6 +72,10 @@ func layerEntries(binary []byte) []entry {
 		{name: "usr/bin/", typeflag: tar.TypeDir, mode: 0o755},
 		{name: "usr/bin/multi-networkpolicy-iptables", typeflag: tar.TypeSymlink, mode: 0o777, link: "multi-networkpolicy-tc"},
 		{name: "usr/bin/multi-networkpolicy-tc", typeflag: tar.TypeReg, mode: 0o755, data: binary},
+		{name: "usr/lib/", typeflag: tar.TypeDir, mode: 0o755},
+		{name: "usr/lib/multi-networkpolicy-tc/", typeflag: tar.TypeDir, mode: 0o755},
+		{name: "usr/lib/multi-networkpolicy-tc/conformance/", typeflag: tar.TypeDir, mode: 0o755},
+		{name: "usr/lib/multi-networkpolicy-tc/conformance/tcdriver.test", typeflag: tar.TypeReg, mode: 0o755, data: conformance},
 	}
 }
 
@@ -88,16 +98,20 @@ func layerTar(entries []entry, mtime time.Time) ([]byte, error) {
 	return buf.Bytes(), nil
 }
 
-// buildImage returns the linux/amd64 image of binary.
-func buildImage(binary []byte, c imageConfig) (v1.Image, error) {
+// buildImage returns the linux/amd64 image of binary and the conformance
+// run's test binary.
+func buildImage(binary, conformance []byte, c imageConfig) (v1.Image, error) {
 	if len(binary) == 0 {
 		return nil, errors.New("the binary is empty")
+	}
+	if len(conformance) == 0 {
+		return nil, errors.New("the conformance binary is empty")
 	}
 	created, err := time.Parse(time.RFC3339, c.Created)
 	if err != nil {
 		return nil, fmt.Errorf("created %q: want RFC 3339: %w", c.Created, err)
 	}
-	data, err := layerTar(layerEntries(binary), created)
+	data, err := layerTar(layerEntries(binary, conformance), created)
 	if err != nil {
 		return nil, err
 	}

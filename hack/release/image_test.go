@@ -37,8 +37,14 @@ func imageUnderTest(t *testing.T) (v1.Image, v1.Descriptor) {
 		if out, err := build.CombinedOutput(); err != nil {
 			t.Fatalf("go build: %v\n%s", err, out)
 		}
+		conf := filepath.Join(t.TempDir(), "tcdriver.test")
+		build = exec.Command("go", "test", "-C", "../..", "-c", "-tags", "kernel", "-trimpath", "-ldflags", "-s -w", "-o", conf, "./tcdriver")
+		build.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := build.CombinedOutput(); err != nil {
+			t.Fatalf("go test -c: %v\n%s", err, out)
+		}
 		c := imageConfig{Version: "v0.0.0-test", Revision: "0123abc", Created: "2026-01-02T03:04:05Z", Source: "https://example.com/src"}
-		if err := run(bin, dir, "", "", "example.com/mnp-tc:test", c); err != nil {
+		if err := run(bin, conf, dir, "", "", "example.com/mnp-tc:test", c); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -107,7 +113,8 @@ func TestImageManifestAndConfig(t *testing.T) {
 }
 
 // TestImageFiles checks the exact file list, owners and modes, and runs
-// the binary found in the layer: `version` must print the image's labels.
+// the binaries found in the layer: `version` must print the image's
+// labels, and the conformance binary must list the conformance suites.
 func TestImageFiles(t *testing.T) {
 	img, _ := imageUnderTest(t)
 	cf, err := img.ConfigFile()
@@ -125,6 +132,8 @@ func TestImageFiles(t *testing.T) {
 	defer func() { _ = rc.Close() }()
 	var got []string
 	binary := filepath.Join(t.TempDir(), "multi-networkpolicy-tc")
+	conformance := filepath.Join(t.TempDir(), "tcdriver.test")
+	extract := map[string]string{"usr/bin/multi-networkpolicy-tc": binary, "usr/lib/multi-networkpolicy-tc/conformance/tcdriver.test": conformance}
 	tr := tar.NewReader(rc)
 	for {
 		h, err := tr.Next()
@@ -141,8 +150,8 @@ func TestImageFiles(t *testing.T) {
 			t.Errorf("%s mtime %s, want the build date %s", h.Name, h.ModTime, cf.Created.Time)
 		}
 		got = append(got, fmt.Sprintf("%c %o %s%s", h.Typeflag, h.Mode, h.Name, linkSuffix(h)))
-		if h.Name == "usr/bin/multi-networkpolicy-tc" {
-			f, err := os.OpenFile(binary, os.O_CREATE|os.O_WRONLY, 0o755)
+		if dst, ok := extract[h.Name]; ok {
+			f, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY, 0o755)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -161,6 +170,10 @@ func TestImageFiles(t *testing.T) {
 		"5 755 usr/bin/",
 		"2 777 usr/bin/multi-networkpolicy-iptables -> multi-networkpolicy-tc",
 		"0 755 usr/bin/multi-networkpolicy-tc",
+		"5 755 usr/lib/",
+		"5 755 usr/lib/multi-networkpolicy-tc/",
+		"5 755 usr/lib/multi-networkpolicy-tc/conformance/",
+		"0 755 usr/lib/multi-networkpolicy-tc/conformance/tcdriver.test",
 	}
 	if !slices.Equal(got, want) {
 		t.Errorf("files:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
@@ -173,6 +186,16 @@ func TestImageFiles(t *testing.T) {
 		if v := cf.Config.Labels["org.opencontainers.image."+l]; !strings.Contains(string(out), fmt.Sprintf("%q", v)) {
 			t.Errorf("label %s=%q not in the binary's version: %s", l, v, out)
 		}
+	}
+	// The one-liner's binary holds the conformance suites.
+	out, err = exec.Command(conformance, "-test.list", "^TestKernel(PolicySemantics|MakeBeforeBreak|DifferentialBridge)$").Output()
+	if err != nil {
+		t.Fatalf("the image's conformance binary: %v", err)
+	}
+	got = strings.Fields(string(out))
+	slices.Sort(got)
+	if !slices.Equal(got, []string{"TestKernelDifferentialBridge", "TestKernelMakeBeforeBreak", "TestKernelPolicySemantics"}) {
+		t.Errorf("the conformance binary lists %q", got)
 	}
 }
 
@@ -189,11 +212,11 @@ func linkSuffix(h *tar.Header) string {
 func TestImageIsReproducibleAndPushes(t *testing.T) {
 	bin := []byte("\x7fELF not really a binary")
 	c := imageConfig{Version: "v1", Revision: "r", Created: "2026-01-02T03:04:05Z"}
-	a, err := buildImage(bin, c)
+	a, err := buildImage(bin, bin, c)
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := buildImage(bin, c)
+	b, err := buildImage(bin, bin, c)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -203,7 +226,7 @@ func TestImageIsReproducibleAndPushes(t *testing.T) {
 		t.Fatalf("two builds: %s and %s", da, db)
 	}
 	c.Version = "v2"
-	other, _ := buildImage(bin, c)
+	other, _ := buildImage(bin, bin, c)
 	if d, _ := other.Digest(); d == da {
 		t.Error("another version gives the same digest")
 	}
@@ -217,7 +240,7 @@ func TestImageIsReproducibleAndPushes(t *testing.T) {
 	}
 	ref := strings.TrimPrefix(srv.URL, "http://") + "/mnp/tc:v1"
 	c.Version = "v1"
-	if err := run(path, filepath.Join(dir, "layout"), filepath.Join(dir, "image.tar"), ref, "example.com/x:v1", c); err != nil {
+	if err := run(path, path, filepath.Join(dir, "layout"), filepath.Join(dir, "image.tar"), ref, "example.com/x:v1", c); err != nil {
 		t.Fatal(err)
 	}
 	r, err := name.ParseReference(ref)
@@ -240,20 +263,19 @@ func TestImageRejectsBadInput(t *testing.T) {
 		t.Fatal(err)
 	}
 	ok := imageConfig{Created: "2026-01-02T03:04:05Z"}
+	elf := filepath.Join(dir, "elf")
+	_ = os.WriteFile(elf, []byte("\x7fELF"), 0o755)
 	for _, tt := range []struct {
-		name, binary, tag, want string
-		c                       imageConfig
+		name, binary, conformance, tag, want string
+		c                                    imageConfig
 	}{
-		{"missing binary", filepath.Join(dir, "nope"), "x/y:z", "binary: open", ok},
-		{"not ELF", notELF, "x/y:z", "not an ELF executable", ok},
-		{"bad date", "", "x/y:z", `created "yesterday": want RFC 3339`, imageConfig{Created: "yesterday"}},
+		{"missing binary", filepath.Join(dir, "nope"), elf, "x/y:z", "binary: open", ok},
+		{"not ELF", notELF, elf, "x/y:z", "not an ELF executable", ok},
+		{"missing conformance binary", elf, filepath.Join(dir, "nope"), "x/y:z", "conformance binary: open", ok},
+		{"conformance not ELF", elf, notELF, "x/y:z", "conformance binary " + notELF + ": not an ELF executable", ok},
+		{"bad date", elf, elf, "x/y:z", `created "yesterday": want RFC 3339`, imageConfig{Created: "yesterday"}},
 	} {
-		bin := tt.binary
-		if bin == "" {
-			bin = filepath.Join(dir, "elf")
-			_ = os.WriteFile(bin, []byte("\x7fELF"), 0o755)
-		}
-		err := run(bin, filepath.Join(dir, "out"), "", "", tt.tag, tt.c)
+		err := run(tt.binary, tt.conformance, filepath.Join(dir, "out"), "", "", tt.tag, tt.c)
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("%s: %v, want %q", tt.name, err, tt.want)
 		}

@@ -20,11 +20,12 @@ const refNameAnnotation = "org.opencontainers.image.ref.name"
 
 func main() {
 	if len(os.Args) < 2 || os.Args[1] != "image" {
-		fmt.Fprintln(os.Stderr, "usage: release image -binary FILE -o DIR [-tar FILE] [-push REF] [flags]")
+		fmt.Fprintln(os.Stderr, "usage: release image -binary FILE -conformance FILE -o DIR [-tar FILE] [-push REF] [flags]")
 		os.Exit(2)
 	}
 	fs := flag.NewFlagSet("image", flag.ExitOnError)
 	binary := fs.String("binary", "bin/multi-networkpolicy-tc", "the static agent binary")
+	conformance := fs.String("conformance", "bin/conformance/tcdriver.test", "the conformance run's static test binary (CGO_ENABLED=0 go test -c -tags kernel ./tcdriver)")
 	out := fs.String("o", "bin/image", "write the image here as an OCI image layout (replaced)")
 	tarOut := fs.String("tar", "", "also write a tarball that `docker load` and `crane push` read")
 	push := fs.String("push", "", "also push to this reference (REGISTRY/IMAGE:TAG), with the credentials of ~/.docker/config.json")
@@ -35,18 +36,22 @@ func main() {
 	fs.StringVar(&c.Created, "created", "1970-01-01T00:00:00Z", "the build date (RFC 3339): image and file times")
 	fs.StringVar(&c.Source, "source", "https://github.com/k8snetworkplumbingwg/multi-networkpolicy-tc", "the source label")
 	_ = fs.Parse(os.Args[2:])
-	if err := run(*binary, *out, *tarOut, *push, *tag, c); err != nil {
+	if err := run(*binary, *conformance, *out, *tarOut, *push, *tag, c); err != nil {
 		fmt.Fprintln(os.Stderr, "release image:", err)
 		os.Exit(1)
 	}
 }
 
-func run(binaryPath, out, tarOut, push, tag string, c imageConfig) error {
+func run(binaryPath, conformancePath, out, tarOut, push, tag string, c imageConfig) error {
 	bin, err := readBinary(binaryPath)
 	if err != nil {
 		return err
 	}
-	img, err := buildImage(bin, c)
+	conf, err := readBinary(conformancePath)
+	if err != nil {
+		return fmt.Errorf("conformance %w", err)
+	}
+	img, err := buildImage(bin, conf, c)
 	if err != nil {
 		return err
 	}

@@ -18,8 +18,21 @@ func InBed() bool { return os.Getenv(BedEnv) == "1" }
 // rewire the network of the kernel they run on, so they must never run on
 // a workstation by accident; they fail rather than skip so that a
 // misconfigured run is not mistaken for a passing one.
+//
+// A run on real hardware (-mnptc.pf or $MNPTC_HARDWARE_PF naming a PF, see
+// SwitchdevPF) is the operator's consent to rewire that PF's VFs, and
+// nothing else: outside the bed it allows the conformance suites
+// (ConformanceSuite, called before RequireBed) and fails every other test.
 func RequireBed(t testing.TB) {
 	t.Helper()
+	if pf := SwitchdevPF(); pf != "" && pf != NetdevsimPF {
+		if isConformanceSuite(t) {
+			return
+		}
+		if !InBed() {
+			t.Fatalf("%s is not a suite of the conformance run: with a PF (%s) only those run outside the kernel test bed (drop -test.run to run them)", t.Name(), pf)
+		}
+	}
 	if !InBed() {
 		t.Fatalf("this test needs the kernel test bed: run it with `make test-kernel` or "+
 			"hack/kernel/run.sh (or set %s=1 on a disposable kernel)", BedEnv)

@@ -64,6 +64,18 @@
 // Representors are found, as the agent finds them on real hardware, by
 // phys_switch_id and phys_port_name (pf0vfN).
 //
+// # Port backends
+//
+// By default a pod's port is a veth pair. With Options.PF, or for every
+// topology of the process with -mnptc.pf / $MNPTC_HARDWARE_PF (see
+// SwitchdevPF), it is a VF of that switchdev PF and the representor is the
+// bridge port; the uplink is a VF too. On a real PF the VF's netdev is the
+// pod's eth0; on netdevsim ("netdevsim" makes a device) eth0 is a veth
+// wired to the representor with act_mirred. A PF with VFs in use is
+// refused (VFUse.InUse), and the PF is restored when its last topology
+// ends. The conformance run (docs/kernel-test-bed.md) records in_hw with
+// RecordOffload and reports with WriteConformanceReport.
+//
 // # Network namespaces
 //
 // Do runs a function inside a namespace on a locked OS thread and restores

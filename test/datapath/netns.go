@@ -57,6 +57,7 @@ func newNamedNetns(name string) (netns.NsHandle, error) {
 			return
 		}
 		defer func() { _ = orig.Close() }()
+		remember(&created.netns, name)
 		ns, nerr := netns.NewNamed(name) // switches this thread into the new namespace
 		if err := netns.Set(orig); err != nil {
 			if nerr == nil {

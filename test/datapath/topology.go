@@ -27,6 +27,11 @@ type Options struct {
 	// Timeout bounds every probe (default 1s). A dropped packet costs this
 	// much, a delivered one only a round trip.
 	Timeout time.Duration
+	// PF selects the switchdev port backend (see switchdev.go): pods and
+	// the uplink are VFs of this PF, their representors the bridge ports.
+	// "netdevsim" makes a netdevsim device for it. Default SwitchdevPF()
+	// (-mnptc.pf, $MNPTC_HARDWARE_PF); "" there too: veth pairs.
+	PF string
 }
 
 // PodOptions configure one pod.
@@ -47,6 +52,7 @@ type PodOptions struct {
 type Topology struct {
 	opts   Options
 	bridge netlink.Link
+	pf     *switchdevPF // nil: veth pairs
 
 	mu     sync.Mutex
 	pods   []*Pod
@@ -72,6 +78,8 @@ type Pod struct {
 	IPv4, IPv6 netip.Addr
 	// Remote marks a pod of another node, behind the uplink (AddRemotePod).
 	Remote bool
+	// VF is the VF number of a switchdev topology's pod, -1 otherwise.
+	VF int
 
 	topo *Topology
 	nl   *netlink.Handle
@@ -97,6 +105,18 @@ func NewTopology(t testing.TB, opts Options) *Topology {
 	if opts.Timeout == 0 {
 		opts.Timeout = time.Second
 	}
+	if opts.PF == "" {
+		opts.PF = SwitchdevPF()
+	}
+	topo := &Topology{opts: opts}
+	if opts.PF != "" {
+		// Acquired before the bridge exists, so released after it is gone.
+		pf, err := acquirePF(t, opts.PF)
+		if err != nil {
+			t.Fatalf("switchdev PF %s: %v", opts.PF, err)
+		}
+		topo.pf = pf
+	}
 	off := false
 	br := &netlink.Bridge{
 		LinkAttrs:         netlink.LinkAttrs{Name: opts.Bridge},
@@ -106,7 +126,7 @@ func NewTopology(t testing.TB, opts Options) *Topology {
 	if err := netlink.LinkAdd(br); err != nil {
 		t.Fatalf("create bridge %s: %v", opts.Bridge, err)
 	}
-	topo := &Topology{opts: opts}
+	remember(&created.bridges, opts.Bridge)
 	t.Cleanup(func() {
 		if err := netlink.LinkDel(br); err != nil {
 			t.Errorf("delete bridge %s: %v", opts.Bridge, err)
@@ -125,6 +145,15 @@ func NewTopology(t testing.TB, opts Options) *Topology {
 
 // Bridge returns the bridge's name.
 func (topo *Topology) Bridge() string { return topo.opts.Bridge }
+
+// Switchdev describes the PF of a switchdev topology, nil for veth pairs.
+func (topo *Topology) Switchdev() *SwitchdevInfo {
+	if topo.pf == nil {
+		return nil
+	}
+	i := topo.pf.info
+	return &i
+}
 
 // Pods returns the pods in the order they were added.
 func (topo *Topology) Pods() []*Pod {
@@ -191,24 +220,20 @@ func (topo *Topology) addPod(t testing.TB, name string, opts PodOptions) (*Pod, 
 	if err != nil {
 		return nil, err
 	}
-	pod := &Pod{Name: name, NS: ns, Rep: "rep-" + name, Iface: "eth0", topo: topo, nl: nl,
+	pod := &Pod{Name: name, NS: ns, Rep: "rep-" + name, Iface: "eth0", topo: topo, nl: nl, VF: -1,
 		IPv4: opts.IPv4.Addr(), IPv6: opts.IPv6.Addr(), servers: map[serverKey]*Server{}}
-
-	// The VF end is created directly inside the pod's namespace.
-	veth := &netlink.Veth{
-		LinkAttrs:     netlink.LinkAttrs{Name: pod.Rep, MasterIndex: topo.bridge.Attrs().Index},
-		PeerName:      "eth0",
-		PeerNamespace: netlink.NsFd(int(ns)),
-	}
-	if err := netlink.LinkAdd(veth); err != nil {
-		return nil, fmt.Errorf("create veth %s: %w", pod.Rep, err)
-	}
-	t.Cleanup(func() {
-		// Deleting the representor deletes its peer; the namespace may be gone already.
-		if l, err := netlink.LinkByName(pod.Rep); err == nil {
-			_ = netlink.LinkDel(l)
+	if topo.pf != nil {
+		v, err := topo.pf.take(t, "pod "+name)
+		if err != nil {
+			return nil, err
 		}
-	})
+		pod.Rep, pod.VF = v.rep, v.n
+		if err := topo.pf.attach(t, v, name, ns, nl, topo.bridge.Attrs().Index, false); err != nil {
+			return nil, fmt.Errorf("VF %d (representor %s): %w", v.n, v.rep, err)
+		}
+	} else if err := topo.addVethPort(t, pod, ns); err != nil {
+		return nil, err
+	}
 	rep, err := netlink.LinkByName(pod.Rep)
 	if err != nil {
 		return nil, err
@@ -228,6 +253,27 @@ func (topo *Topology) addPod(t testing.TB, name string, opts PodOptions) (*Pod, 
 	topo.mu.Unlock()
 	t.Cleanup(pod.stopServers)
 	return pod, nil
+}
+
+// addVethPort creates the pod's port of the veth backend: the pair
+// rep-<name> on the bridge ↔ eth0 in the pod's namespace.
+func (topo *Topology) addVethPort(t testing.TB, pod *Pod, ns netns.NsHandle) error {
+	// The VF end is created directly inside the pod's namespace.
+	veth := &netlink.Veth{
+		LinkAttrs:     netlink.LinkAttrs{Name: pod.Rep, MasterIndex: topo.bridge.Attrs().Index},
+		PeerName:      "eth0",
+		PeerNamespace: netlink.NsFd(int(ns)),
+	}
+	if err := netlink.LinkAdd(veth); err != nil {
+		return fmt.Errorf("create veth %s: %w", pod.Rep, err)
+	}
+	t.Cleanup(func() {
+		// Deleting the representor deletes its peer; the namespace may be gone already.
+		if l, err := netlink.LinkByName(pod.Rep); err == nil {
+			_ = netlink.LinkDel(l)
+		}
+	})
+	return nil
 }
 
 // configureBridgePort sets the representor's VLANs the way

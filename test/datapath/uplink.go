@@ -27,6 +27,9 @@ type Uplink struct {
 	// Iface is the outside end of the veth pair, "eth0" in NS: the wire
 	// to the rest of the network.
 	Iface string
+	// VF is the VF standing for the uplink in a switchdev topology (Dev is
+	// its representor, Iface its netdev), -1 otherwise.
+	VF int
 
 	nl *netlink.Handle
 }
@@ -55,7 +58,7 @@ func (topo *Topology) AddUplink(t testing.TB) *Uplink {
 }
 
 func (topo *Topology) addUplink(t testing.TB) (*Uplink, error) {
-	up := &Uplink{Dev: "up-" + topo.opts.Bridge, NSName: "out-" + topo.opts.Bridge, Iface: "eth0"}
+	up := &Uplink{Dev: "up-" + topo.opts.Bridge, NSName: "out-" + topo.opts.Bridge, Iface: "eth0", VF: -1}
 	if len(up.Dev) > 15 {
 		return nil, fmt.Errorf("bridge name %q too long for an uplink name", topo.opts.Bridge)
 	}
@@ -74,19 +77,21 @@ func (topo *Topology) addUplink(t testing.TB) (*Uplink, error) {
 		return nil, fmt.Errorf("netlink handle in netns %s: %w", up.NSName, err)
 	}
 	t.Cleanup(up.nl.Close)
-	veth := &netlink.Veth{
-		LinkAttrs:     netlink.LinkAttrs{Name: up.Dev, MasterIndex: topo.bridge.Attrs().Index},
-		PeerName:      up.Iface,
-		PeerNamespace: netlink.NsFd(int(ns)),
-	}
-	if err := netlink.LinkAdd(veth); err != nil {
-		return nil, fmt.Errorf("create veth %s: %w", up.Dev, err)
-	}
-	t.Cleanup(func() {
-		if l, err := netlink.LinkByName(up.Dev); err == nil {
-			_ = netlink.LinkDel(l)
+	if topo.pf != nil {
+		// A VF stands for the uplink: its representor is the bridge's
+		// uplink port, its netdev the outside wire (trusted: it carries
+		// the remote pods' MACs).
+		v, err := topo.pf.take(t, "the uplink")
+		if err != nil {
+			return nil, err
 		}
-	})
+		up.Dev, up.VF = v.rep, v.n
+		if err := topo.pf.attach(t, v, up.NSName, ns, up.nl, topo.bridge.Attrs().Index, true); err != nil {
+			return nil, fmt.Errorf("VF %d (representor %s) as the uplink: %w", v.n, v.rep, err)
+		}
+	} else if err := topo.addVethUplink(t, up, ns); err != nil {
+		return nil, err
+	}
 	link, err := netlink.LinkByName(up.Dev)
 	if err != nil {
 		return nil, err
@@ -108,6 +113,25 @@ func (topo *Topology) addUplink(t testing.TB) (*Uplink, error) {
 	topo.uplink = up
 	topo.mu.Unlock()
 	return up, nil
+}
+
+// addVethUplink creates the veth backend's uplink: up-<bridge> on the
+// bridge ↔ eth0 in the outside namespace.
+func (topo *Topology) addVethUplink(t testing.TB, up *Uplink, ns netns.NsHandle) error {
+	veth := &netlink.Veth{
+		LinkAttrs:     netlink.LinkAttrs{Name: up.Dev, MasterIndex: topo.bridge.Attrs().Index},
+		PeerName:      up.Iface,
+		PeerNamespace: netlink.NsFd(int(ns)),
+	}
+	if err := netlink.LinkAdd(veth); err != nil {
+		return fmt.Errorf("create veth %s: %w", up.Dev, err)
+	}
+	t.Cleanup(func() {
+		if l, err := netlink.LinkByName(up.Dev); err == nil {
+			_ = netlink.LinkDel(l)
+		}
+	})
+	return nil
 }
 
 // AddRemotePod adds a pod of another node: it lives behind the uplink (the
@@ -144,7 +168,7 @@ func (topo *Topology) addRemotePod(t testing.TB, name string, opts PodOptions) (
 	if err != nil {
 		return nil, err
 	}
-	pod := &Pod{Name: name, NS: ns, Iface: "eth0", Remote: true, topo: topo, nl: nl,
+	pod := &Pod{Name: name, NS: ns, Iface: "eth0", Remote: true, topo: topo, nl: nl, VF: -1,
 		IPv4: opts.IPv4.Addr(), IPv6: opts.IPv6.Addr(), servers: map[serverKey]*Server{}}
 
 	parent, err := up.nl.LinkByName(up.Iface)

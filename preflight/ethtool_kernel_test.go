@@ -1,12 +1,13 @@
 //go:build kernel
 
-package preflight
+package preflight_test
 
 import (
 	"testing"
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/preflight"
 	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/test/datapath"
 )
 
@@ -22,17 +23,17 @@ func TestKernelFeatures(t *testing.T) {
 	t.Cleanup(func() { _ = netlink.LinkDel(veth) })
 	for _, tc := range []struct {
 		feature string
-		want    Feature
+		want    preflight.Feature
 	}{
-		{"tx-checksum-ip-generic", Feature{Active: true, Changeable: true}},
-		{featureTCOffload, Feature{}},
+		{"tx-checksum-ip-generic", preflight.Feature{Active: true, Changeable: true}},
+		{preflight.FeatureTCOffload, preflight.Feature{}},
 	} {
-		got, err := feature("pfeat0", tc.feature)
+		got, err := preflight.ReadFeature("pfeat0", tc.feature)
 		if err != nil || got != tc.want {
 			t.Errorf("%s: %+v, %v; want %+v", tc.feature, got, err, tc.want)
 		}
 	}
-	if _, err := (System{}).TCOffload("nosuchdev0"); err == nil || err.Error()[:17] != "netdev nosuchdev0" {
+	if _, err := (preflight.System{}).TCOffload("nosuchdev0"); err == nil || err.Error()[:17] != "netdev nosuchdev0" {
 		t.Errorf("unknown netdev: %v", err)
 	}
 }

@@ -6,14 +6,17 @@ import (
 	"fmt"
 	"sort"
 	"strings"
-
-	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/tcdriver"
 )
 
 // Options are the agent's settings the verdict depends on.
 type Options struct {
 	// Profile is the --offload-profile value ("auto", "mlx5-6.1"...).
 	Profile string
+	// ResolveProfile selects the capability profile Profile names on a
+	// kernel release (tcdriver.ParseProfile, which the agent passes in:
+	// the driver's tests run the preflight, so this package must not
+	// import it). Nil judges the device alone, not the agent's flags.
+	ResolveProfile func(flag, kernel string) (Profile, error)
 	// SoftwareFlag is the flag spelling that keeps every filter in
 	// software (skip_hw), e.g. "--tc-offload=skip-hw"; "" when the
 	// agent's flags let filters be offloaded.
@@ -26,13 +29,15 @@ func Inspect(ctx context.Context, host Host, pfs []string, opts Options) Report 
 	kernel := host.KernelRelease()
 	r := Report{Kernel: kernel, ProfileFlag: opts.Profile, PFs: []PF{}}
 	if r.ProfileFlag == "" {
-		r.ProfileFlag = tcdriver.ProfileAuto
+		r.ProfileFlag = "auto"
 	}
-	prof, profErr := tcdriver.ParseProfile(opts.Profile, kernel)
-	if profErr == nil {
-		r.Profile = prof.Name
+	env := environment{kernel: kernel, opts: opts}
+	if opts.ResolveProfile != nil {
+		env.profile, env.profileErr = opts.ResolveProfile(opts.Profile, kernel)
+		if env.profileErr == nil {
+			r.Profile = env.profile.Name
+		}
 	}
-	env := environment{kernel: kernel, profile: prof, profileErr: profErr, opts: opts}
 	for _, name := range pfs {
 		pf := PF{Name: name, Verdict: Hardware, EswitchMode: "n/a", FlowSteeringMode: "n/a", VFs: -1, Representors: []Port{}, BridgeOffload: "n/a"}
 		if err := ctx.Err(); err != nil {
@@ -45,10 +50,20 @@ func Inspect(ctx context.Context, host Host, pfs []string, opts Options) Report 
 	return r
 }
 
+// Profile is what the verdict needs of a TC capability profile
+// (tcdriver.Profile).
+type Profile struct {
+	Name string
+	// Hardware: the compiler plans filters in hardware.
+	Hardware bool
+	// CtNew: it matches ct_state +new in hardware (mlx5 from Linux 6.3).
+	CtNew bool
+}
+
 // environment is what every PF is judged against.
 type environment struct {
 	kernel     string
-	profile    tcdriver.Profile
+	profile    Profile
 	profileErr error
 	opts       Options
 }

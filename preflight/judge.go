@@ -3,8 +3,6 @@ package preflight
 import (
 	"fmt"
 	"strings"
-
-	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/tcdriver"
 )
 
 // The driver the capability profiles and bridge offload facts describe.
@@ -124,6 +122,9 @@ func judgeFlags(pf *PF, env environment) {
 	if env.opts.SoftwareFlag != "" {
 		pf.problem(SoftwareOnly, "--tc-offload=auto", "%s installs every filter skip_hw: nothing is offloaded", env.opts.SoftwareFlag)
 	}
+	if env.opts.ResolveProfile == nil {
+		return
+	}
 	if env.profileErr != nil {
 		pf.problem(CannotEnforce, "--offload-profile=auto", "%v: the agent does not start", env.profileErr)
 		return
@@ -141,7 +142,7 @@ func judgeFlags(pf *PF, env environment) {
 	case !at61:
 		pf.problem(SoftwareOnly, "upgrade the kernel to Linux 6.1 or later",
 			"Linux %s is older than 6.1, the oldest kernel a capability profile describes (%s): the driver may refuse filters the profile puts in hardware, which then run in software",
-			env.kernel, tcdriver.ProfileMLX561.Name)
+			env.kernel, "mlx5-6.1")
 	case prof.CtNew && !at63:
 		pf.problem(SoftwareOnly, "--offload-profile=auto",
 			"--offload-profile=%s on Linux %s: mlx5 matches ct_state +new only from 6.3, so the filters that profile puts in hardware with it run in software (and are refused with --tc-offload=required)",

@@ -11,6 +11,7 @@ import (
 
 	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/preflight"
 	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/sriov/sriovtest"
+	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/tcdriver"
 )
 
 const (
@@ -335,6 +336,7 @@ func TestInspect(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			tt.opts.ResolveProfile = resolveProfile
 			r := preflight.Inspect(context.Background(), tt.host(t), []string{tt.pf}, tt.opts)
 			if len(r.PFs) != 1 {
 				t.Fatalf("%d PFs, want 1", len(r.PFs))
@@ -405,4 +407,10 @@ func TestVerdictLabels(t *testing.T) {
 	if !slices.Equal(got, []string{"hardware", "software-only", "cannot-enforce"}) {
 		t.Errorf("labels %q", got)
 	}
+}
+
+// resolveProfile is how the agent resolves --offload-profile for Inspect.
+func resolveProfile(flag, kernel string) (preflight.Profile, error) {
+	p, err := tcdriver.ParseProfile(flag, kernel)
+	return preflight.Profile{Name: p.Name, Hardware: p.Hardware, CtNew: p.CtNew}, err
 }

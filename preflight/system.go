@@ -6,8 +6,6 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
-
-	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/tcdriver"
 )
 
 // System is the node's Host: sysfs under Sysfs.Root, devlink, ethtool and
@@ -22,7 +20,13 @@ var _ Host = System{}
 func NewSystem() System { return System{Sysfs: Sysfs{Root: "/sys"}} }
 
 // KernelRelease implements Host.
-func (System) KernelRelease() string { return tcdriver.RunningKernelRelease() }
+func (System) KernelRelease() string {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		return ""
+	}
+	return unix.ByteSliceToString(u.Release[:])
+}
 
 // LinkKind implements Host.
 func (System) LinkKind(netdev string) (string, error) {

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/preflight"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files")
@@ -21,7 +23,8 @@ func TestConformanceReport(t *testing.T) {
 	nsim := SwitchdevInfo{PF: "eth0", Bus: "netdevsim", Device: "netdevsim90", Driver: "netdevsim", DriverVersion: "6.1.172",
 		Firmware: "10.20.30", Mode: "switchdev", OldMode: "legacy", NumVFs: 6, HWTCOffload: "off", Wired: true}
 	mlx := SwitchdevInfo{PF: "ens1f0np0", Bus: "pci", Device: "0000:03:00.0", Driver: "mlx5_core", DriverVersion: "6.8.0-45-generic",
-		Firmware: "22.39.1002 (MT_0000000359)", Mode: "switchdev", OldMode: "switchdev", NumVFs: 8, OldNumVFs: 8, HWTCOffload: "on"}
+		Firmware: "22.39.1002 (MT_0000000359)", Mode: "switchdev", OldMode: "switchdev", NumVFs: 8, OldNumVFs: 8, HWTCOffload: "on",
+		Preflight: preflight.PF{Verdict: preflight.Hardware}}
 	checks := []OffloadCheck{
 		{Dev: "eth4", Port: "the uplink (VF 3)", Profile: "mlx5-6.1", Filters: 63, WantHW: 41, Missing: 41, Reasons: map[string]int{"not offloaded by the device": 41, "skip_hw": 22}},
 		{Dev: "eth1", Port: "pod a (VF 0)", Profile: "mlx5-6.1", Filters: 28, InHW: 12, WantHW: 12},

@@ -51,17 +51,6 @@ func TestVFUseInUse(t *testing.T) {
 	}
 }
 
-// TestEthtoolOnLoopback reads ethtool -i and -k of lo on any host.
-func TestEthtoolOnLoopback(t *testing.T) {
-	on, err := ethtoolFeature("lo", "loopback")
-	if err != nil || on != "on" {
-		t.Fatalf("lo loopback feature: %q, %v", on, err)
-	}
-	if _, err := ethtoolFeature("lo", "no-such-feature"); err == nil || !strings.Contains(err.Error(), "no feature no-such-feature") {
-		t.Errorf("unknown feature: %v", err)
-	}
-}
-
 // TestPFInUse: a legacy PF the host uses is not switched to switchdev.
 func TestPFInUse(t *testing.T) {
 	for _, tc := range []struct {

@@ -1,6 +1,7 @@
 package datapath
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/preflight"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -64,6 +66,8 @@ type SwitchdevInfo struct {
 	// HWTCOffload is the PF's hw-tc-offload feature ("on", "off", or why
 	// it is unknown).
 	HWTCOffload string
+	// Preflight is the agent's offload preflight of the PF once set up.
+	Preflight preflight.PF
 	// Wired: the VFs have no netdev (netdevsim) and pods are veth pairs
 	// wired to the representors with act_mirred; no frame crosses a NIC.
 	Wired bool
@@ -73,23 +77,17 @@ type SwitchdevInfo struct {
 
 // HardwareEnforced says whether the NIC claims to enforce TC flower in
 // hardware, which makes an in_hw mismatch a failure of the conformance run
-// rather than a report.
-//
-// TODO(lead): replace with preflight.Inspect(...) == preflight.Hardware once
-// package preflight is on main; until then: the mlx5_core driver, the
-// eswitch in switchdev mode, hw-tc-offload on.
+// rather than a report: the agent's offload preflight judging the PF as it
+// was set up for the run (its device alone, not the agent's flags).
 func (i SwitchdevInfo) HardwareEnforced() (bool, string) {
-	switch {
-	case i.Wired:
+	if i.Wired {
 		return false, "software only: netdevsim offloads no flower (its VFs are veth pairs wired to the representors)"
-	case i.Driver != "mlx5_core":
-		return false, "software only: driver " + i.Driver + " is not one whose flower offload this project knows (mlx5_core)"
-	case i.Mode != "switchdev":
-		return false, "software only: eswitch mode " + i.Mode
-	case i.HWTCOffload != "on":
-		return false, "software only: hw-tc-offload is " + i.HWTCOffload + " on " + i.PF
 	}
-	return true, "enforced in hardware: mlx5_core, switchdev, hw-tc-offload on"
+	why := string(i.Preflight.Verdict)
+	for _, pr := range i.Preflight.Problems {
+		why += "; " + pr.Reason
+	}
+	return i.Preflight.Verdict == preflight.Hardware, why
 }
 
 // vf is one VF of the PF.
@@ -236,10 +234,8 @@ func setupPF(name string) (p *switchdevPF, err error) {
 	if err := p.findVFs(); err != nil {
 		return p, err
 	}
-	if p.info.HWTCOffload, err = ethtoolFeature(p.name, "hw-tc-offload"); err != nil {
-		p.info.HWTCOffload = "unknown (" + err.Error() + ")"
-		err = nil
-	}
+	p.info.Preflight = preflight.Inspect(context.Background(), preflight.NewSystem(), []string{p.name}, preflight.Options{}).PFs[0]
+	p.info.HWTCOffload = p.info.Preflight.Uplink.HWTCOffload
 	return p, nil
 }
 

@@ -94,9 +94,15 @@ func (o *debugOffloadOptions) validate() error {
 	return nil
 }
 
+// resolveProfile is tcdriver.ParseProfile for the preflight.
+func resolveProfile(flag, kernel string) (preflight.Profile, error) {
+	p, err := tcdriver.ParseProfile(flag, kernel)
+	return preflight.Profile{Name: p.Name, Hardware: p.Hardware, CtNew: p.CtNew}, err
+}
+
 // preflightOptions are the agent flags the preflight's verdict depends on.
 func preflightOptions(tcOffload, profile string) preflight.Options {
-	o := preflight.Options{Profile: profile}
+	o := preflight.Options{Profile: profile, ResolveProfile: resolveProfile}
 	if offload, err := tcdriver.ParseOffload(tcOffload); err == nil && offload == tcdriver.OffloadSkipHW {
 		o.SoftwareFlag = "--tc-offload=" + tcOffload
 	}

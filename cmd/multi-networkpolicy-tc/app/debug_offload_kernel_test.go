@@ -52,7 +52,7 @@ func TestKernelDebugOffload(t *testing.T) {
 	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", "vpf0").Run() })
 	datapath.Run(t, "ip", "link", "set", "vpf0", "master", "brpf1")
 
-	r := preflight.Inspect(ctx, preflight.NewSystem(), []string{esw.Uplink, "vpf0"}, preflight.Options{Profile: "auto"})
+	r := preflight.Inspect(ctx, preflight.NewSystem(), []string{esw.Uplink, "vpf0"}, preflightOptions("auto", "auto"))
 	if err := r.Err(); err != nil {
 		t.Fatalf("preflight errors: %v", err)
 	}

@@ -9,7 +9,8 @@
 #                                netdev of an SR-IOV PF whose VFs are all
 #                                free (or that has none)
 #   hack/hardware/test.sh --bed  in the kernel test bed, against a netdevsim
-#                                device (CI: make test-hardware-bed)
+#                                device (also what no PF does: CI's
+#                                make test-hardware)
 #
 # Env: GO (default go), MNPTC_CONFORMANCE_REPORT (default
 #      bin/conformance-report.txt on a host), MNPTC_HARDWARE_VFS (VFs to
@@ -25,8 +26,8 @@ BED_SUITES='^(TestKernelPolicySemantics|TestKernelMakeBeforeBreak|TestKernelDiff
 
 pf=${1:-}
 if [[ -z $pf ]]; then
-  echo "test-hardware: no PF given: skipped (on a node with a switchdev-capable NIC, as root: make test-hardware PF=<uplink netdev>; CI runs the same suites against netdevsim: make test-hardware-bed)"
-  exit 0
+  echo "test-hardware: no PF given: the run on real hardware is skipped (on a node with a switchdev NIC, as root: make test-hardware PF=<uplink netdev>); running the same suites against netdevsim in the kernel test bed instead"
+  pf=--bed
 fi
 
 if [[ $pf == --bed ]]; then

@@ -5,7 +5,9 @@
 .PHONY: test-hardware test-hardware-bed
 
 # On this host, as root: make test-hardware PF=<uplink netdev>. Without PF
-# it says so and is skipped; it is not part of `make test`.
+# the hardware run is skipped, saying so, and the same suites run in the
+# kernel test bed against netdevsim (test-hardware-bed): what `make test`
+# and CI run.
 test-hardware:
 	GO=$(GO) hack/hardware/test.sh $(PF)
 
@@ -15,4 +17,4 @@ test-hardware:
 test-hardware-bed:
 	GO=$(GO) hack/hardware/test.sh --bed
 
-TEST_TARGETS += test-hardware-bed
+TEST_TARGETS += test-hardware

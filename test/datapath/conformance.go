@@ -195,6 +195,9 @@ func formatReport(b *strings.Builder, info *SwitchdevInfo, kernel string) {
 	field("hw-tc-offload", info.HWTCOffload)
 	field("kubelet", orNone(info.Kubelet))
 	field("verdict", verdict)
+	for _, pr := range info.Preflight.Problems {
+		fmt.Fprintf(b, "    - %s\n", pr.Reason)
+	}
 	field("selected profile", orNone(conf.selected))
 	for _, f := range conf.fields {
 		field(f[0], f[1])

@@ -21,7 +21,11 @@ var update = flag.Bool("update", false, "rewrite golden files")
 // test only in the second case.
 func TestConformanceReport(t *testing.T) {
 	nsim := SwitchdevInfo{PF: "eth0", Bus: "netdevsim", Device: "netdevsim90", Driver: "netdevsim", DriverVersion: "6.1.172",
-		Firmware: "10.20.30", Mode: "switchdev", OldMode: "legacy", NumVFs: 6, HWTCOffload: "off", Wired: true}
+		Firmware: "10.20.30", Mode: "switchdev", OldMode: "legacy", NumVFs: 6, HWTCOffload: "off", Wired: true,
+		Preflight: preflight.PF{Verdict: preflight.SoftwareOnly, Problems: []preflight.Problem{
+			{Verdict: preflight.SoftwareOnly, Reason: "driver netdevsim models a switchdev eswitch but offloads no flower filter (its block callback takes cls_bpf only): every filter runs in software"},
+			{Verdict: preflight.SoftwareOnly, Reason: "hw-tc-offload is off on uplink eth0: the kernel offloads none of its filters, they run in software", Fix: "ethtool -K eth0 hw-tc-offload on"},
+		}}}
 	mlx := SwitchdevInfo{PF: "ens1f0np0", Bus: "pci", Device: "0000:03:00.0", Driver: "mlx5_core", DriverVersion: "6.8.0-45-generic",
 		Firmware: "22.39.1002 (MT_0000000359)", Mode: "switchdev", OldMode: "switchdev", NumVFs: 8, OldNumVFs: 8, HWTCOffload: "on",
 		Preflight: preflight.PF{Verdict: preflight.Hardware}}

@@ -81,13 +81,10 @@ type SwitchdevInfo struct {
 // was set up for the run (its device alone, not the agent's flags).
 func (i SwitchdevInfo) HardwareEnforced() (bool, string) {
 	if i.Wired {
-		return false, "software only: netdevsim offloads no flower (its VFs are veth pairs wired to the representors)"
+		// Never a NIC's verdict, whatever the preflight says.
+		return false, string(i.Preflight.Verdict) + " (its VFs are veth pairs wired to the representors)"
 	}
-	why := string(i.Preflight.Verdict)
-	for _, pr := range i.Preflight.Problems {
-		why += "; " + pr.Reason
-	}
-	return i.Preflight.Verdict == preflight.Hardware, why
+	return i.Preflight.Verdict == preflight.Hardware, string(i.Preflight.Verdict)
 }
 
 // vf is one VF of the PF.

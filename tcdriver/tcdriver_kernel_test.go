@@ -754,7 +754,7 @@ func TestKernelRefusesAndReports(t *testing.T) {
 		t.Fatalf("want an error naming the missing representor, got %v", err)
 	}
 	// skip_sw on a port without offload: the kernel refuses, we say where.
-	hw := newKernelDriver(t, Options{Offload: OffloadSkipSW})
+	hw := newKernelDriver(t, Options{Offload: OffloadRequired})
 	vethPair(t, "rep4")
 	err = hw.Apply(context.Background(), "rep4", good)
 	if err == nil || !strings.Contains(err.Error(), "rep4") || !strings.Contains(err.Error(), "add") {
@@ -898,7 +898,7 @@ func TestKernelNetdevsimRepresentor(t *testing.T) {
 	if err := drv.Remove(context.Background(), rep.Name); err != nil {
 		t.Fatal(err)
 	}
-	hw := newKernelDriver(t, Options{Offload: OffloadSkipSW})
+	hw := newKernelDriver(t, Options{Offload: OffloadRequired})
 	err = hw.Apply(context.Background(), rep.Name, goldenRuleSets["ipv6"])
 	if err == nil || !strings.Contains(err.Error(), rep.Name) {
 		t.Fatalf("skip_sw on netdevsim: want an error naming %s, got %v", rep.Name, err)

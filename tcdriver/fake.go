@@ -323,3 +323,8 @@ func (f *Fake) Send(dev string, h Hook, p Packet, ct *Conntrack) (TraceResult, e
 	}
 	return res, nil
 }
+
+// SetMetrics makes the fake export its filter metrics (filters,
+// filters_not_in_hardware) to m, as the netlink driver does to the
+// Metrics it is created with.
+func (f *Fake) SetMetrics(m *Metrics) { f.metrics = m }

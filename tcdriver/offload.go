@@ -135,7 +135,7 @@ func (r *reconciler) reportOffload(dev string) *hwCheck {
 }
 
 // offloadFix is what an operator checks when filters are not offloaded.
-const offloadFix = "fix: check `ethtool -k DEV hw-tc-offload` (on, for the representor and the uplink), the eswitch mode (`devlink dev eswitch show pci/PF`: switchdev) and that --offload-profile describes the NIC; or run --tc-offload=auto to enforce these pods in software"
+const offloadFix = "fix: check `ethtool -k DEV hw-tc-offload` (on, for the representor and the uplink), the eswitch mode (`devlink dev eswitch show pci/PF`: switchdev) and that --offload-profile describes the NIC"
 
 // lastCheck is the device's last read back, made now if there is none (a
 // device the driver did not change since it started).
@@ -188,7 +188,7 @@ func (e *NotInHardwareError) Error() string {
 	if e.Pod != "" {
 		who = fmt.Sprintf("pod %s network %s representor %s", e.Pod, e.Network, e.Dev)
 	}
-	return fmt.Sprintf("%s: not in hardware: %d filters expected in hardware (%s; on %s; e.g. %s), and --tc-offload=required: closed until they are; %s",
+	return fmt.Sprintf("%s: not in hardware: %d filters expected in hardware (%s; on %s; e.g. %s), and --tc-offload=required: closed until they are; %s; or run --tc-offload=auto to enforce such pods in software (slow path)",
 		who, e.Missing, strings.Join(reasons, ", "), strings.Join(on, ", "), e.Example, offloadFix)
 }
 

@@ -9,6 +9,7 @@ package tcdriver
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	randv2 "math/rand/v2"
 	"net/netip"
@@ -753,17 +754,20 @@ func TestKernelRefusesAndReports(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "nosuchrep") {
 		t.Fatalf("want an error naming the missing representor, got %v", err)
 	}
-	// skip_sw on a port without offload: the kernel refuses, we say where.
-	hw := newKernelDriver(t, Options{Offload: OffloadRequired})
+	// --tc-offload=required on a port that offloads nothing, with a
+	// hardware profile: installed, read back, refused and closed, and the
+	// error says where.
+	hw := newKernelDriver(t, Options{Offload: OffloadRequired, Profile: ProfileMLX563})
 	vethPair(t, "rep4")
 	err = hw.Apply(context.Background(), "rep4", good)
-	if err == nil || !strings.Contains(err.Error(), "rep4") || !strings.Contains(err.Error(), "add") {
-		t.Fatalf("want a netlink error naming rep4 and the operation, got %v", err)
+	var nih *NotInHardwareError
+	if !errors.As(err, &nih) || nih.Dev != "rep4" || !strings.Contains(err.Error(), "rep4") {
+		t.Fatalf("want a NotInHardwareError naming rep4, got %v", err)
 	}
-	t.Logf("skip_sw on veth: %v", err)
+	t.Logf("required on veth: %v", err)
 	st, _ := hw.Dump(context.Background(), "rep4")
-	if len(st.Ours()) != 0 {
-		t.Fatalf("a failed apply left filters:\n%s", st.Canonical())
+	if got := hw.Applied()["rep4"]; got == nil || !closedLike(got) {
+		t.Fatalf("the refused port is not closed: %+v\n%s", got, st.Canonical())
 	}
 }
 
@@ -898,10 +902,92 @@ func TestKernelNetdevsimRepresentor(t *testing.T) {
 	if err := drv.Remove(context.Background(), rep.Name); err != nil {
 		t.Fatal(err)
 	}
-	hw := newKernelDriver(t, Options{Offload: OffloadRequired})
-	err = hw.Apply(context.Background(), rep.Name, goldenRuleSets["ipv6"])
-	if err == nil || !strings.Contains(err.Error(), rep.Name) {
-		t.Fatalf("skip_sw on netdevsim: want an error naming %s, got %v", rep.Name, err)
+}
+
+// TestKernelOffloadModesNetdevsim: the three --tc-offload modes on a real
+// switchdev representor (netdevsim 6.1 offloads no flower, so in_hw_count
+// is 0 everywhere) with the mlx5-6.3 profile: required refuses the port
+// (NotInHardwareError naming it and the pod) and leaves it closed, also
+// on the bridge placement; auto programs it and reports the missing
+// filters; software installs every filter skip_hw and expects nothing in
+// hardware.
+func TestKernelOffloadModesNetdevsim(t *testing.T) {
+	datapath.RequireBed(t)
+	esw := datapath.NewEswitch(t, 32, 3)
+	reps, err := esw.Representors()
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Logf("skip_sw refused: %v", err)
+	var names []string
+	for _, r := range reps {
+		datapath.Run(t, "ip", "link", "set", r.Name, "up")
+		names = append(names, r.Name)
+	}
+	rs := goldenRuleSets["ipv6"]
+	prof := ProfileMLX563
+	ctx := context.Background()
+	for _, c := range []struct {
+		mode Offload
+		dev  string
+	}{{OffloadRequired, names[0]}, {OffloadAuto, names[1]}, {OffloadSoftware, names[2]}} {
+		t.Run(string(c.mode), func(t *testing.T) {
+			drv, err := New(Options{Offload: c.mode, Profile: prof}, nil, NewMetrics(nil))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = drv.Remove(ctx, c.dev); _ = drv.Close() })
+			err = drv.Apply(ctx, c.dev, rs)
+			st, derr := drv.Dump(ctx, c.dev)
+			if derr != nil {
+				t.Fatal(derr)
+			}
+			missing, reasons := NotInHardware(st, prof)
+			inHW, total := st.InHWCount()
+			t.Logf("%s on %s: %d filters, %d in hardware, %d expected there missing; %v; err %v", c.mode, c.dev, total, inHW, missing, reasons, err)
+			switch c.mode {
+			case OffloadRequired:
+				var nih *NotInHardwareError
+				if !errors.As(err, &nih) || nih.Dev != c.dev || nih.Pod != "demo/web-0" || nih.Missing == 0 {
+					t.Fatalf("want a NotInHardwareError naming %s and demo/web-0, got %v", c.dev, err)
+				}
+				if !closedLike(drv.Applied()[c.dev]) {
+					t.Fatalf("refused port not closed: %+v", drv.Applied()[c.dev])
+				}
+				// What a fake holds after the same history: the rule
+				// set, then the closed one.
+				want := NewFake(Options{Profile: prof}, c.dev)
+				for _, w := range []*policy.RuleSet{rs, closedRuleSet(rs.Attachment, true)} {
+					if err := want.Apply(ctx, c.dev, w); err != nil {
+						t.Fatal(err)
+					}
+				}
+				wst, _ := want.Dump(ctx, c.dev)
+				if st.Canonical() != wst.Canonical() {
+					t.Fatalf("the kernel holds\n%s\nwant the closed rules\n%s", st.Canonical(), wst.Canonical())
+				}
+			case OffloadAuto:
+				if err != nil {
+					t.Fatal(err)
+				}
+				if missing == 0 || missing != len(prof.Offloaded(st.Ours())) {
+					t.Fatalf("auto: %d missing of %d the profile offloads", missing, len(prof.Offloaded(st.Ours())))
+				}
+			case OffloadSoftware:
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, f := range st.Ours() {
+					if f.Flags&flagSkipHW == 0 {
+						t.Fatalf("software: %s without skip_hw", f)
+					}
+				}
+				if missing != 0 {
+					t.Fatalf("software: %d missing", missing)
+				}
+				if drv.lastCheck(c.dev).reasons[reasonSoftwareMode] != total {
+					t.Fatalf("software: %v, want all %d under %q", drv.lastCheck(c.dev).reasons, total, reasonSoftwareMode)
+				}
+			}
+		})
+	}
 }

@@ -243,8 +243,9 @@ const initialMappingDeadline = 5 * time.Second
 func (a *Agent) Registry() *prometheus.Registry { return a.registry }
 
 // Ready reports whether, since start, every local attachment was
-// programmed once, or held or failed with an Event saying why.
-func (a *Agent) Ready() bool { return a.ready.Load() }
+// programmed once, or held or failed with an Event saying why, and none
+// is refused by --tc-offload=required now (offloadNotReady).
+func (a *Agent) Ready() bool { return a.ready.Load() && a.offloadNotReady() == "" }
 
 // Run runs the agent until ctx ends. Rules stay in the kernel when it
 // returns: a restart adopts them, and pods stay protected meanwhile.
@@ -384,8 +385,12 @@ func (a *Agent) startHTTP(ctx context.Context) ([]*http.Server, error) {
 			_, _ = w.Write([]byte("ok\n"))
 		})
 		mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-			if !a.Ready() {
+			if !a.ready.Load() {
 				http.Error(w, "not ready: caches syncing, or attachments not programmed yet", http.StatusServiceUnavailable)
+				return
+			}
+			if msg := a.offloadNotReady(); msg != "" {
+				http.Error(w, msg, http.StatusServiceUnavailable)
 				return
 			}
 			// Held and failed attachments were reported with Events.

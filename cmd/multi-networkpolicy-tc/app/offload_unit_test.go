@@ -1,0 +1,141 @@
+package app
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/tcdriver"
+)
+
+// metricValue reads one series of the agent's registry (-1: absent).
+func metricValue(t *testing.T, reg prometheus.Gatherer, name string, labels map[string]string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	next:
+		for _, m := range mf.GetMetric() {
+			have := map[string]string{}
+			for _, l := range m.GetLabel() {
+				have[l.GetName()] = l.GetValue()
+			}
+			for k, v := range labels {
+				if have[k] != v {
+					continue next
+				}
+			}
+			if m.GetGauge() != nil {
+				return m.GetGauge().GetValue()
+			}
+			return m.GetCounter().GetValue()
+		}
+	}
+	return -1
+}
+
+const notOffloaded = "not offloaded by the device"
+
+// TestOffloadModesAgent: the agent over a driver whose ports are switchdev
+// ports offloading what the mlx5-6.3 profile matches, except B's (VF 1)
+// where plain: with --tc-offload=required a pod whose filters are not all
+// in hardware is refused (closed, Warning Event OffloadRequired naming the
+// representor, errors_total, attachments{state="refused"}, not ready) and
+// the others keep their rules; once the port offloads, B takes its rules
+// and the agent is ready. auto programs every pod and reports what is not
+// in hardware; software installs every filter skip_hw.
+func TestOffloadModesAgent(t *testing.T) {
+	prof := tcdriver.ProfileMLX563
+	for _, c := range []struct {
+		mode  tcdriver.Offload
+		plain bool // B's representor offloads nothing
+	}{
+		{tcdriver.OffloadRequired, false},
+		{tcdriver.OffloadRequired, true},
+		{tcdriver.OffloadAuto, true},
+		{tcdriver.OffloadSoftware, false},
+	} {
+		name := string(c.mode)
+		if c.plain {
+			name += " with B's port not offloading"
+		}
+		t.Run(name, func(t *testing.T) {
+			h := setupABCWith(t, tcdriver.Options{Offload: c.mode, Profile: prof}, func(h *harness) {
+				h.tc.SetMetrics(tcdriver.NewMetrics(h.agent.Registry()))
+				for _, d := range h.tc.Devices() {
+					if !c.plain || d != hRep(1) {
+						h.tc.SetOffload(d, prof)
+					}
+				}
+			})
+			refused := c.mode == tcdriver.OffloadRequired && c.plain
+			outside := func() tcdriver.Verdict { return h.synTo(hUplink, "192.0.2.7", 1, podB, 80) }
+			if refused {
+				h.eventually("B refused", func() bool { return h.stateOf(fcNS+"/b/"+fcNet) == stateRefused })
+				h.warning("Pod", "b", "not in hardware", hRep(1), "--tc-offload=required", "fix:")
+				if got := outside(); got != tcdriver.Drop {
+					t.Errorf("B refused but an allowed connection to it: %s", got)
+				}
+				if h.agent.Ready() {
+					t.Error("ready while B is refused")
+				}
+				if msg := h.agent.offloadNotReady(); !strings.Contains(msg, "shop/b") || strings.Contains(msg, "shop/a") {
+					t.Errorf("readiness message %q", msg)
+				}
+				if n := testutil.ToFloat64(h.agent.metrics.errors.WithLabelValues(reasonOffloadRequired)); n == 0 {
+					t.Error("errors_total{reason=OffloadRequired} is 0")
+				}
+				if n := testutil.ToFloat64(h.agent.metrics.attachments.WithLabelValues(stateRefused)); n != 1 {
+					t.Errorf("attachments{state=refused} = %v, want 1", n)
+				}
+				for _, id := range []string{fcNS + "/a/" + fcNet, fcNS + "/c/" + fcNet} {
+					if st := h.stateOf(id); st != stateProgrammed {
+						t.Errorf("%s: %s, want programmed", id, st)
+					}
+				}
+				if got := h.allowed(hRep(0), podA); !got["out 192.0.2.7:443"] {
+					t.Errorf("A (not refused) lost its traffic: %v", got)
+				}
+				// The operator fixes B's port: its retry takes.
+				h.tc.SetOffload(hRep(1), prof)
+			}
+			h.eventually("B programmed", func() bool { return h.stateOf(fcNS+"/b/"+fcNet) == stateProgrammed })
+			h.eventually("ready", h.agent.Ready)
+			h.settle()
+			if got := outside(); got != tcdriver.Pass {
+				t.Errorf("allowed connection to B: %s", got)
+			}
+			missing := metricValue(t, h.agent.Registry(), "multi_networkpolicy_tc_filters_not_in_hardware",
+				map[string]string{"representor": hRep(1), "reason": notOffloaded})
+			if wantMissing := c.mode == tcdriver.OffloadAuto && c.plain; (missing > 0) != wantMissing {
+				t.Errorf("filters_not_in_hardware{%s, %q} = %v, want >0: %v", hRep(1), notOffloaded, missing, wantMissing)
+			}
+			if c.mode == tcdriver.OffloadSoftware {
+				for _, d := range h.tc.Devices() {
+					for _, f := range h.tc.Filters(d, tcdriver.HookIngress) {
+						if !strings.Contains(f.String(), "skip_hw") || f.InHW {
+							t.Fatalf("software: %s %s", d, f)
+						}
+					}
+				}
+			}
+		})
+	}
+}
+
+// stateOf is an attachment's state ("" when unknown).
+func (h *harness) stateOf(id string) string {
+	for _, st := range h.agent.Attachments() {
+		if st.ID == id {
+			return st.State
+		}
+	}
+	return ""
+}

@@ -518,6 +518,7 @@ func newAgentCommandRunner(opts *AgentOptions) func(*cobra.Command, []string) er
 		defer func() { _ = pr.Close() }()
 		reg := newRegistry()
 		offload, _ := tcdriver.ParseOffload(opts.TCOffload)
+		warnOffloadSpelling(logrus.StandardLogger(), opts.TCOffload)
 		profile, _ := opts.Profile()
 		zones, _ := tcdriver.ParseZoneRange(opts.CTZoneRange)
 		drv, err := tcdriver.New(tcdriver.Options{Offload: offload, Profile: profile, Zones: zones, RoutedSources: opts.RoutedSources}, logrus.StandardLogger(), tcdriver.NewMetrics(reg))

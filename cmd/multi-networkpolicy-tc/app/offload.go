@@ -6,6 +6,8 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/sirupsen/logrus"
+
 	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/tcdriver"
 )
 
@@ -90,5 +92,16 @@ func (a *Agent) markOffloadRefused(br string, perPort map[string]error) {
 		if la != nil {
 			a.reportOffloadRefused(la, w.vf, rep, br, nih)
 		}
+	}
+}
+
+// warnOffloadSpelling logs once, at start, what an earlier release's
+// --tc-offload spelling means now.
+func warnOffloadSpelling(log logrus.FieldLogger, flag string) {
+	switch flag {
+	case "skip-sw":
+		log.Warn("--tc-offload=skip-sw is taken as --tc-offload=required: filters are installed without skip_sw (it would let new connections, which mlx5 sends to software, pass unfiltered), in_hw is read back after every change, and a pod whose filters are not all in hardware is closed (docs/deployment.md)")
+	case "skip-hw":
+		log.Warn("--tc-offload=skip-hw is taken as --tc-offload=software (skip_hw on every filter)")
 	}
 }

@@ -1,6 +1,7 @@
 package app
 
 import (
+	"os"
 	"strings"
 	"testing"
 
@@ -138,4 +139,27 @@ func (h *harness) stateOf(id string) string {
 		}
 	}
 	return ""
+}
+
+// TestDaemonSetOffloadIsTheDefault: the DaemonSet spells out the flag's
+// default --tc-offload, the production choice docs/deployment.md explains,
+// so the two cannot drift apart.
+func TestDaemonSetOffloadIsTheDefault(t *testing.T) {
+	data, err := os.ReadFile("../../../deploy/agent/deploy.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "- --tc-offload="); ok {
+			got = append(got, v)
+		}
+	}
+	def := NewAgentOptions().TCOffload
+	if len(got) != 1 || got[0] != def {
+		t.Fatalf("deploy.yml --tc-offload %v, want it once, the flag's default %q", got, def)
+	}
+	if mode, err := tcdriver.ParseOffload(got[0]); err != nil || mode != tcdriver.OffloadAuto {
+		t.Fatalf("deploy.yml --tc-offload=%s: %v, %v; docs/deployment.md chooses auto", got[0], mode, err)
+	}
 }

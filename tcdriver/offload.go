@@ -175,6 +175,16 @@ type NotInHardwareError struct {
 }
 
 func (e *NotInHardwareError) Error() string {
+	who := "representor " + e.Dev
+	if e.Pod != "" {
+		who = fmt.Sprintf("pod %s network %s representor %s", e.Pod, e.Network, e.Dev)
+	}
+	return who + ": " + e.Detail()
+}
+
+// Detail is the error without the port and pod it names: what is not in
+// hardware, where, what the driver did and the fix.
+func (e *NotInHardwareError) Detail() string {
 	var reasons, on []string
 	for why, n := range e.Reasons {
 		reasons = append(reasons, fmt.Sprintf("%d %s", n, why))
@@ -184,12 +194,8 @@ func (e *NotInHardwareError) Error() string {
 	}
 	sort.Strings(reasons)
 	sort.Strings(on)
-	who := "representor " + e.Dev
-	if e.Pod != "" {
-		who = fmt.Sprintf("pod %s network %s representor %s", e.Pod, e.Network, e.Dev)
-	}
-	return fmt.Sprintf("%s: not in hardware: %d filters expected in hardware (%s; on %s; e.g. %s), and --tc-offload=required: closed until they are; %s; or run --tc-offload=auto to enforce such pods in software (slow path)",
-		who, e.Missing, strings.Join(reasons, ", "), strings.Join(on, ", "), e.Example, offloadFix)
+	return fmt.Sprintf("not in hardware: %d filters expected in hardware (%s; on %s; e.g. %s), and --tc-offload=required: closed until they are; %s; or run --tc-offload=auto to enforce such pods in software (slow path)",
+		e.Missing, strings.Join(reasons, ", "), strings.Join(on, ", "), e.Example, offloadFix)
 }
 
 // newNotInHW starts the error of a refused port.

@@ -991,3 +991,69 @@ func TestKernelOffloadModesNetdevsim(t *testing.T) {
 		})
 	}
 }
+
+// TestKernelRequiredBridgeNetdevsim: --tc-offload=required on the bridge
+// placement over netdevsim switchdev representors (no flower offload): every
+// pod is refused with a NotInHardwareError naming its representor and pod,
+// and every port holds exactly the bridge with those pods closed.
+func TestKernelRequiredBridgeNetdevsim(t *testing.T) {
+	datapath.RequireBed(t)
+	esw := datapath.NewEswitch(t, 33, 3)
+	reps, err := esw.Representors()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range reps {
+		datapath.Run(t, "ip", "link", "set", r.Name, "up")
+	}
+	web := &policy.RuleSet{Attachment: att("web-0"), Egress: isolatedDir(policy.Rule{Peers: pfx("10.56.0.0/24"), Origins: []string{"demo/web egress[0]"}})}
+	bridge := func(closed ...string) *Bridge {
+		b := &Bridge{Name: "br-nsim", Uplinks: []string{reps[2].Name}, Ports: []BridgePort{
+			{Dev: reps[0].Name, MAC: hw(macDB), RuleSet: dbRules(), IPs: []netip.Addr{ipDB}},
+			{Dev: reps[1].Name, MAC: hw(macWeb), RuleSet: web, IPs: []netip.Addr{ipWeb}},
+		}}
+		for i := range b.Ports {
+			if contains(closed, b.Ports[i].Dev) {
+				b.Ports[i].RuleSet = closedRuleSet(b.Ports[i].RuleSet.Attachment, true)
+			}
+		}
+		return b
+	}
+	prof := ProfileMLX563
+	ctx := context.Background()
+	drv, err := New(Options{Offload: OffloadRequired, Profile: prof}, nil, NewMetrics(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = drv.RemoveBridge(ctx, "br-nsim"); _ = drv.Close() })
+	err = drv.ApplyBridge(ctx, bridge())
+	ports, rest := PortErrors(err)
+	if len(rest) > 0 || len(ports) != 2 {
+		t.Fatalf("want both pods refused, got %v", err)
+	}
+	for _, pt := range bridge().Ports {
+		var nih *NotInHardwareError
+		if !errors.As(ports[pt.Dev], &nih) || nih.Dev != pt.Dev || nih.Pod != "demo/"+pt.RuleSet.Attachment.PodName {
+			t.Fatalf("%s: want a NotInHardwareError naming it and its pod, got %v", pt.Dev, ports[pt.Dev])
+		}
+		t.Logf("%s refused: %v", pt.Dev, nih)
+	}
+	// What a fake holds after the same history: the bridge, then the
+	// bridge with both pods closed.
+	ref := NewFake(Options{Profile: prof}, reps[0].Name, reps[1].Name, reps[2].Name)
+	for _, b := range []*Bridge{bridge(), bridge(reps[0].Name, reps[1].Name)} {
+		if err := ref.ApplyBridge(ctx, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, r := range reps {
+		got, err := drv.Dump(ctx, r.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, _ := ref.Dump(ctx, r.Name)
+		if got.Canonical() != want.Canonical() {
+			t.Errorf("%s holds\n%s\nwant the bridge with its pods closed\n%s", r.Name, got.Canonical(), want.Canonical())
+		}
+	}
+}

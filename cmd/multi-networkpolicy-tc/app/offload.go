@@ -34,8 +34,8 @@ func (a *Agent) reportOffloadRefused(la *localAttachment, vf, rep, br string, ni
 	}
 	a.metrics.errors.WithLabelValues(reasonOffloadRequired).Inc()
 	a.events.warn("Pod", la.att.PodNamespace, la.att.PodName, reasonOffloadRequired, fmt.Sprintf(
-		"network %s: VF %s %s: %v; the pod sends and receives nothing (but ARP and neighbour discovery) until its filters are in hardware; retried with backoff",
-		la.att.Network, vf, where, nih))
+		"network %s: VF %s %s: %s; the pod sends and receives nothing (but ARP and neighbour discovery) until its filters are in hardware; retried with backoff",
+		la.att.Network, vf, where, nih.Detail()))
 	if a.logs.allow("offload " + la.att.ID()) {
 		a.log.WithField("attachment", la.att.String()).WithField("representor", rep).Warn(
 			"--tc-offload=required: the pod's filters are not all in hardware; its port is closed: " + nih.Error())

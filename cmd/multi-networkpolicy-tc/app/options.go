@@ -120,11 +120,14 @@ func (o *AgentOptions) Validate() error {
 			errs = append(errs, fmt.Errorf("%s=%q: want host:port or 0: %w", flag, addr, err))
 		}
 	}
-	if _, err := tcdriver.ParseOffload(o.TCOffload); err != nil {
+	offload, err := tcdriver.ParseOffload(o.TCOffload)
+	if err != nil {
 		errs = append(errs, err)
 	}
-	if _, err := o.Profile(); err != nil {
+	if prof, err := o.Profile(); err != nil {
 		errs = append(errs, err)
+	} else if offload == tcdriver.OffloadRequired && !prof.Hardware {
+		errs = append(errs, fmt.Errorf("--tc-offload=%s with --offload-profile=%s: that profile puts no filter in hardware, so nothing could be required; use a hardware profile (auto) or --tc-offload=auto", o.TCOffload, prof.Name))
 	}
 	if _, err := tcdriver.ParseZoneRange(o.CTZoneRange); err != nil {
 		errs = append(errs, err)

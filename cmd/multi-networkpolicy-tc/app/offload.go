@@ -68,11 +68,11 @@ func (a *Agent) offloadNotReady() string {
 		len(refused), strings.Join(refused, ", "))
 }
 
-// markOffloadRefused records the ports of bridge br the driver refused for
-// offload as refused attachments at once, whichever attachment's sync
-// applied the bridge: a pod whose port another pod's change closed is not
-// left counted as programmed until its own next sync (which reports it
-// and retries it).
+// markOffloadRefused reports every port of bridge br the driver refused
+// for offload (Event, errors_total) and records its attachment as refused
+// at once, whichever attachment's sync applied the bridge: a pod whose port
+// another pod's change closed is not left counted as programmed until its
+// own next sync (which retries it).
 func (a *Agent) markOffloadRefused(br string, perPort map[string]error) {
 	for rep, err := range perPort {
 		nih, ok := notInHardware(err)

@@ -673,8 +673,8 @@ func (a *Agent) syncAttachment(ctx context.Context, id string) error {
 	for _, br := range mapKeys(bridges) {
 		perPort, err := a.syncBridge(ctx, br)
 		for _, p := range bridges[br] {
-			if nih, ok := notInHardware(perPort[p.rep]); ok {
-				a.reportOffloadRefused(la, p.vf, p.rep, br, nih)
+			if _, ok := notInHardware(perPort[p.rep]); ok {
+				// Reported by syncBridge (markOffloadRefused).
 				errs = append(errs, fmt.Errorf("bridge %s: representor %s: %w", br, p.rep, perPort[p.rep]))
 				reps[p.vf] = p.rep // closed by the driver: ours
 				refused = true

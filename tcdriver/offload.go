@@ -149,6 +149,30 @@ func (r *reconciler) lastCheck(dev string) *hwCheck {
 	return r.reportOffload(dev)
 }
 
+// reoffload offers the filters chk found missing from hardware to it
+// again, each replaced by itself (one atomic request, same match and
+// actions: no verdict changes), and reads in_hw back. A filter is offloaded
+// when it is added: one installed while the device could not take it (its
+// hw-tc-offload off, a driver reloading) stays in software after the
+// device is fixed until it is added again, and a filter that no change
+// touches (an uplink's shared filters) would keep its pods refused.
+func (r *reconciler) reoffload(dev string, chk *hwCheck) *hwCheck {
+	if chk == nil || len(chk.missing) == 0 {
+		return chk
+	}
+	for _, f := range chk.missing {
+		r.stats.Replaces++
+		if err := r.k.replace(dev, f); err != nil {
+			r.log.WithError(err).WithField("representor", dev).Warn("offering a filter to the hardware again")
+			break
+		}
+	}
+	if again := r.reportOffload(dev); again != nil {
+		return again
+	}
+	return chk
+}
+
 func (r *reconciler) forgetCheck(dev string) {
 	r.bridgesMu.Lock()
 	defer r.bridgesMu.Unlock()
@@ -248,7 +272,7 @@ func (r *reconciler) requiredRefusal(dev string, rs *policy.RuleSet, chk *hwChec
 	if chk == nil {
 		chk = r.lastCheck(dev)
 	}
-	if chk == nil || len(chk.missing) == 0 {
+	if chk = r.reoffload(dev, chk); chk == nil || len(chk.missing) == 0 {
 		return nil
 	}
 	e := newNotInHW(dev, rs.Attachment)
@@ -294,7 +318,7 @@ func (r *reconciler) offloadRefusals(b *Bridge, skip map[string]bool) map[string
 		if skip[dev] {
 			continue
 		}
-		chk := r.lastCheck(dev)
+		chk := r.reoffload(dev, r.lastCheck(dev))
 		if chk == nil || len(chk.missing) == 0 {
 			continue
 		}

@@ -354,3 +354,29 @@ func TestAutoAndSoftwareBridge(t *testing.T) {
 		}
 	}
 }
+
+// TestRequiredBridgeFixed: once the devices offload, the next apply takes
+// every pod's rules, whichever device was broken: the filters installed
+// while it was (and unchanged since: an uplink's shared filters) are
+// offered to the hardware again.
+func TestRequiredBridgeFixed(t *testing.T) {
+	prof := ProfileMLX563
+	for _, broken := range []string{"up0", "rep2"} {
+		t.Run(broken, func(t *testing.T) {
+			fake := requiredBridgeFake(prof, []string{broken}, nil)
+			if err := fake.ApplyBridge(context.Background(), testBridge()); err == nil {
+				t.Fatal("nothing refused")
+			}
+			fake.SetOffload(broken, prof)
+			if err := fake.ApplyBridge(context.Background(), testBridge()); err != nil {
+				t.Fatalf("after the fix: %v", err)
+			}
+			for _, d := range []string{"up0", "rep1", "rep2", "rep3"} {
+				st, _ := fake.Dump(context.Background(), d)
+				if missing, _ := NotInHardware(st, prof); missing != 0 {
+					t.Errorf("%s: %d filters still not in hardware", d, missing)
+				}
+			}
+		})
+	}
+}

@@ -51,7 +51,21 @@ func (r *reconciler) ApplyBridge(ctx context.Context, b *Bridge) error {
 	for dev := range rp {
 		skip[dev] = true
 	}
-	for pass := 0; pass <= len(b.Ports); pass++ {
+	// probe: ports refused at their last apply, closed again first; each
+	// takes its rules only once its closed filters are in hardware (a
+	// device that still cannot offload never runs them in software).
+	probe := map[string]bool{}
+	real := map[string]*policy.RuleSet{}
+	refusedHW := map[string]bool{}
+	for i := range b.Ports {
+		pt := &b.Ports[i]
+		if r.opts.Offload == OffloadRequired && !skip[pt.Dev] && r.wasRefused(pt.Dev) && !closedLike(pt.RuleSet) {
+			_, hasMAC := MACOf(pt.MAC)
+			probe[pt.Dev], real[pt.Dev] = true, pt.RuleSet
+			pt.RuleSet = closedRuleSet(pt.RuleSet.Attachment, hasMAC)
+		}
+	}
+	for pass := 0; pass <= len(b.Ports)+1; pass++ {
 		failed = map[string]bool{}
 		for _, dev := range portOrder(b) {
 			now[dev] = true
@@ -72,20 +86,35 @@ func (r *reconciler) ApplyBridge(ctx context.Context, b *Bridge) error {
 		// --tc-offload=required: a pod whose filters are not all in
 		// hardware is closed like a port that cannot be enforced, and
 		// every port applied again (its sections are on the others).
-		refusals := r.offloadRefusals(b, skip)
-		if len(refusals) == 0 {
-			break
-		}
+		refusals := r.offloadRefusals(b, skip, probe)
+		changed := false
 		for i := range b.Ports {
 			pt := &b.Ports[i]
 			nih := refusals[pt.Dev]
-			if nih == nil {
+			switch {
+			case probe[pt.Dev] && nih == nil:
+				// Its device takes its closed filters: try its rules.
+				pt.RuleSet, changed = real[pt.Dev], true
 				continue
+			case nih == nil:
+				continue
+			case !probe[pt.Dev]:
+				_, hasMAC := MACOf(pt.MAC)
+				pt.RuleSet, changed = closedRuleSet(pt.RuleSet.Attachment, hasMAC), true
 			}
-			_, hasMAC := MACOf(pt.MAC)
-			pt.RuleSet = closedRuleSet(pt.RuleSet.Attachment, hasMAC)
-			skip[pt.Dev] = true
+			skip[pt.Dev], refusedHW[pt.Dev] = true, true
 			errs = append(errs, fmt.Errorf("bridge %s: %w", b.Name, &PortError{Dev: pt.Dev, Err: nih}))
+		}
+		probe = nil
+		if !changed {
+			break
+		}
+	}
+	if r.opts.Offload == OffloadRequired {
+		for _, pt := range b.Ports {
+			if !failed[pt.Dev] && rp[pt.Dev] == nil {
+				r.setRefused(pt.Dev, refusedHW[pt.Dev])
+			}
 		}
 	}
 	for _, dev := range portOrder(b) {

@@ -94,6 +94,9 @@ type reconciler struct {
 	// (reportOffload): --tc-offload=required judges a port by it, and a
 	// warning is logged when its missing filters stop being none.
 	hw map[string]*hwCheck
+	// hwRefused are the ports --tc-offload=required closed at their last
+	// apply (wasRefused).
+	hwRefused map[string]bool
 }
 
 func newReconciler(k kernel, opts Options, log logrus.FieldLogger) *reconciler {
@@ -141,6 +144,22 @@ func (r *reconciler) Apply(ctx context.Context, dev string, rs *policy.RuleSet) 
 		}
 		defer unpin()
 	}
+	if r.opts.Offload == OffloadRequired && r.wasRefused(dev) && !closedLike(rs) {
+		// Refused last time: closed first, and its rules only if the
+		// device holds the closed filters in hardware now.
+		closed := closedRuleSet(rs.Attachment, true)
+		if err := r.k.ensureClsact(dev); err != nil {
+			return err
+		}
+		if err := r.apply(ctx, dev, closed); err != nil {
+			return err
+		}
+		r.setAlone(dev, true)
+		r.setApplied(dev, closed)
+		if nih := r.notInHWOn(dev, rs.Attachment, nil); nih != nil {
+			return nih
+		}
+	}
 	before := r.stats
 	if err := r.reconcile(dev, prog.Hooks, [2]*hookState{}); err != nil {
 		return err
@@ -160,8 +179,10 @@ func (r *reconciler) Apply(ctx context.Context, dev string, rs *policy.RuleSet) 
 			return errors.Join(nih, fmt.Errorf("representor %s: closing it: %w", dev, err))
 		}
 		r.setApplied(dev, closed)
+		r.setRefused(dev, true)
 		return nih
 	}
+	r.setRefused(dev, false)
 	return nil
 }
 

@@ -177,6 +177,30 @@ func (r *reconciler) forgetCheck(dev string) {
 	r.bridgesMu.Lock()
 	defer r.bridgesMu.Unlock()
 	delete(r.hw, dev)
+	delete(r.hwRefused, dev)
+}
+
+// wasRefused reports whether --tc-offload=required closed the port at its
+// last apply. Such a port is closed again first, and takes its rules only
+// once its device holds its closed filters in hardware: a device that still
+// cannot offload never sees the pod's rules run in software again.
+func (r *reconciler) wasRefused(dev string) bool {
+	r.bridgesMu.Lock()
+	defer r.bridgesMu.Unlock()
+	return r.hwRefused[dev]
+}
+
+func (r *reconciler) setRefused(dev string, refused bool) {
+	r.bridgesMu.Lock()
+	defer r.bridgesMu.Unlock()
+	if r.hwRefused == nil {
+		r.hwRefused = map[string]bool{}
+	}
+	if refused {
+		r.hwRefused[dev] = true
+	} else {
+		delete(r.hwRefused, dev)
+	}
 }
 
 // NotInHardwareError is a port --tc-offload=required refused: filters that
@@ -269,13 +293,20 @@ func (r *reconciler) requiredRefusal(dev string, rs *policy.RuleSet, chk *hwChec
 	if r.opts.Offload != OffloadRequired || closedLike(rs) {
 		return nil
 	}
+	return r.notInHWOn(dev, rs.Attachment, chk)
+}
+
+// notInHWOn is the error of a representor programmed alone for att when
+// its filters expected in hardware are not all there, after offering the
+// missing ones again (nil: they are all there).
+func (r *reconciler) notInHWOn(dev string, att policy.Attachment, chk *hwCheck) *NotInHardwareError {
 	if chk == nil {
 		chk = r.lastCheck(dev)
 	}
 	if chk = r.reoffload(dev, chk); chk == nil || len(chk.missing) == 0 {
 		return nil
 	}
-	e := newNotInHW(dev, rs.Attachment)
+	e := newNotInHW(dev, att)
 	for _, f := range chk.missing {
 		e.add(dev, f)
 	}
@@ -289,8 +320,10 @@ func (r *reconciler) requiredRefusal(dev string, rs *policy.RuleSet, chk *hwChec
 // its MAC (its ingress from there). A filter of no single pod (an uplink's
 // group and catch-all filters) counts for every pod on the bridge. Ports in
 // skip (refused already, or whose apply failed) and ports whose rule set
-// allows nothing are not refused; devices in skip are not read.
-func (r *reconciler) offloadRefusals(b *Bridge, skip map[string]bool) map[string]*NotInHardwareError {
+// allows nothing are not refused, but for the ports in probe (closed to see
+// whether their device takes their filters now); devices in skip are not
+// read.
+func (r *reconciler) offloadRefusals(b *Bridge, skip, probe map[string]bool) map[string]*NotInHardwareError {
 	if r.opts.Offload != OffloadRequired {
 		return nil
 	}
@@ -306,7 +339,7 @@ func (r *reconciler) offloadRefusals(b *Bridge, skip map[string]bool) map[string
 	out := map[string]*NotInHardwareError{}
 	blame := func(pod, dev string, f *Filter) {
 		pt := pods[pod]
-		if pt == nil || skip[pod] || closedLike(pt.RuleSet) {
+		if pt == nil || skip[pod] || closedLike(pt.RuleSet) && !probe[pod] {
 			return
 		}
 		if out[pod] == nil {

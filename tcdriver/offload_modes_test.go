@@ -165,6 +165,16 @@ func TestRequiredRefusedRetried(t *testing.T) {
 	if err := f.Apply(context.Background(), dev, rs); !errors.As(err, &nih) {
 		t.Fatalf("first apply: %v", err)
 	}
+	// Retried while the device still offloads nothing: it stays closed,
+	// and its rules are not installed again to find out (no add: the
+	// closed filters are offered to the hardware again, by replace).
+	closed := canon(t, f, dev)
+	if err := f.Apply(context.Background(), dev, rs); !errors.As(err, &nih) {
+		t.Fatalf("retry while broken: %v", err)
+	}
+	if w := f.LastApply(); w.Adds+w.Deletes+w.Flushes != 0 || w.Replaces == 0 || canon(t, f, dev) != closed {
+		t.Errorf("retry while broken: %+v, rules\n%s", w, canon(t, f, dev))
+	}
 	// The operator fixes the port; filters added from now on offload.
 	f.SetOffload(dev, ProfileMLX563)
 	if err := f.Apply(context.Background(), dev, rs); err != nil {
@@ -316,7 +326,7 @@ func TestRequiredBridge(t *testing.T) {
 			}
 			// Nothing that still runs its own rules misses hardware.
 			for _, fb := range fake.Bridges() {
-				if again := fake.offloadRefusals(fb, map[string]bool{}); len(again) > 0 {
+				if again := fake.offloadRefusals(fb, map[string]bool{}, nil); len(again) > 0 {
 					for dev := range again {
 						if ports[dev] == nil {
 							t.Errorf("%s runs its rules with filters not in hardware", dev)
@@ -367,9 +377,33 @@ func TestRequiredBridgeFixed(t *testing.T) {
 			if err := fake.ApplyBridge(context.Background(), testBridge()); err == nil {
 				t.Fatal("nothing refused")
 			}
+			// Retried while still broken: the refused ports stay closed
+			// and their rules are not installed to find out.
+			before := map[string]string{}
+			for _, d := range []string{"up0", "rep1", "rep2", "rep3"} {
+				before[d] = canon(t, fake, d)
+			}
+			if err := fake.ApplyBridge(context.Background(), testBridge()); err == nil {
+				t.Fatal("nothing refused on the retry")
+			}
+			if w := fake.LastApply(); w.Adds+w.Deletes+w.Flushes != 0 {
+				t.Errorf("retry while broken changed rules: %+v", w)
+			}
+			for d, c := range before {
+				if canon(t, fake, d) != c {
+					t.Errorf("retry while broken changed %s", d)
+				}
+			}
 			fake.SetOffload(broken, prof)
 			if err := fake.ApplyBridge(context.Background(), testBridge()); err != nil {
 				t.Fatalf("after the fix: %v", err)
+			}
+			for _, fb := range fake.Bridges() {
+				for _, pt := range fb.Ports {
+					if closedLike(pt.RuleSet) {
+						t.Errorf("%s still closed after the fix", pt.Dev)
+					}
+				}
 			}
 			for _, d := range []string{"up0", "rep1", "rep2", "rep3"} {
 				st, _ := fake.Dump(context.Background(), d)

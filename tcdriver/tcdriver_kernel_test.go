@@ -965,6 +965,14 @@ func TestKernelOffloadModesNetdevsim(t *testing.T) {
 				if st.Canonical() != wst.Canonical() {
 					t.Fatalf("the kernel holds\n%s\nwant the closed rules\n%s", st.Canonical(), wst.Canonical())
 				}
+				// A retry keeps it closed without installing its rules:
+				// the closed filters are offered to the device again.
+				if err := drv.Apply(ctx, c.dev, rs); !errors.As(err, &nih) {
+					t.Fatalf("retry: %v", err)
+				}
+				if w := drv.LastApply(); w.Adds+w.Deletes+w.Flushes != 0 || w.Replaces == 0 {
+					t.Fatalf("retry while nothing offloads: %+v", w)
+				}
 			case OffloadAuto:
 				if err != nil {
 					t.Fatal(err)
@@ -1055,5 +1063,12 @@ func TestKernelRequiredBridgeNetdevsim(t *testing.T) {
 		if got.Canonical() != want.Canonical() {
 			t.Errorf("%s holds\n%s\nwant the bridge with its pods closed\n%s", r.Name, got.Canonical(), want.Canonical())
 		}
+	}
+	// A retry keeps them closed without installing their rules.
+	if ports, _ := PortErrors(drv.ApplyBridge(ctx, bridge())); len(ports) != 2 {
+		t.Fatalf("retry: %v", ports)
+	}
+	if w := drv.LastApply(); w.Adds+w.Deletes+w.Flushes != 0 {
+		t.Fatalf("retry while nothing offloads changed rules: %+v", w)
 	}
 }

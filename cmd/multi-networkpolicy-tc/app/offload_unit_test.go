@@ -97,10 +97,14 @@ func TestOffloadModesAgent(t *testing.T) {
 			if refused {
 				h.eventually("B refused", func() bool { return h.stateOf(fcNS+"/b/"+fcNet) == stateRefused })
 				h.warning("Pod", "b", "not in hardware", hRep(1), "--tc-offload=required", "fix:")
-				// Closed. (Each retry installs B's rules, reads in_hw back
-				// and closes it again: in between B runs its own rules in
-				// software, so this is no single sample.)
+				// Closed (B's rules ran in software between the change and
+				// the read back; its retries keep it closed until its
+				// device takes the closed filters).
 				h.eventually("B closed", func() bool { return outside() == tcdriver.Drop })
+				h.settle()
+				if got := outside(); got != tcdriver.Drop {
+					t.Errorf("B refused, yet a retry let an allowed connection to it pass: %s", got)
+				}
 				if h.agent.Ready() {
 					t.Error("ready while B is refused")
 				}

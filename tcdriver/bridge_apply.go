@@ -92,6 +92,8 @@ func (r *reconciler) ApplyBridge(ctx context.Context, b *Bridge) error {
 			pt := &b.Ports[i]
 			nih := refusals[pt.Dev]
 			switch {
+			case probe[pt.Dev] && skip[pt.Dev]:
+				continue // its apply failed: not judged, stays closed
 			case probe[pt.Dev] && nih == nil:
 				// Its device takes its closed filters: try its rules.
 				pt.RuleSet, changed = real[pt.Dev], true

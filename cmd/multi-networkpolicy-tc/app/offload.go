@@ -70,9 +70,10 @@ func (a *Agent) offloadNotReady() string {
 
 // markOffloadRefused reports every port of bridge br the driver refused
 // for offload (Event, errors_total) and records its attachment as refused
-// at once, whichever attachment's sync applied the bridge: a pod whose port
-// another pod's change closed is not left counted as programmed until its
-// own next sync (which retries it).
+// at once, whichever attachment's sync applied the bridge, and queues its
+// retry: a pod whose port another pod's change closed is neither left
+// counted as programmed nor left refused after a fix until the next
+// resync.
 func (a *Agent) markOffloadRefused(br string, perPort map[string]error) {
 	for rep, err := range perPort {
 		nih, ok := notInHardware(err)
@@ -91,6 +92,9 @@ func (a *Agent) markOffloadRefused(br string, perPort map[string]error) {
 		a.mu.Unlock()
 		if la != nil {
 			a.reportOffloadRefused(la, w.vf, rep, br, nih)
+			// Its own sync retries it (with backoff), and records its
+			// state once its port takes its rules.
+			a.attQueue.AddRateLimited(w.id)
 		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/tcdriver"
 )
@@ -97,6 +98,13 @@ func TestOffloadModesAgent(t *testing.T) {
 			if refused {
 				h.eventually("B refused", func() bool { return h.stateOf(fcNS+"/b/"+fcNet) == stateRefused })
 				h.warning("Pod", "b", "not in hardware", hRep(1), "--tc-offload=required", "fix:")
+				events, err := h.clients.Kube.CoreV1().Events(fcNS).List(hctx(), metav1.ListOptions{})
+				h.must(err, "events")
+				for _, e := range events.Items {
+					if strings.Contains(e.Message, "not in hardware") && (e.Reason != reasonOffloadRequired || e.InvolvedObject.Name != "b") {
+						t.Errorf("Event %s on %s: %s", e.Reason, e.InvolvedObject.Name, e.Message)
+					}
+				}
 				// Closed (B's rules ran in software between the change and
 				// the read back; its retries keep it closed until its
 				// device takes the closed filters).
@@ -147,6 +155,41 @@ func TestOffloadModesAgent(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestOffloadRequiredUplinkAgent: an uplink that offloads nothing carries
+// filters every pod on the bridge depends on: with --tc-offload=required
+// every pod is refused (whichever pod's sync applied the bridge, each is
+// reported and counted refused) until the uplink is fixed, and then every
+// pod takes its rules and the agent is ready.
+func TestOffloadRequiredUplinkAgent(t *testing.T) {
+	prof := tcdriver.ProfileMLX563
+	h := setupABCWith(t, tcdriver.Options{Offload: tcdriver.OffloadRequired, Profile: prof}, func(h *harness) {
+		for _, d := range h.tc.Devices() {
+			if d != hUplink {
+				h.tc.SetOffload(d, prof)
+			}
+		}
+	})
+	ids := []string{fcNS + "/a/" + fcNet, fcNS + "/b/" + fcNet, fcNS + "/c/" + fcNet}
+	for _, id := range ids {
+		h.eventually(id+" refused", func() bool { return h.stateOf(id) == stateRefused })
+	}
+	for _, pod := range []string{"a", "b", "c"} {
+		h.warning("Pod", pod, "not in hardware", hUplink)
+	}
+	if msg := h.agent.offloadNotReady(); !strings.Contains(msg, "refused 3 attachments") {
+		t.Errorf("readiness message %q", msg)
+	}
+	h.tc.SetOffload(hUplink, prof)
+	for _, id := range ids {
+		h.eventually(id+" programmed after the fix", func() bool { return h.stateOf(id) == stateProgrammed })
+	}
+	h.eventually("ready", h.agent.Ready)
+	h.settle()
+	if got := h.synTo(hUplink, "192.0.2.7", 1, podB, 80); got != tcdriver.Pass {
+		t.Errorf("allowed connection to B after the fix: %s", got)
 	}
 }
 

@@ -176,7 +176,8 @@ func (r *reconciler) Apply(ctx context.Context, dev string, rs *policy.RuleSet) 
 		// the closed rules are not judged by where they run).
 		closed := closedRuleSet(rs.Attachment, true)
 		if err := r.apply(ctx, dev, closed); err != nil {
-			return errors.Join(nih, fmt.Errorf("representor %s: closing it: %w", dev, err))
+			// Not a NotInHardwareError: the port was not closed.
+			return fmt.Errorf("%s; closing it failed, so it keeps these rules (enforced in software): %w", nih, err)
 		}
 		r.setApplied(dev, closed)
 		r.setRefused(dev, true)

@@ -414,3 +414,26 @@ func TestRequiredBridgeFixed(t *testing.T) {
 		})
 	}
 }
+
+// TestRequiredCloseFails: a refused representor whose closing the kernel
+// refuses is reported as what it is, a failure that keeps its rules (in
+// software), not as a closed port.
+func TestRequiredCloseFails(t *testing.T) {
+	rs := goldenRuleSets["ipv6"]
+	twin := NewFake(Options{Profile: ProfileMLX563}, dev)
+	if err := twin.Apply(context.Background(), dev, rs); err != nil {
+		t.Fatal(err)
+	}
+	st, _ := twin.Dump(context.Background(), dev)
+	missing, _ := NotInHardware(st, ProfileMLX563)
+	f := NewFake(Options{Profile: ProfileMLX563, Offload: OffloadRequired}, dev)
+	f.FailAfter(twin.Stats().Adds + missing) // the first write of the closing
+	err := f.Apply(context.Background(), dev, rs)
+	var nih *NotInHardwareError
+	if err == nil || errors.As(err, &nih) || !strings.Contains(err.Error(), "closing it failed") || !strings.Contains(err.Error(), dev) {
+		t.Fatalf("want a plain error saying the closing failed, got %v", err)
+	}
+	if f.Applied()[dev] != rs {
+		t.Error("Applied does not report the rules the port keeps")
+	}
+}

@@ -177,7 +177,7 @@ func (r *reconciler) Apply(ctx context.Context, dev string, rs *policy.RuleSet) 
 		closed := closedRuleSet(rs.Attachment, true)
 		if err := r.apply(ctx, dev, closed); err != nil {
 			// Not a NotInHardwareError: the port was not closed.
-			return fmt.Errorf("%s; closing it failed, so it keeps these rules (enforced in software): %w", nih, err)
+			return fmt.Errorf("%s; closing it failed, so it keeps these rules (enforced in software): %w", nih.Error(), err)
 		}
 		r.setApplied(dev, closed)
 		r.setRefused(dev, true)

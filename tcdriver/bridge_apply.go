@@ -24,6 +24,12 @@ import (
 // rule set it had, or gets a closed one when it had none; the others are
 // applied. Ports that were on the bridge at the last ApplyBridge and are not
 // any more lose our filters. The error lists every port it concerns.
+//
+// With --tc-offload=required, a port whose pod's filters (on its own port,
+// and its sections on the others) are not all in hardware after the change
+// is closed the same way and the bridge applied again; its error is a
+// *PortError wrapping a *NotInHardwareError. The pod's rules ran in
+// software in between: correct verdicts on the slow path, never wider.
 func (r *reconciler) ApplyBridge(ctx context.Context, b *Bridge) error {
 	start := r.stats
 	defer func() { r.last = r.stats.sub(start) }()
@@ -37,18 +43,85 @@ func (r *reconciler) ApplyBridge(ctx context.Context, b *Bridge) error {
 	errs := refused
 	now := map[string]bool{}
 	failed := map[string]bool{}
-	for _, dev := range portOrder(b) {
-		now[dev] = true
-		if err := ctx.Err(); err != nil {
-			return errors.Join(append(errs, err)...)
+	portErr := map[string]error{}
+	// skip: ports --tc-offload=required does not judge (refused already,
+	// or failed: they keep what they had).
+	skip := map[string]bool{}
+	rp, _ := PortErrors(errors.Join(refused...))
+	for dev := range rp {
+		skip[dev] = true
+	}
+	// probe: ports refused at their last apply, closed again first; each
+	// takes its rules only once its closed filters are in hardware (a
+	// device that still cannot offload never runs them in software).
+	probe := map[string]bool{}
+	real := map[string]*policy.RuleSet{}
+	refusedHW := map[string]bool{}
+	for i := range b.Ports {
+		pt := &b.Ports[i]
+		if r.opts.Offload == OffloadRequired && !skip[pt.Dev] && r.wasRefused(pt.Dev) && !closedLike(pt.RuleSet) {
+			_, hasMAC := MACOf(pt.MAC)
+			probe[pt.Dev], real[pt.Dev] = true, pt.RuleSet
+			pt.RuleSet = closedRuleSet(pt.RuleSet.Attachment, hasMAC)
 		}
-		if err := r.applyPort(b, dev); err != nil {
-			// A port that is gone sends nothing: it does not hold
-			// back the others' egress hooks.
-			if !errors.Is(err, ErrNoDevice) {
-				failed[dev] = true
+	}
+	for pass := 0; pass <= len(b.Ports)+1; pass++ {
+		failed = map[string]bool{}
+		for _, dev := range portOrder(b) {
+			now[dev] = true
+			if err := ctx.Err(); err != nil {
+				return errors.Join(append(errs, err)...)
 			}
-			errs = append(errs, fmt.Errorf("bridge %s: %w", b.Name, err))
+			delete(portErr, dev)
+			if err := r.applyPort(b, dev); err != nil {
+				// A port that is gone sends nothing: it does not hold
+				// back the others' egress hooks.
+				if !errors.Is(err, ErrNoDevice) {
+					failed[dev] = true
+				}
+				skip[dev] = true
+				portErr[dev] = fmt.Errorf("bridge %s: %w", b.Name, err)
+			}
+		}
+		// --tc-offload=required: a pod whose filters are not all in
+		// hardware is closed like a port that cannot be enforced, and
+		// every port applied again (its sections are on the others).
+		refusals := r.offloadRefusals(b, skip, probe)
+		changed := false
+		for i := range b.Ports {
+			pt := &b.Ports[i]
+			nih := refusals[pt.Dev]
+			switch {
+			case probe[pt.Dev] && skip[pt.Dev]:
+				continue // its apply failed: not judged, stays closed
+			case probe[pt.Dev] && nih == nil:
+				// Its device takes its closed filters: try its rules.
+				pt.RuleSet, changed = real[pt.Dev], true
+				continue
+			case nih == nil:
+				continue
+			case !probe[pt.Dev]:
+				_, hasMAC := MACOf(pt.MAC)
+				pt.RuleSet, changed = closedRuleSet(pt.RuleSet.Attachment, hasMAC), true
+			}
+			skip[pt.Dev], refusedHW[pt.Dev] = true, true
+			errs = append(errs, fmt.Errorf("bridge %s: %w", b.Name, &PortError{Dev: pt.Dev, Err: nih}))
+		}
+		probe = nil
+		if !changed {
+			break
+		}
+	}
+	if r.opts.Offload == OffloadRequired {
+		for _, pt := range b.Ports {
+			if !failed[pt.Dev] && rp[pt.Dev] == nil {
+				r.setRefused(pt.Dev, refusedHW[pt.Dev])
+			}
+		}
+	}
+	for _, dev := range portOrder(b) {
+		if e := portErr[dev]; e != nil {
+			errs = append(errs, e)
 		}
 	}
 	// Then what the representor placement left on egress hooks: a pod's

@@ -6,43 +6,83 @@ import (
 	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/policy"
 )
 
-// Offload selects the hardware offload flags of every filter.
+// Offload is the --tc-offload mode: which skip flags the filters carry and
+// whether filters the placement expects in hardware must be there.
 type Offload string
 
 const (
-	// OffloadAuto installs filters without skip flags: the kernel offloads
-	// what the driver of the port accepts and runs everything in software.
-	OffloadAuto Offload = "auto"
-	// OffloadSkipSW requires hardware offload (skip_sw): a filter the
-	// hardware refuses is an error.
-	OffloadSkipSW Offload = "skip-sw"
-	// OffloadSkipHW keeps every filter in software (skip_hw).
-	OffloadSkipHW Offload = "skip-hw"
-	// OffloadRequired: every filter must be in hardware. Defined here for
-	// the offload preflight (readiness); --tc-offload=required itself, and
-	// skip-sw as its spelling, come with the offload modes (issue 12).
+	// OffloadRequired installs filters as OffloadAuto does and then
+	// requires every filter the placement expects in hardware (the offload
+	// profile's, see Options.expectedInHW) to be there: after every change
+	// the driver reads in_hw_count back, and a port whose expected filters
+	// are not all in hardware is refused and closed (NotInHardwareError).
+	//
+	// It does not install skip_sw, which is what the old spelling skip-sw
+	// did, because skip_sw fails open on the hardware we target. Every
+	// chain of ours is reached in software: mlx5 sends a packet its CT
+	// table does not hold (every new connection) to software at the chain
+	// of its ct action, a chain's hardware miss after a skip_hw filter
+	// (keepMissInSoftware, the bridge placement's software-only dispatch
+	// and receiver sections) continues in software at that chain, and a
+	// packet the NIC cannot parse misses chain 0. In software a skip_sw
+	// filter does not exist, so such a packet would fall off the end of
+	// its chain, and clsact passes what no filter decides. No filter of
+	// the pipeline is one software never needs, so none is skip_sw: the
+	// software copy is the slow path's enforcement, the read back is the
+	// proof of the fast path.
 	OffloadRequired Offload = "required"
+	// OffloadAuto installs filters without skip flags (beyond the skip_hw
+	// the profile puts on what the target cannot match): the kernel
+	// offloads what the driver of the port accepts and runs everything in
+	// software as well. What is not in hardware as expected is reported
+	// (metric, log), and the rules are enforced anyway, in software.
+	OffloadAuto Offload = "auto"
+	// OffloadSoftware keeps every filter in software (skip_hw): nothing
+	// is expected in hardware.
+	OffloadSoftware Offload = "software"
 )
 
-// ParseOffload parses the --tc-offload flag value.
+// ParseOffload parses the --tc-offload flag value. The spellings of
+// earlier releases are accepted: skip-sw is required (without skip_sw on
+// the filters, see OffloadRequired), skip-hw is software.
 func ParseOffload(s string) (Offload, error) {
-	switch Offload(s) {
-	case OffloadAuto, "":
+	switch s {
+	case string(OffloadAuto), "":
 		return OffloadAuto, nil
-	case OffloadSkipSW, OffloadSkipHW:
-		return Offload(s), nil
+	case string(OffloadRequired), "skip-sw":
+		return OffloadRequired, nil
+	case string(OffloadSoftware), "skip-hw":
+		return OffloadSoftware, nil
 	}
-	return "", fmt.Errorf("--tc-offload=%q: want auto, skip-sw or skip-hw", s)
+	return "", fmt.Errorf("--tc-offload=%q: want required, auto or software (skip-sw and skip-hw are accepted for required and software)", s)
 }
 
+// flags are the skip flags every filter starts with (the profile adds
+// skip_hw to what its target cannot match).
 func (o Offload) flags() uint32 {
-	switch o {
-	case OffloadSkipSW:
-		return flagSkipSW
-	case OffloadSkipHW:
+	if o == OffloadSoftware {
 		return flagSkipHW
 	}
 	return 0
+}
+
+// hardwareCopiesPerFilter is how many devices hold a filter the placement
+// puts in hardware: one, the port it is installed on, because every port
+// carries its own copy of the sections it runs (docs/tc-rule-pipeline.md,
+// "Shared block or per-port copies"). A shared block would expect one copy
+// per port bound to it (mlx5 installs a rule per bound port); we use none.
+func hardwareCopiesPerFilter() uint32 { return 1 }
+
+// expectedInHW is how many hardware copies (in_hw_count) the placement
+// expects of one of our filters, and why none when it expects none.
+func (o Options) expectedInHW(f *Filter) (uint32, string) {
+	if o.Offload == OffloadSoftware {
+		return 0, reasonSoftwareMode
+	}
+	if ok, why := o.Profile.Offloads(f); !ok {
+		return 0, why
+	}
+	return hardwareCopiesPerFilter(), ""
 }
 
 // Defaults of Options.

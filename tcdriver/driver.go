@@ -22,6 +22,9 @@ type Driver interface {
 	// a moment where traffic is unenforced or wrongly dropped. When rs
 	// cannot be expressed exactly, or the kernel refuses a change, it
 	// returns an error and the representor keeps its previous rules.
+	// With --tc-offload=required, a representor whose filters expected
+	// in hardware are not all there after the change is closed (isolated
+	// both ways) and the error is a *NotInHardwareError.
 	Apply(ctx context.Context, dev string, rs *policy.RuleSet) error
 	// ApplyBridge enforces the bridge placement on every port of b (see
 	// Bridge): every verdict on the ingress hook of the port a frame
@@ -87,10 +90,13 @@ type reconciler struct {
 	bridges   map[string]*Bridge
 	// alone are the devices last programmed alone (Apply).
 	alone map[string]bool
-	// missing is, per device, how many filters the profile puts in
-	// hardware were not there at the last read back (warned when it
-	// stops being zero; the metric carries the count).
-	missing map[string]int
+	// hw is, per device, what the last read back of in_hw found
+	// (reportOffload): --tc-offload=required judges a port by it, and a
+	// warning is logged when its missing filters stop being none.
+	hw map[string]*hwCheck
+	// hwRefused are the ports --tc-offload=required closed at their last
+	// apply (wasRefused).
+	hwRefused map[string]bool
 }
 
 func newReconciler(k kernel, opts Options, log logrus.FieldLogger) *reconciler {
@@ -138,14 +144,66 @@ func (r *reconciler) Apply(ctx context.Context, dev string, rs *policy.RuleSet) 
 		}
 		defer unpin()
 	}
+	if r.opts.Offload == OffloadRequired && r.wasRefused(dev) && !closedLike(rs) {
+		// Refused last time: closed first, and its rules only if the
+		// device holds the closed filters in hardware now.
+		closed := closedRuleSet(rs.Attachment, true)
+		if err := r.k.ensureClsact(dev); err != nil {
+			return err
+		}
+		if err := r.apply(ctx, dev, closed); err != nil {
+			return err
+		}
+		r.setAlone(dev, true)
+		r.setApplied(dev, closed)
+		if nih := r.notInHWOn(dev, rs.Attachment, nil); nih != nil {
+			return nih
+		}
+	}
+	before := r.stats
 	if err := r.reconcile(dev, prog.Hooks, [2]*hookState{}); err != nil {
 		return err
 	}
 	r.setAlone(dev, true)
-	if d := r.stats.sub(start); d.Adds+d.Replaces+d.Deletes+d.Flushes > 0 {
-		r.reportOffload(dev)
+	var chk *hwCheck
+	if d := r.stats.sub(before); d.Adds+d.Replaces+d.Deletes+d.Flushes > 0 {
+		chk = r.reportOffload(dev)
 	}
 	r.setApplied(dev, rs)
+	if nih := r.requiredRefusal(dev, rs, chk); nih != nil {
+		// --tc-offload=required: the pod's rules are not all in
+		// hardware, so the representor is closed instead (in software:
+		// the closed rules are not judged by where they run).
+		closed := closedRuleSet(rs.Attachment, true)
+		if err := r.apply(ctx, dev, closed); err != nil {
+			// Not a NotInHardwareError: the port was not closed.
+			return fmt.Errorf("%s; closing it failed, so it keeps these rules (enforced in software): %w", nih.Error(), err)
+		}
+		r.setApplied(dev, closed)
+		r.setRefused(dev, true)
+		return nih
+	}
+	r.setRefused(dev, false)
+	return nil
+}
+
+// apply programs a representor alone without judging where its filters
+// run (the closed rules of a refused port).
+func (r *reconciler) apply(ctx context.Context, dev string, rs *policy.RuleSet) error {
+	prog, err := Compile(rs, r.opts)
+	if err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	before := r.stats
+	if err := r.reconcile(dev, prog.Hooks, [2]*hookState{}); err != nil {
+		return err
+	}
+	if d := r.stats.sub(before); d.Adds+d.Replaces+d.Deletes+d.Flushes > 0 {
+		r.reportOffload(dev)
+	}
 	return nil
 }
 
@@ -831,6 +889,7 @@ func (r *reconciler) Remove(ctx context.Context, dev string) error {
 	if r.metrics != nil {
 		r.metrics.forget(dev)
 	}
+	r.forgetCheck(dev)
 	return nil
 }
 
@@ -853,72 +912,6 @@ func (r *reconciler) Dump(ctx context.Context, dev string) (*State, error) {
 	}
 	sortFilters(st.Filters)
 	return st, nil
-}
-
-// reportOffload reads back in_hw of our filters and reports it in the debug
-// log and the metric.
-func (r *reconciler) reportOffload(dev string) {
-	st, err := r.Dump(context.Background(), dev)
-	if err != nil {
-		r.log.WithError(err).WithField("representor", dev).Warn("reading back in_hw")
-		return
-	}
-	perHook := map[Hook][2]int{}
-	for _, f := range st.Ours() {
-		c := perHook[f.Hook]
-		c[1]++
-		if f.InHW {
-			c[0]++
-		}
-		perHook[f.Hook] = c
-	}
-	for _, h := range Hooks {
-		c := perHook[h]
-		r.log.WithFields(logrus.Fields{"representor": dev, "hook": h.String(), "filters": c[1], "in_hw": c[0], "offload": r.opts.Offload}).Debug("tc filters programmed")
-		if r.metrics != nil {
-			r.metrics.set(dev, h, c[0], c[1])
-		}
-	}
-	missing, reasons := NotInHardware(st, r.opts.Profile)
-	if r.metrics != nil {
-		r.metrics.setNotInHW(dev, reasons)
-	}
-	r.bridgesMu.Lock()
-	first := r.missing[dev] == 0
-	if r.missing == nil {
-		r.missing = map[string]int{}
-	}
-	r.missing[dev] = missing
-	r.bridgesMu.Unlock()
-	if missing > 0 && first {
-		r.log.WithFields(logrus.Fields{"representor": dev, "filters": missing, "profile": r.opts.Profile.withDefault().Name}).Warn(
-			"filters the offload profile puts in hardware are not in hardware (in_hw_count 0): the device did not offload them, so software decides what they decide; check `ethtool -k DEV hw-tc-offload` and the eswitch mode")
-	}
-}
-
-// reasonNotOffloaded is why a filter the profile puts in hardware is not
-// there: the device did not take it.
-const reasonNotOffloaded = "not offloaded by the device"
-
-// NotInHardware compares what the kernel reports in hardware (in_hw_count)
-// with what the placement expects per filter: one port (its own) for a
-// filter the profile offloads, none for one it keeps in software. It
-// returns how many expected filters are missing from hardware, and every
-// filter not in hardware counted by reason: the profile's (by design), or
-// reasonNotOffloaded.
-func NotInHardware(st *State, prof Profile) (missing int, reasons map[string]int) {
-	reasons = map[string]int{}
-	for _, f := range st.Ours() {
-		want, why := prof.Offloads(f)
-		switch {
-		case want && f.InHWCount == 0 && !f.InHW:
-			missing++
-			reasons[reasonNotOffloaded]++
-		case !want:
-			reasons[why]++
-		}
-	}
-	return missing, reasons
 }
 
 // ErrNoDevice is returned (wrapped) when the representor does not exist.

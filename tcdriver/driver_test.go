@@ -122,7 +122,7 @@ func TestMissingRepresentor(t *testing.T) {
 func TestOffloadFlagsAndMetric(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	m := NewMetrics(reg)
-	f := NewFake(Options{Offload: OffloadSkipHW}, dev)
+	f := NewFake(Options{Offload: OffloadSoftware}, dev)
 	f.metrics = m
 	if err := f.Apply(context.Background(), dev, goldenRuleSets["default-deny"]); err != nil {
 		t.Fatal(err)
@@ -144,9 +144,11 @@ func TestOffloadFlagsAndMetric(t *testing.T) {
 	if got := metric.GetGauge().GetValue(); got != 21 {
 		t.Fatalf("metric egress not in hw = %v, want 21", got)
 	}
-	// skip_sw on a port that cannot offload is refused, like the kernel does.
-	g := NewFake(Options{Offload: OffloadSkipSW}, dev)
-	if err := g.Apply(context.Background(), dev, goldenRuleSets["default-deny"]); !errors.Is(err, syscall.EOPNOTSUPP) {
+	// skip_sw on a port that cannot offload is refused, like the kernel
+	// does (no mode installs it any more; a foreign tool's could).
+	g := NewFake(Options{}, dev)
+	skipSW := &Filter{Hook: HookIngress, Chain: 0, Prio: 10, Protocol: EthIPv4, Handle: 1, Flags: flagSkipSW, Actions: []Action{{Kind: ActAccept}}}
+	if err := g.AddForeign(dev, skipSW); !errors.Is(err, syscall.EOPNOTSUPP) {
 		t.Fatalf("skip_sw on the fake: %v", err)
 	}
 	if _, err := ParseOffload("sometimes"); err == nil {

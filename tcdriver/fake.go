@@ -51,7 +51,11 @@ func (f *Fake) AddDevice(dev string) {
 
 // SetOffload makes dev a switchdev port whose hardware matches what prof
 // matches, on its ingress hook only (as mlx5): filters added from now on
-// are held in hardware unless skip_hw.
+// are held in hardware (in_hw, in_hw_count 1) unless skip_hw. A device
+// without it offloads nothing (veth, netdevsim, hw-tc-offload off); one set
+// to a stricter profile than the driver's refuses what that profile cannot
+// match (a NIC that matches less than --offload-profile says), so tests of
+// --tc-offload=required can miss one filter as well as all of them.
 func (f *Fake) SetOffload(dev string, prof Profile) {
 	f.k.mu.Lock()
 	defer f.k.mu.Unlock()
@@ -323,3 +327,8 @@ func (f *Fake) Send(dev string, h Hook, p Packet, ct *Conntrack) (TraceResult, e
 	}
 	return res, nil
 }
+
+// SetMetrics makes the fake export its filter metrics (filters,
+// filters_not_in_hardware) to m, as the netlink driver does to the
+// Metrics it is created with.
+func (f *Fake) SetMetrics(m *Metrics) { f.metrics = m }

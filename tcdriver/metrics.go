@@ -28,7 +28,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		notInHW: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Namespace: "multi_networkpolicy_tc",
 			Name:      "filters_not_in_hardware",
-			Help:      "Filters of a device not in hardware, per reason: \"" + reasonNotOffloaded + "\" for filters the offload profile puts in hardware but the kernel reports not offloaded (in_hw_count 0), or why the profile keeps a filter in software.",
+			Help:      "Filters of a device not in hardware as the placement expects (one copy for a filter the offload profile puts in hardware, none for one it keeps in software), per reason: \"" + reasonNotOffloaded + "\" for filters expected in hardware that the kernel reports not offloaded (in_hw_count 0; always exported), \"" + reasonUnexpectedInHW + "\" and \"" + reasonExtraCopies + "\" for the other way round, or why the profile (or --tc-offload=software) keeps a filter in software.",
 		}, []string{"representor", "reason"}),
 	}
 	if reg != nil {

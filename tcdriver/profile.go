@@ -125,7 +125,7 @@ func (p Profile) refuses(f *Filter) string {
 // Offloads says whether the profile's target runs f in hardware, and why
 // not. A skip_hw filter the profile could match is software-only because a
 // filter before it in its chain is (so the chain's hardware miss reaches
-// software), or because every filter is (--tc-offload=skip-hw).
+// software), or because every filter is (--tc-offload=software).
 func (p Profile) Offloads(f *Filter) (bool, string) {
 	p = p.withDefault()
 	switch {
@@ -141,7 +141,7 @@ func (p Profile) Offloads(f *Filter) (bool, string) {
 		return false, r
 	}
 	if f.Flags&flagSkipHW != 0 {
-		return false, "skip_hw (decided in software: after a software-only filter of its chain, so that the chain misses to software; or past a representor's sender section, which mlx5 leaves only for connections its CT table does not hold; or --tc-offload=skip-hw)"
+		return false, "skip_hw (decided in software: after a software-only filter of its chain, so that the chain misses to software; or past a representor's sender section, which mlx5 leaves only for connections its CT table does not hold; or --tc-offload=software)"
 	}
 	return true, ""
 }

@@ -9,6 +9,7 @@ package tcdriver
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	randv2 "math/rand/v2"
 	"net/netip"
@@ -763,17 +764,20 @@ func TestKernelRefusesAndReports(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "nosuchrep") {
 		t.Fatalf("want an error naming the missing representor, got %v", err)
 	}
-	// skip_sw on a port without offload: the kernel refuses, we say where.
-	hw := newKernelDriver(t, Options{Offload: OffloadSkipSW})
+	// --tc-offload=required on a port that offloads nothing, with a
+	// hardware profile: installed, read back, refused and closed, and the
+	// error says where.
+	hw := newKernelDriver(t, Options{Offload: OffloadRequired, Profile: ProfileMLX563})
 	vethPair(t, "rep4")
 	err = hw.Apply(context.Background(), "rep4", good)
-	if err == nil || !strings.Contains(err.Error(), "rep4") || !strings.Contains(err.Error(), "add") {
-		t.Fatalf("want a netlink error naming rep4 and the operation, got %v", err)
+	var nih *NotInHardwareError
+	if !errors.As(err, &nih) || nih.Dev != "rep4" || !strings.Contains(err.Error(), "rep4") {
+		t.Fatalf("want a NotInHardwareError naming rep4, got %v", err)
 	}
-	t.Logf("skip_sw on veth: %v", err)
+	t.Logf("required on veth: %v", err)
 	st, _ := hw.Dump(context.Background(), "rep4")
-	if len(st.Ours()) != 0 {
-		t.Fatalf("a failed apply left filters:\n%s", st.Canonical())
+	if got := hw.Applied()["rep4"]; got == nil || !closedLike(got) {
+		t.Fatalf("the refused port is not closed: %+v\n%s", got, st.Canonical())
 	}
 }
 
@@ -908,10 +912,173 @@ func TestKernelNetdevsimRepresentor(t *testing.T) {
 	if err := drv.Remove(context.Background(), rep.Name); err != nil {
 		t.Fatal(err)
 	}
-	hw := newKernelDriver(t, Options{Offload: OffloadSkipSW})
-	err = hw.Apply(context.Background(), rep.Name, goldenRuleSets["ipv6"])
-	if err == nil || !strings.Contains(err.Error(), rep.Name) {
-		t.Fatalf("skip_sw on netdevsim: want an error naming %s, got %v", rep.Name, err)
+}
+
+// TestKernelOffloadModesNetdevsim: the three --tc-offload modes on a real
+// switchdev representor (netdevsim 6.1 offloads no flower, so in_hw_count
+// is 0 everywhere) with the mlx5-6.3 profile: required refuses the port
+// (NotInHardwareError naming it and the pod) and leaves it closed, also
+// on the bridge placement; auto programs it and reports the missing
+// filters; software installs every filter skip_hw and expects nothing in
+// hardware.
+func TestKernelOffloadModesNetdevsim(t *testing.T) {
+	datapath.RequireBed(t)
+	esw := datapath.NewEswitch(t, 32, 3)
+	reps, err := esw.Representors()
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Logf("skip_sw refused: %v", err)
+	var names []string
+	for _, r := range reps {
+		datapath.Run(t, "ip", "link", "set", r.Name, "up")
+		names = append(names, r.Name)
+	}
+	rs := goldenRuleSets["ipv6"]
+	prof := ProfileMLX563
+	ctx := context.Background()
+	for _, c := range []struct {
+		mode Offload
+		dev  string
+	}{{OffloadRequired, names[0]}, {OffloadAuto, names[1]}, {OffloadSoftware, names[2]}} {
+		t.Run(string(c.mode), func(t *testing.T) {
+			drv, err := New(Options{Offload: c.mode, Profile: prof}, nil, NewMetrics(nil))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = drv.Remove(ctx, c.dev); _ = drv.Close() })
+			err = drv.Apply(ctx, c.dev, rs)
+			st, derr := drv.Dump(ctx, c.dev)
+			if derr != nil {
+				t.Fatal(derr)
+			}
+			missing, reasons := NotInHardware(st, prof)
+			inHW, total := st.InHWCount()
+			t.Logf("%s on %s: %d filters, %d in hardware, %d expected there missing; %v; err %v", c.mode, c.dev, total, inHW, missing, reasons, err)
+			switch c.mode {
+			case OffloadRequired:
+				var nih *NotInHardwareError
+				if !errors.As(err, &nih) || nih.Dev != c.dev || nih.Pod != "demo/web-0" || nih.Missing == 0 {
+					t.Fatalf("want a NotInHardwareError naming %s and demo/web-0, got %v", c.dev, err)
+				}
+				if !closedLike(drv.Applied()[c.dev]) {
+					t.Fatalf("refused port not closed: %+v", drv.Applied()[c.dev])
+				}
+				// What a fake holds after the same history: the rule
+				// set, then the closed one.
+				want := NewFake(Options{Profile: prof}, c.dev)
+				for _, w := range []*policy.RuleSet{rs, closedRuleSet(rs.Attachment, true)} {
+					if err := want.Apply(ctx, c.dev, w); err != nil {
+						t.Fatal(err)
+					}
+				}
+				wst, _ := want.Dump(ctx, c.dev)
+				if st.Canonical() != wst.Canonical() {
+					t.Fatalf("the kernel holds\n%s\nwant the closed rules\n%s", st.Canonical(), wst.Canonical())
+				}
+				// A retry keeps it closed without installing its rules:
+				// the closed filters are offered to the device again.
+				if err := drv.Apply(ctx, c.dev, rs); !errors.As(err, &nih) {
+					t.Fatalf("retry: %v", err)
+				}
+				if w := drv.LastApply(); w.Adds+w.Deletes+w.Flushes != 0 || w.Replaces == 0 {
+					t.Fatalf("retry while nothing offloads: %+v", w)
+				}
+			case OffloadAuto:
+				if err != nil {
+					t.Fatal(err)
+				}
+				if missing == 0 || missing != len(prof.Offloaded(st.Ours())) {
+					t.Fatalf("auto: %d missing of %d the profile offloads", missing, len(prof.Offloaded(st.Ours())))
+				}
+			case OffloadSoftware:
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, f := range st.Ours() {
+					if f.Flags&flagSkipHW == 0 {
+						t.Fatalf("software: %s without skip_hw", f)
+					}
+				}
+				if missing != 0 {
+					t.Fatalf("software: %d missing", missing)
+				}
+				if drv.lastCheck(c.dev).reasons[reasonSoftwareMode] != total {
+					t.Fatalf("software: %v, want all %d under %q", drv.lastCheck(c.dev).reasons, total, reasonSoftwareMode)
+				}
+			}
+		})
+	}
+}
+
+// TestKernelRequiredBridgeNetdevsim: --tc-offload=required on the bridge
+// placement over netdevsim switchdev representors (no flower offload): every
+// pod is refused with a NotInHardwareError naming its representor and pod,
+// and every port holds exactly the bridge with those pods closed.
+func TestKernelRequiredBridgeNetdevsim(t *testing.T) {
+	datapath.RequireBed(t)
+	esw := datapath.NewEswitch(t, 33, 3)
+	reps, err := esw.Representors()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range reps {
+		datapath.Run(t, "ip", "link", "set", r.Name, "up")
+	}
+	web := &policy.RuleSet{Attachment: att("web-0"), Egress: isolatedDir(policy.Rule{Peers: pfx("10.56.0.0/24"), Origins: []string{"demo/web egress[0]"}})}
+	bridge := func(closed ...string) *Bridge {
+		b := &Bridge{Name: "br-nsim", Uplinks: []string{reps[2].Name}, Ports: []BridgePort{
+			{Dev: reps[0].Name, MAC: hw(macDB), RuleSet: dbRules(), IPs: []netip.Addr{ipDB}},
+			{Dev: reps[1].Name, MAC: hw(macWeb), RuleSet: web, IPs: []netip.Addr{ipWeb}},
+		}}
+		for i := range b.Ports {
+			if contains(closed, b.Ports[i].Dev) {
+				b.Ports[i].RuleSet = closedRuleSet(b.Ports[i].RuleSet.Attachment, true)
+			}
+		}
+		return b
+	}
+	prof := ProfileMLX563
+	ctx := context.Background()
+	drv, err := New(Options{Offload: OffloadRequired, Profile: prof}, nil, NewMetrics(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = drv.RemoveBridge(ctx, "br-nsim"); _ = drv.Close() })
+	err = drv.ApplyBridge(ctx, bridge())
+	ports, rest := PortErrors(err)
+	if len(rest) > 0 || len(ports) != 2 {
+		t.Fatalf("want both pods refused, got %v", err)
+	}
+	for _, pt := range bridge().Ports {
+		var nih *NotInHardwareError
+		if !errors.As(ports[pt.Dev], &nih) || nih.Dev != pt.Dev || nih.Pod != "demo/"+pt.RuleSet.Attachment.PodName {
+			t.Fatalf("%s: want a NotInHardwareError naming it and its pod, got %v", pt.Dev, ports[pt.Dev])
+		}
+		t.Logf("%s refused: %v", pt.Dev, nih)
+	}
+	// What a fake holds after the same history: the bridge, then the
+	// bridge with both pods closed.
+	ref := NewFake(Options{Profile: prof}, reps[0].Name, reps[1].Name, reps[2].Name)
+	for _, b := range []*Bridge{bridge(), bridge(reps[0].Name, reps[1].Name)} {
+		if err := ref.ApplyBridge(ctx, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, r := range reps {
+		got, err := drv.Dump(ctx, r.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, _ := ref.Dump(ctx, r.Name)
+		if got.Canonical() != want.Canonical() {
+			t.Errorf("%s holds\n%s\nwant the bridge with its pods closed\n%s", r.Name, got.Canonical(), want.Canonical())
+		}
+	}
+	// A retry keeps them closed without installing their rules.
+	if ports, _ := PortErrors(drv.ApplyBridge(ctx, bridge())); len(ports) != 2 {
+		t.Fatalf("retry: %v", ports)
+	}
+	if w := drv.LastApply(); w.Adds+w.Deletes+w.Flushes != 0 {
+		t.Fatalf("retry while nothing offloads changed rules: %+v", w)
+	}
 }

@@ -262,8 +262,10 @@ func (a *Agent) Registry() *prometheus.Registry { return a.registry }
 // Ready reports whether, since start, every local attachment was
 // programmed once, or held or failed with an Event saying why; and, with
 // --tc-offload=required, whether the offload preflight found every PF
-// enforced in hardware.
-func (a *Agent) Ready() bool { return a.ready.Load() && a.preflightBlocker() == "" }
+// enforced in hardware and no attachment is refused (offloadNotReady).
+func (a *Agent) Ready() bool {
+	return a.ready.Load() && a.preflightBlocker() == "" && a.offloadNotReady() == ""
+}
 
 // Run runs the agent until ctx ends. Rules stay in the kernel when it
 // returns: a restart adopts them, and pods stay protected meanwhile.
@@ -422,6 +424,10 @@ func (a *Agent) readyz(w http.ResponseWriter, _ *http.Request) {
 		http.Error(w, "not ready: "+why, http.StatusServiceUnavailable)
 		return
 	}
+	if msg := a.offloadNotReady(); msg != "" {
+		http.Error(w, msg, http.StatusServiceUnavailable)
+		return
+	}
 	// Held and failed attachments were reported with Events.
 	_, _ = fmt.Fprintf(w, "ok %v\n", a.stateCounts())
 }
@@ -545,6 +551,7 @@ func newAgentCommandRunner(opts *AgentOptions) func(*cobra.Command, []string) er
 		defer func() { _ = pr.Close() }()
 		reg := newRegistry()
 		offload, _ := tcdriver.ParseOffload(opts.TCOffload)
+		warnOffloadSpelling(logrus.StandardLogger(), opts.TCOffload)
 		profile, _ := opts.Profile()
 		zones, _ := tcdriver.ParseZoneRange(opts.CTZoneRange)
 		drv, err := tcdriver.New(tcdriver.Options{Offload: offload, Profile: profile, Zones: zones, RoutedSources: opts.RoutedSources}, logrus.StandardLogger(), tcdriver.NewMetrics(reg))

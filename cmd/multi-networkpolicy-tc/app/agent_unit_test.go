@@ -28,6 +28,11 @@ func TestAgentOptionsValidate(t *testing.T) {
 		{"bad metrics address", func(o *AgentOptions) { o.MetricsBindAddress = "9310" }, "--metrics-bind-address"},
 		{"metrics disabled", func(o *AgentOptions) { o.MetricsBindAddress = "0" }, ""},
 		{"bad offload", func(o *AgentOptions) { o.TCOffload = "always" }, "--tc-offload"},
+		{"required", func(o *AgentOptions) { o.TCOffload = "required" }, ""},
+		{"skip-sw", func(o *AgentOptions) { o.TCOffload = "skip-sw" }, ""},
+		{"software", func(o *AgentOptions) { o.TCOffload = "software" }, ""},
+		{"skip-hw", func(o *AgentOptions) { o.TCOffload = "skip-hw" }, ""},
+		{"required on the software profile", func(o *AgentOptions) { o.TCOffload, o.OffloadProfile = "required", "software" }, "--offload-profile=software"},
 		{"no workers", func(o *AgentOptions) { o.Workers = 0 }, "--workers"},
 		{"empty socket", func(o *AgentOptions) { o.PodResourcesSocket = "" }, "--podresources-socket"},
 	}

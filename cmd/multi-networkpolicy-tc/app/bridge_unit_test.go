@@ -47,7 +47,12 @@ func bPolicy() *mnpv1beta1.MultiNetworkPolicy {
 // setupABC runs the three pods and B's policy; before runs before the
 // agent starts (pods are created after).
 func setupABC(t *testing.T, before func(*harness)) *harness {
-	h := newHarnessWith(t, before)
+	return setupABCWith(t, tcdriver.Options{}, before)
+}
+
+// setupABCWith is setupABC with the driver's options.
+func setupABCWith(t *testing.T, tcOpts tcdriver.Options, before func(*harness)) *harness {
+	h := newHarnessTC(t, tcOpts, before)
 	h.createNAD(sriovNAD(fcNS, "net", "accelerated-bridge"))
 	for i, p := range []struct{ name, ip string }{{"a", podA}, {"b", podB}, {"c", podC}} {
 		h.pr.set(fcNS, p.name, hVF(i))

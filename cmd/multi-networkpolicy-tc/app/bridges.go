@@ -299,6 +299,7 @@ func (a *Agent) syncBridge(ctx context.Context, br string) (map[string]error, er
 	// from perPort. The rest fails the bridge.
 	perPort, rest := tcdriver.PortErrors(err)
 	rest = append(closeErrs, rest...)
+	a.markOffloadRefused(br, perPort)
 	a.mu.Lock()
 	a.bridges[br] = &bridgeState{uplinks: b.Uplinks, bridge: b}
 	a.mu.Unlock()

@@ -103,7 +103,7 @@ func resolveProfile(flag, kernel string) (preflight.Profile, error) {
 // preflightOptions are the agent flags the preflight's verdict depends on.
 func preflightOptions(tcOffload, profile string) preflight.Options {
 	o := preflight.Options{Profile: profile, ResolveProfile: resolveProfile}
-	if offload, err := tcdriver.ParseOffload(tcOffload); err == nil && offload == tcdriver.OffloadSkipHW {
+	if offload, err := tcdriver.ParseOffload(tcOffload); err == nil && offload == tcdriver.OffloadSoftware {
 		o.SoftwareFlag = "--tc-offload=" + tcOffload
 	}
 	return o

@@ -177,6 +177,13 @@ func newHarness(t *testing.T) *harness { return newHarnessWith(t, nil) }
 // the agent starts.
 func newHarnessWith(t *testing.T, before func(*harness)) *harness {
 	t.Helper()
+	return newHarnessTC(t, tcdriver.Options{}, before)
+}
+
+// newHarnessTC is newHarnessWith with the driver's options (the agent's
+// --tc-offload and --offload-profile follow them).
+func newHarnessTC(t *testing.T, tcOpts tcdriver.Options, before func(*harness)) *harness {
+	t.Helper()
 	h := &harness{
 		t:       t,
 		clients: &Clients{Kube: kubefake.NewClientset(), MNP: mnpfake.NewSimpleClientset(), NAD: nadfake.NewSimpleClientset()},
@@ -193,8 +200,14 @@ func newHarnessWith(t *testing.T, before func(*harness)) *harness {
 		devs = append(devs, hRep(i))
 	}
 	h.sw = sw
-	h.tc = tcdriver.NewFake(tcdriver.Options{}, devs...)
+	h.tc = tcdriver.NewFake(tcOpts, devs...)
 	opts := *NewAgentOptions()
+	if tcOpts.Offload != "" {
+		opts.TCOffload = string(tcOpts.Offload)
+	}
+	if tcOpts.Profile.Name != "" {
+		opts.OffloadProfile = tcOpts.Profile.Name
+	}
 	opts.HostnameOverride = hNode
 	opts.MetricsBindAddress, opts.HealthProbeBindAddress = "0", "0"
 	log := logrus.New()

@@ -33,6 +33,9 @@ const (
 	// reasonNetworkNotEnforced is an Event only: a policy names a network
 	// on which it enforces nothing.
 	reasonNetworkNotEnforced = "NetworkNotEnforced"
+	// reasonOffloadRequired: --tc-offload=required, and filters that
+	// decide a pod's traffic are not in hardware: its port is closed.
+	reasonOffloadRequired = "OffloadRequired"
 )
 
 // Attachment states of the attachments gauge.
@@ -43,9 +46,13 @@ const (
 	// stateHeld: the attachment's input is unusable; it keeps its last
 	// good rules or is isolated both ways, and an Event says why.
 	stateHeld = "held"
+	// stateRefused: --tc-offload=required refused the attachment, its
+	// filters are not all in hardware; closed, retried, and the agent is
+	// not ready meanwhile.
+	stateRefused = "refused"
 )
 
-var attachmentStates = []string{statePending, stateProgrammed, stateFailed, stateHeld}
+var attachmentStates = []string{statePending, stateProgrammed, stateFailed, stateHeld, stateRefused}
 
 // agentMetrics are the agent's Prometheus metrics. The TC driver exports
 // its own (filters per representor, split by in_hw) on the same registry.
@@ -72,12 +79,12 @@ func newAgentMetrics(reg prometheus.Registerer) *agentMetrics {
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: metricsNamespace,
 			Name:      "errors_total",
-			Help:      "Errors by reason: InvalidInput, DeviceCountMismatch, RepresentorNotFound, VFNotResolved, TCProgrammingFailed, TCRemoveFailed, PodResourcesFailed, InvalidNetworksAnnotation, ConntrackCutFailed.",
+			Help:      "Errors by reason: InvalidInput, DeviceCountMismatch, RepresentorNotFound, VFNotResolved, TCProgrammingFailed, TCRemoveFailed, PodResourcesFailed, InvalidNetworksAnnotation, ConntrackCutFailed, VFMACUnknown, BridgeTopologyFailed, OffloadRequired.",
 		}, []string{"reason"}),
 		attachments: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Namespace: metricsNamespace,
 			Name:      "attachments",
-			Help:      "Local pod attachments on enforced networks by state: pending (not programmed yet), programmed, failed (last attempt failed; retried), held (input unusable: last good rules kept, or isolated both ways).",
+			Help:      "Local pod attachments on enforced networks by state: pending (not programmed yet), programmed, failed (last attempt failed; retried), held (input unusable: last good rules kept, or isolated both ways), refused (--tc-offload=required: filters not all in hardware, closed, retried).",
 		}, []string{"state"}),
 		podResourcesCall: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: metricsNamespace,

@@ -21,13 +21,11 @@ const (
 	reasonOffloadCannotEnforce = "OffloadCannotEnforce"
 )
 
-// offloadRequired tells whether --tc-offload asks for every filter in
-// hardware. tcdriver.OffloadSkipSW is that mode until --tc-offload=required
-// lands (issue 12, helper B: ParseOffload maps skip-sw to OffloadRequired);
-// the lead drops the second term if OffloadSkipSW goes.
+// offloadRequired tells whether --tc-offload (required, or its old
+// spelling skip-sw) asks for every filter in hardware.
 func offloadRequired(flag string) bool {
 	o, err := tcdriver.ParseOffload(flag)
-	return err == nil && (o == tcdriver.OffloadRequired || o == tcdriver.OffloadSkipSW)
+	return err == nil && o == tcdriver.OffloadRequired
 }
 
 // runPreflight runs the offload preflight over the PFs whose VFs the

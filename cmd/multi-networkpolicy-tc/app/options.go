@@ -79,7 +79,7 @@ func (o *AgentOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.HealthProbeBindAddress, "health-probe-bind-address", o.HealthProbeBindAddress, "host:port serving /healthz and /readyz; 0 disables")
 	fs.BoolVar(&o.AcceptICMP, "accept-icmp", o.AcceptICMP, "always allow ICMP (every type, as multi-networkpolicy-iptables) on isolated attachments")
 	fs.BoolVar(&o.AcceptICMPv6, "accept-icmpv6", o.AcceptICMPv6, "always allow ICMPv6 (every type) on isolated attachments; neighbour discovery always passes")
-	fs.StringVar(&o.TCOffload, "tc-offload", o.TCOffload, "hardware offload of the TC filters: auto (no skip flag), skip-sw (hardware only) or skip-hw (software only)")
+	fs.StringVar(&o.TCOffload, "tc-offload", o.TCOffload, tcOffloadUsage)
 	fs.StringVar(&o.OffloadProfile, "offload-profile", o.OffloadProfile, offloadProfileUsage)
 	fs.StringVar(&o.CTZoneRange, "ct-zone-range", o.CTZoneRange, "conntrack zones FIRST-LAST: each network gets the zone its namespace/name hashes to, so networks with overlapping addresses never share connection state; two networks on one zone are refused (Event), choose another range")
 	fs.BoolVar(&o.RoutedSources, "routed-sources", o.RoutedSources, routedSourcesUsage)
@@ -120,11 +120,14 @@ func (o *AgentOptions) Validate() error {
 			errs = append(errs, fmt.Errorf("%s=%q: want host:port or 0: %w", flag, addr, err))
 		}
 	}
-	if _, err := tcdriver.ParseOffload(o.TCOffload); err != nil {
+	offload, err := tcdriver.ParseOffload(o.TCOffload)
+	if err != nil {
 		errs = append(errs, err)
 	}
-	if _, err := o.Profile(); err != nil {
+	if prof, err := o.Profile(); err != nil {
 		errs = append(errs, err)
+	} else if offload == tcdriver.OffloadRequired && !prof.Hardware {
+		errs = append(errs, fmt.Errorf("--tc-offload=%s with --offload-profile=%s: that profile puts no filter in hardware, so nothing could be required; use a hardware profile (auto) or --tc-offload=auto", o.TCOffload, prof.Name))
 	}
 	if _, err := tcdriver.ParseZoneRange(o.CTZoneRange); err != nil {
 		errs = append(errs, err)
@@ -134,6 +137,8 @@ func (o *AgentOptions) Validate() error {
 	}
 	return errors.Join(errs...)
 }
+
+const tcOffloadUsage = "hardware offload of the TC filters: required (a pod whose filters the offload profile puts in hardware are not all there after a change is closed, with an Event, and the agent is not ready), auto (the NIC offloads what it takes, the rest is enforced in software and reported in filters_not_in_hardware) or software (skip_hw on every filter); skip-sw and skip-hw are accepted for required and software (docs/deployment.md)"
 
 const offloadProfileUsage = "what the NIC matches in hardware, which the TC compiler respects: auto (mlx5-6.3 on Linux 6.3+, else mlx5-6.1), mlx5-6.1, mlx5-6.3 or software (compact ranges, nothing offloaded)"
 

@@ -555,6 +555,7 @@ func (a *Agent) syncAttachment(ctx context.Context, id string) error {
 	log := a.log.WithField("attachment", la.att.String())
 	rs, held := a.ruleSetFor(la)
 	var errs []error
+	refused := false // --tc-offload=required closed a port of it
 	reps := map[string]string{}
 	type alone struct{ vf, rep string }
 	var single []alone              // on no bridge, or closed apart from it
@@ -645,6 +646,13 @@ func (a *Agent) syncAttachment(ctx context.Context, id string) error {
 			err = a.programHeld(ctx, p.rep, la)
 		}
 		a.driverMu.Unlock()
+		if nih, ok := notInHardware(err); ok {
+			a.reportOffloadRefused(la, p.vf, p.rep, "", nih)
+			errs = append(errs, err)
+			reps[p.vf] = p.rep // closed by the driver: ours
+			refused = true
+			continue
+		}
 		if err != nil {
 			reason := reasonTCProgramming
 			if errors.Is(err, tcdriver.ErrNoDevice) {
@@ -665,7 +673,12 @@ func (a *Agent) syncAttachment(ctx context.Context, id string) error {
 	for _, br := range mapKeys(bridges) {
 		perPort, err := a.syncBridge(ctx, br)
 		for _, p := range bridges[br] {
-			if e := perPort[p.rep]; e != nil {
+			if _, ok := notInHardware(perPort[p.rep]); ok {
+				// Reported by syncBridge (markOffloadRefused).
+				errs = append(errs, fmt.Errorf("bridge %s: representor %s: %w", br, p.rep, perPort[p.rep]))
+				reps[p.vf] = p.rep // closed by the driver: ours
+				refused = true
+			} else if e := perPort[p.rep]; e != nil {
 				a.metrics.errors.WithLabelValues(reasonTCProgramming).Inc()
 				a.events.warn("Pod", la.att.PodNamespace, la.att.PodName, reasonTCProgramming,
 					fmt.Sprintf("network %s: VF %s representor %s on bridge %s: %v; the port keeps its previous rules, or is closed if it had none; retried with backoff", la.att.Network, p.vf, p.rep, br, e))
@@ -719,6 +732,8 @@ func (a *Agent) syncAttachment(ctx context.Context, id string) error {
 	}
 	state := stateProgrammed
 	switch {
+	case refused:
+		state = stateRefused
 	case len(errs) > 0:
 		state = stateFailed
 	case held:

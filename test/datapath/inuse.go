@@ -121,8 +121,9 @@ func RefuseInUse(pf string, uses []VFUse) error {
 // in use.
 func (p *switchdevPF) refuseInUse() error {
 	var reps map[int]string
-	if sw, err := readSysNet(p.name, "phys_switch_id"); err == nil && p.info.OldMode == "switchdev" {
-		if reps, err = representors(sw); err != nil {
+	if p.info.OldMode == "switchdev" {
+		var err error
+		if _, reps, err = representors(p.name); err != nil {
 			return err
 		}
 	}

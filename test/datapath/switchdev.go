@@ -397,8 +397,26 @@ func (p *switchdevPF) findVFs() error {
 	}
 }
 
+// representors reads the PF as the agent's preflight does, and maps VF
+// number to representor netdev: "" when two netdevs claim the same VF.
+func representors(pf string) (preflight.Device, map[int]string, error) {
+	dev, err := preflight.NewSystem().Device(pf)
+	if err != nil {
+		return dev, nil, err
+	}
+	reps := map[int]string{}
+	for _, r := range dev.Representors {
+		if _, dup := reps[r.VF]; dup {
+			reps[r.VF] = ""
+			continue
+		}
+		reps[r.VF] = r.Name
+	}
+	return dev, reps, nil
+}
+
 func (p *switchdevPF) findVFsOnce() error {
-	reps, err := representors(p.switchID)
+	dev, reps, err := representors(p.name)
 	if err != nil {
 		return err
 	}
@@ -419,49 +437,16 @@ func (p *switchdevPF) findVFsOnce() error {
 		if p.info.Wired {
 			continue
 		}
-		vfDir, err := filepath.EvalSymlinks(filepath.Join(p.devDir, fmt.Sprintf("virtfn%d", v.n)))
-		if err != nil {
-			return fmt.Errorf("VF %d of %s: %w", v.n, p.name, err)
+		if v.pci = dev.VFPCI[v.n]; v.pci == "" {
+			return fmt.Errorf("VF %d of %s has no virtfn%d in sysfs", v.n, p.name, v.n)
 		}
-		v.pci = filepath.Base(vfDir)
-		ents, _ := os.ReadDir(filepath.Join(vfDir, "net"))
+		ents, _ := os.ReadDir(filepath.Join(p.devDir, fmt.Sprintf("virtfn%d", v.n), "net"))
 		if len(ents) != 1 {
 			return fmt.Errorf("VF %d (%s) of %s has %d netdevs in this network namespace, want 1 (is it bound to %s?)", v.n, v.pci, p.name, len(ents), p.info.Driver)
 		}
 		v.netdev = ents[0].Name()
 	}
 	return nil
-}
-
-// representors maps VF number to representor netdev for the switch: ""
-// when two netdevs claim the same VF.
-func representors(switchID string) (map[int]string, error) {
-	entries, err := os.ReadDir(sysClassNet)
-	if err != nil {
-		return nil, err
-	}
-	out := map[int]string{}
-	for _, ent := range entries {
-		name := ent.Name()
-		if sw, err := readSysNet(name, "phys_switch_id"); err != nil || sw != switchID {
-			continue
-		}
-		pn, err := readSysNet(name, "phys_port_name")
-		if err != nil {
-			continue
-		}
-		m := vfPortName.FindStringSubmatch(pn)
-		if m == nil {
-			continue
-		}
-		n, _ := strconv.Atoi(m[1])
-		if _, dup := out[n]; dup {
-			out[n] = ""
-			continue
-		}
-		out[n] = name
-	}
-	return out, nil
 }
 
 // restore puts the PF back as it was: the eswitch mode, sriov_numvfs, and

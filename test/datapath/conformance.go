@@ -218,7 +218,9 @@ func formatReport(b *strings.Builder, info *SwitchdevInfo, kernel string) {
 		r := conf.rows[k]
 		fmt.Fprintf(b, "  %-28s %-10s %-22s %-9s %7d %7d %7d %4d/%d\n", r.suite, r.dev, r.port, r.profile, r.filters, r.inHW, r.wantHW, r.mismatched, r.applies)
 		for why, n := range r.reasons {
-			reasons[r.profile+": "+why] += n
+			if n > 0 { // the driver always reports reasonNotOffloaded, 0 when nothing is missing
+				reasons[r.profile+": "+why] += n
+			}
 		}
 		if r.profile == conf.selected {
 			mismatches += r.mismatched

@@ -101,6 +101,17 @@ func (f *Fake) AddForeign(dev string, flt *Filter) error {
 	return f.k.add(dev, c)
 }
 
+// Watch calls fn after every change of a device's filters with the
+// filters of its ingress hook then, as the kernel's packet path sees each
+// state between two writes: a test asserts what must hold at every moment
+// (a port never without a verdict). fn runs under the fake's lock and must
+// not call it.
+func (f *Fake) Watch(fn func(dev string, ingress []*Filter)) {
+	f.k.mu.Lock()
+	defer f.k.mu.Unlock()
+	f.k.watch = fn
+}
+
 // FailAfter makes the n-th next kernel write fail (n=0: the next one) with
 // EBUSY, to test that failed applies keep the previous rules. n<0 disables.
 func (f *Fake) FailAfter(n int) {
@@ -136,6 +147,23 @@ type fakeKernel struct {
 	mu        sync.Mutex
 	devs      map[string]*fakeDev
 	failAfter int
+	// watch sees every device after each change (Watch).
+	watch func(dev string, ingress []*Filter)
+}
+
+// changed calls watch, under k.mu, with dev's ingress hook.
+func (k *fakeKernel) changed(dev string, d *fakeDev) {
+	if k.watch == nil {
+		return
+	}
+	var in []*Filter
+	for _, f := range d.filters {
+		if f.Hook == HookIngress {
+			in = append(in, cloneFilter(f))
+		}
+	}
+	sortFilters(in)
+	k.watch(dev, in)
 }
 
 func (k *fakeKernel) dev(name string) (*fakeDev, error) {
@@ -258,6 +286,7 @@ func (k *fakeKernel) create(dev string, f *Filter, replace bool) error {
 	} else {
 		d.filters = append(d.filters, c)
 	}
+	k.changed(dev, d)
 	return nil
 }
 
@@ -279,6 +308,7 @@ func (k *fakeKernel) del(dev string, f *Filter) error {
 		return opError("delete", dev, f, syscall.ENOENT)
 	}
 	d.filters = append(d.filters[:idx], d.filters[idx+1:]...)
+	k.changed(dev, d)
 	return nil
 }
 
@@ -299,6 +329,7 @@ func (k *fakeKernel) flushChain(dev string, h Hook, chain uint32) error {
 		}
 	}
 	d.filters = kept
+	k.changed(dev, d)
 	return nil
 }
 

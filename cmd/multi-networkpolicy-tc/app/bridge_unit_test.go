@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"sync"
 	"testing"
 
 	mnpv1beta1 "github.com/k8snetworkplumbingwg/multi-networkpolicy/pkg/apis/k8s.cni.cncf.io/v1beta1"
@@ -154,6 +155,64 @@ func TestBridgePodLeaving(t *testing.T) {
 		if got := h.synTo(dev, "10.1.0.20", 2, podC, 443); got != tcdriver.Pass {
 			t.Errorf("%s → C: %s, want pass", dev, got)
 		}
+	}
+}
+
+// watchUnfiltered counts, from now until the test ends, the kernel states
+// in which dev's ingress hook holds no filter (the harness installs no
+// foreign ones): a pod's port without a verdict.
+func (h *harness) watchUnfiltered(t *testing.T, dev string) func() int {
+	var mu sync.Mutex
+	n := 0
+	h.tc.Watch(func(d string, ingress []*tcdriver.Filter) {
+		if d == dev && len(ingress) == 0 {
+			mu.Lock()
+			n++
+			mu.Unlock()
+		}
+	})
+	t.Cleanup(func() { h.tc.Watch(nil) })
+	return func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return n
+	}
+}
+
+// TestBridgeVFNeverUnfiltered: at no moment between two kernel writes is a
+// pod's VF port without filters of ours: not when a bridge is applied
+// while the port of the VF's owner is not planned (the driver drops a port
+// that leaves the bridge program, so the agent closes it alone first), nor
+// while its pod leaves and the next takes the VF.
+func TestBridgeVFNeverUnfiltered(t *testing.T) {
+	h := setupABC(t, nil)
+	h.eventually("B dispatched to", func() bool { return len(h.dispatchesTo(hMAC(1))) == 3 })
+	h.settle()
+	unfiltered := h.watchUnfiltered(t, hRep(1))
+
+	// The bridge applied while the VF's owner has no port planned and its
+	// VF cannot be resolved (as for a pod that just took the VF): the VF
+	// is left out of the program, and must be closed alone, not dropped.
+	h.sw.RemoveRepresentor(hVF(1))
+	h.agent.setPort(hRep(1), nil)
+	_, err := h.agent.syncBridge(hctx(), hBridge)
+	h.must(err, "sync bridge")
+	if got := h.allowed(hRep(1), podB); len(got) != 0 {
+		t.Errorf("B's VF left out of the bridge allows %v", got)
+	}
+	h.sw.AddVF(hPF, 1, hVF(1), hRep(1))
+	h.must(h.agent.resync(hctx()), "resync")
+	h.eventually("B dispatched to again", func() bool { return len(h.dispatchesTo(hMAC(1))) == 3 })
+
+	// The kubelet hands B's VF to D.
+	h.pr.set(fcNS, "b")
+	h.pr.set(fcNS, "d", hVF(1))
+	h.createPod(runningPod(fcNS, "d", fcNet, "10.1.0.13", map[string]string{"app": "b"}))
+	h.must(h.clients.Kube.CoreV1().Pods(fcNS).Delete(hctx(), "b", metav1.DeleteOptions{}), "delete b")
+	h.eventually("D dispatched to", func() bool { return len(h.dispatchesTo(hMAC(1))) == 3 })
+	h.settle()
+	if n := unfiltered(); n > 0 {
+		t.Errorf("%s was without filters of ours in %d kernel states", hRep(1), n)
 	}
 }
 

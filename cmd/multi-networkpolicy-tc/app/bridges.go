@@ -275,25 +275,22 @@ func (a *Agent) syncBridge(ctx context.Context, br string) (map[string]error, er
 		a.log.WithFields(logrus.Fields{"bridge": br, "uplinks": b.Uplinks, "closedApart": left}).Info(
 			"bridge ports that are no representor of a local attachment are uplinks: the local pods' ingress is decided on them")
 	}
-	err = a.driver.ApplyBridge(ctx, b)
-	// The driver removes our filters from a port that left the bridge
-	// program: a free VF among them is closed again at once, not at the
-	// next sweep (a port closed for its MAC is closed by its sync).
+	// The driver removes our filters from a port that leaves the bridge
+	// program, unless it was programmed alone since: so a VF that leaves
+	// it (its pod gone, or its next pod not mapped yet) is closed alone
+	// first, and is never without filters (a port closed for its MAC is
+	// closed by its own sync, before it applies the bridge).
 	var closeErrs []error
 	for _, d := range left {
 		vf, ok := free[d]
 		if !ok || prev == nil || !prev.had(d) {
 			continue
 		}
-		a.mu.Lock()
-		_, owned := a.vfOwner[vf]
-		a.mu.Unlock()
-		if !owned {
-			if cerr := a.driver.Apply(ctx, d, a.freeVF(vf)); cerr != nil && !errors.Is(cerr, tcdriver.ErrNoDevice) {
-				closeErrs = append(closeErrs, fmt.Errorf("bridge %s: closing free VF %s representor %s: %w", br, vf, d, cerr))
-			}
+		if cerr := a.driver.Apply(ctx, d, a.freeVF(vf)); cerr != nil && !errors.Is(cerr, tcdriver.ErrNoDevice) {
+			closeErrs = append(closeErrs, fmt.Errorf("bridge %s: closing free VF %s representor %s: %w", br, vf, d, cerr))
 		}
 	}
+	err = a.driver.ApplyBridge(ctx, b)
 	// The driver names each port it refused (kept its previous rules, or
 	// closed it); those are the problems of their attachments, reported
 	// from perPort. The rest fails the bridge.

@@ -6,12 +6,13 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"sort"
 	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/vishvananda/netlink"
+
+	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/preflight"
 )
 
 const (
@@ -99,10 +100,7 @@ func newEswitch(id, vfs int) (*Eswitch, error) {
 	return e, nil
 }
 
-var (
-	pfPortName = regexp.MustCompile(`^p\d+$`)
-	vfPortName = regexp.MustCompile(`^(?:c\d+)?pf\d+vf(\d+)$`)
-)
+var pfPortName = regexp.MustCompile(`^p\d+$`)
 
 func readSysNet(netdev, attr string) (string, error) {
 	b, err := os.ReadFile(filepath.Join(sysClassNet, netdev, attr))
@@ -113,32 +111,17 @@ func readSysNet(netdev, attr string) (string, error) {
 }
 
 // Representors lists the VF representors of the eswitch, ordered by VF,
-// found the way the agent finds them on hardware: every netdev with the
-// uplink's phys_switch_id and a pf<N>vf<M> phys_port_name.
+// found as the agent's offload preflight finds them: every netdev with
+// the uplink's phys_switch_id and a pf<N>vf<M> phys_port_name.
 func (e *Eswitch) Representors() ([]Representor, error) {
-	entries, err := os.ReadDir(sysClassNet)
+	dev, err := preflight.NewSystem().Device(e.Uplink)
 	if err != nil {
 		return nil, err
 	}
-	var reps []Representor
-	for _, ent := range entries {
-		name := ent.Name()
-		sw, err := readSysNet(name, "phys_switch_id")
-		if err != nil || sw != e.SwitchID {
-			continue // no switch id (EOPNOTSUPP) or another switch
-		}
-		portName, err := readSysNet(name, "phys_port_name")
-		if err != nil {
-			continue
-		}
-		m := vfPortName.FindStringSubmatch(portName)
-		if m == nil {
-			continue
-		}
-		vf, _ := strconv.Atoi(m[1])
-		reps = append(reps, Representor{Name: name, PortName: portName, VF: vf})
+	reps := make([]Representor, 0, len(dev.Representors))
+	for _, r := range dev.Representors {
+		reps = append(reps, Representor{Name: r.Name, PortName: r.PortName, VF: r.VF})
 	}
-	sort.Slice(reps, func(i, j int) bool { return reps[i].VF < reps[j].VF })
 	return reps, nil
 }
 

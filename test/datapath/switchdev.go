@@ -13,10 +13,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/preflight"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/k8snetworkplumbingwg/multi-networkpolicy-tc/preflight"
 )
 
 // The switchdev port backend: a pod's port is a VF of a PF in switchdev

@@ -231,7 +231,7 @@ func (topo *Topology) addPod(t testing.TB, name string, opts PodOptions) (*Pod, 
 		if err := topo.pf.attach(t, v, name, ns, nl, topo.bridge.Attrs().Index, false); err != nil {
 			return nil, fmt.Errorf("VF %d (representor %s): %w", v.n, v.rep, err)
 		}
-	} else if err := topo.addVethPort(t, pod, ns); err != nil {
+	} else if err := topo.addVethPort(t, pod.Rep, "eth0", ns); err != nil {
 		return nil, err
 	}
 	rep, err := netlink.LinkByName(pod.Rep)
@@ -255,21 +255,22 @@ func (topo *Topology) addPod(t testing.TB, name string, opts PodOptions) (*Pod, 
 	return pod, nil
 }
 
-// addVethPort creates the pod's port of the veth backend: the pair
-// rep-<name> on the bridge ↔ eth0 in the pod's namespace.
-func (topo *Topology) addVethPort(t testing.TB, pod *Pod, ns netns.NsHandle) error {
-	// The VF end is created directly inside the pod's namespace.
+// addVethPort creates a port of the veth backend: host on the bridge ↔
+// peer in namespace ns (a pod's rep-<name> ↔ eth0, the uplink's
+// up-<bridge> ↔ the outside wire), deleted when t ends.
+func (topo *Topology) addVethPort(t testing.TB, host, peer string, ns netns.NsHandle) error {
+	// The peer is created directly inside the namespace.
 	veth := &netlink.Veth{
-		LinkAttrs:     netlink.LinkAttrs{Name: pod.Rep, MasterIndex: topo.bridge.Attrs().Index},
-		PeerName:      "eth0",
+		LinkAttrs:     netlink.LinkAttrs{Name: host, MasterIndex: topo.bridge.Attrs().Index},
+		PeerName:      peer,
 		PeerNamespace: netlink.NsFd(int(ns)),
 	}
 	if err := netlink.LinkAdd(veth); err != nil {
-		return fmt.Errorf("create veth %s: %w", pod.Rep, err)
+		return fmt.Errorf("create veth %s: %w", host, err)
 	}
 	t.Cleanup(func() {
-		// Deleting the representor deletes its peer; the namespace may be gone already.
-		if l, err := netlink.LinkByName(pod.Rep); err == nil {
+		// Deleting the host end deletes its peer; the namespace may be gone already.
+		if l, err := netlink.LinkByName(host); err == nil {
 			_ = netlink.LinkDel(l)
 		}
 	})

@@ -89,7 +89,7 @@ func (topo *Topology) addUplink(t testing.TB) (*Uplink, error) {
 		if err := topo.pf.attach(t, v, up.NSName, ns, up.nl, topo.bridge.Attrs().Index, true); err != nil {
 			return nil, fmt.Errorf("VF %d (representor %s) as the uplink: %w", v.n, v.rep, err)
 		}
-	} else if err := topo.addVethUplink(t, up, ns); err != nil {
+	} else if err := topo.addVethPort(t, up.Dev, up.Iface, ns); err != nil {
 		return nil, err
 	}
 	link, err := netlink.LinkByName(up.Dev)
@@ -113,25 +113,6 @@ func (topo *Topology) addUplink(t testing.TB) (*Uplink, error) {
 	topo.uplink = up
 	topo.mu.Unlock()
 	return up, nil
-}
-
-// addVethUplink creates the veth backend's uplink: up-<bridge> on the
-// bridge ↔ eth0 in the outside namespace.
-func (topo *Topology) addVethUplink(t testing.TB, up *Uplink, ns netns.NsHandle) error {
-	veth := &netlink.Veth{
-		LinkAttrs:     netlink.LinkAttrs{Name: up.Dev, MasterIndex: topo.bridge.Attrs().Index},
-		PeerName:      up.Iface,
-		PeerNamespace: netlink.NsFd(int(ns)),
-	}
-	if err := netlink.LinkAdd(veth); err != nil {
-		return fmt.Errorf("create veth %s: %w", up.Dev, err)
-	}
-	t.Cleanup(func() {
-		if l, err := netlink.LinkByName(up.Dev); err == nil {
-			_ = netlink.LinkDel(l)
-		}
-	})
-	return nil
 }
 
 // AddRemotePod adds a pod of another node: it lives behind the uplink (the
